@@ -1,0 +1,164 @@
+"""The one Orbax door: save, restore and export model checkpoints (and, for training, the train state).
+
+A model checkpoint is a self-describing directory with two items:
+- `variables`: the Flax variables (`params`, and `batch_stats` for CARN), float32;
+- `model`: JSON with the format marker and the `ModelSpec` that rebuilds the module.
+Every command opens one with `--checkpoint DIR` and nothing else. DIR may also be an export folder or a
+training workdir, which means its `export/classsr` model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import uuid
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
+
+from classsr_jax.models.registry import ModelSpec
+
+FORMAT = "classsr_jax.model"
+FORMAT_VERSION = 1
+EXPORT_DIR = "export"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be opened or does not fit; the message is one line naming it."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    spec: ModelSpec
+    variables: dict[str, Any]
+    metadata: dict[str, Any]
+    path: str
+
+    def build(self, **kw):
+        return self.spec.build(**kw)
+
+
+def abstract_variables(spec: ModelSpec, tile: int = 32, scan: bool = True) -> dict[str, Any]:
+    """Shapes and dtypes of a model's variables, without allocating or compiling anything."""
+    x = jax.ShapeDtypeStruct((1, tile, tile, 3), jnp.float32)
+    model = spec.build(scan=scan)
+    return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+
+
+def init_variables(spec: ModelSpec, seed: int = 0, tile: int = 32) -> dict[str, Any]:
+    model = spec.build()
+    variables = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, tile, tile, 3), jnp.float32))
+    return jax.tree_util.tree_map(np.asarray, dict(variables))
+
+
+def check_variables(spec: ModelSpec, variables: dict[str, Any], where: str) -> None:
+    """Raises CheckpointError unless `variables` has exactly the structure and shapes `spec` needs."""
+    expected = {k: v.shape for k, v in flatten_dict(dict(abstract_variables(spec))).items()}
+    got = {k: tuple(np.shape(v)) for k, v in flatten_dict(dict(variables)).items()}
+    missing = sorted("/".join(k) for k in expected.keys() - got.keys())
+    unexpected = sorted("/".join(k) for k in got.keys() - expected.keys())
+    shapes = sorted(
+        f"{'/'.join(k)} {got[k]} != {expected[k]}" for k in expected.keys() & got.keys() if got[k] != expected[k]
+    )
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if items:
+            problems.append(f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}")
+    if problems:
+        raise CheckpointError(f"{where} does not fit model {describe(spec)}: {'; '.join(problems)}")
+
+
+def describe(spec: ModelSpec) -> str:
+    widths = "/".join(map(str, spec.widths))
+    name = f"ClassSR-{spec.network}" if spec.kind == "classsr" else spec.network
+    return f"{name} x{spec.scale} (widths {widths})"
+
+
+def _atomic_replace_dir(tmp: str, final: str) -> None:
+    """Moves a finished directory into place; an existing one is swapped out only after tmp is complete."""
+    if os.path.exists(final):
+        old = f"{final}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def save_model(
+    directory: str,
+    spec: ModelSpec,
+    variables: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Writes a self-describing model checkpoint to `directory` (complete or not at all)."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not overwrite:
+        raise CheckpointError(f"output {directory} exists already; choose another directory or remove it")
+    check_variables(spec, variables, "the variables to save")
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), dict(variables))
+    variables.setdefault("batch_stats", {})
+    tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
+    description = {"format": FORMAT, "version": FORMAT_VERSION, "model": spec.to_dict(), "metadata": metadata or {}}
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            ckptr.save(
+                tmp,
+                ocp.args.Composite(variables=ocp.args.StandardSave(variables), model=ocp.args.JsonSave(description)),
+            )
+        _atomic_replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def resolve_model_dir(path: str) -> str:
+    """A model checkpoint, or a training workdir (→ its export/classsr)."""
+    if os.path.isfile(os.path.join(path, "model", "metadata")) or os.path.isdir(os.path.join(path, "model")):
+        return path
+    exported = os.path.join(path, EXPORT_DIR, "classsr")
+    if os.path.isdir(exported):
+        return exported
+    return path
+
+
+def load_model(path: str) -> LoadedModel:
+    """Opens a converted checkpoint, an exported model or a training workdir."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    model_dir = resolve_model_dir(os.path.abspath(path))
+    if not os.path.isdir(os.path.join(model_dir, "model")) or not os.path.isdir(os.path.join(model_dir, "variables")):
+        raise CheckpointError(
+            f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no export/classsr)"
+        )
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            restored = ckptr.restore(
+                model_dir, ocp.args.Composite(variables=ocp.args.StandardRestore(), model=ocp.args.JsonRestore())
+            )
+    except Exception as e:  # Orbax raises many types; the user needs one line.
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    description = restored["model"]
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a classsr_jax model checkpoint (format marker missing)")
+    try:
+        spec = ModelSpec.from_dict(description["model"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} has a bad model description: {e}") from e
+    variables = jax.tree_util.tree_map(np.asarray, dict(restored["variables"]))
+    variables = {k: v for k, v in variables.items() if v or k == "params"}
+    check_variables(spec, variables, f"checkpoint {path}")
+    return LoadedModel(spec, variables, description.get("metadata", {}), model_dir)
+
+
+def read_json(path: str) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)
