@@ -115,3 +115,23 @@ def format_flops(flops: float) -> str:
         if abs(flops) >= size:
             return f"{flops / size:.{2 if unit in 'GT' else 1}f}{unit}"
     return f"{flops:.0f}"
+
+
+def paper_flops_figure(class_counts, flops: ModelFlops, network: str) -> float:
+    """The paper's FLOPs figure: mean per-tile FLOPs of the chosen branches (spec §5 step 7).
+
+    Like the original's `cal_FLOPs`, the Class-Module's cost is added for FSRCNN only (it is negligible for
+    the others). Unlike it, a class with no tiles counts as 0, not 1 (a bug that adds phantom tiles).
+    """
+    counts = [int(c) for c in class_counts]
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    mean = sum(n * f for n, f in zip(counts, flops.branches)) / total
+    return mean + (flops.classifier if network == "fsrcnn" else 0.0)
+
+
+def executed_flops(class_counts, flops: ModelFlops, padded_counts, classified_tiles: int) -> float:
+    """FLOPs actually computed for an image: every bucket's padded tiles and the classifier on every tile."""
+    del class_counts
+    return sum(n * f for n, f in zip(padded_counts, flops.branches)) + classified_tiles * flops.classifier

@@ -1,0 +1,203 @@
+"""Routing tiles to branches on device, with static shapes.
+
+One jitted program classifies a batch of tiles, builds the class masks, and runs every branch only on its
+own tiles: the indices of class k are compacted with `jnp.nonzero(size=n)`, and a `lax.fori_loop` whose trip
+count follows the class count gathers fixed-size buckets of them, runs the branch, and scatters the SR tiles
+back. Big buckets carry the bulk and small buckets the remainder, so at most `small − 1` padded tiles per
+class are computed in vain. No per-tile Python loop, no host round trip per tile.
+
+The batch is split over all local devices with `shard_map`: each device routes its own share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from classsr_jax.models.registry import ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    """Bucket sizes (tiles per branch call): the bulk goes in `big` buckets, the remainder in `small` ones."""
+
+    big: int = 32
+    small: int = 8
+
+    def __post_init__(self):
+        if not (1 <= self.small <= self.big):
+            raise ValueError(f"bucket sizes must satisfy 1 <= small <= big, got small={self.small}, big={self.big}")
+
+    def calls(self, count: int) -> tuple[int, int]:
+        """(big buckets, small buckets) that route `count` tiles."""
+        n_big = count // self.big
+        return n_big, -(-(count - n_big * self.big) // self.small)
+
+    def padded(self, count: int) -> int:
+        """Tiles actually computed for `count` tiles of one class (bucket padding included)."""
+        n_big, n_small = self.calls(count)
+        return n_big * self.big + n_small * self.small
+
+
+def local_mesh() -> jax.sharding.Mesh:
+    """A 1-D 'data' mesh over this process's devices (Auto axes: pixel shuffle reshapes stay legal)."""
+    devices = np.asarray(jax.local_devices())
+    return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _run_buckets(apply_branch, tiles, indices, count, out, size, start, n_calls):
+    """For i < n_calls: gather tiles[indices[start + i·size : … + size]], run the branch, scatter back."""
+    n = tiles.shape[0]
+
+    def body(i, out):
+        sel = jax.lax.dynamic_slice(indices, (start + i * size,), (size,))
+        batch = tiles[jnp.minimum(sel, n - 1)]  # fill entries (= n) read any tile; their results are dropped
+        return out.at[sel].set(apply_branch(batch).astype(out.dtype), mode="drop")
+
+    return jax.lax.fori_loop(0, n_calls, body, out)
+
+
+def route_tiles(
+    model,
+    variables,
+    tiles: jax.Array,
+    valid: jax.Array,
+    logit_offsets: jax.Array,
+    force_class: jax.Array,
+    *,
+    num_branches: int,
+    scale: int,
+    buckets: Buckets,
+    has_classifier: bool = True,
+):
+    """Per-device routing of a batch of tiles.
+
+    tiles (n, t, t, 3) in [0, 1]; valid (n,) bool marks real tiles (padding is neither classified into a
+    branch nor computed); logit_offsets (K,) are added to the logits before the argmax (the FLOPs budget);
+    force_class (): a branch index that takes every tile, or −1.
+    Returns (sr (n, t·s, t·s, 3), classes (n,) with −1 for padding, logits (n, K), counts (K,)).
+    """
+    n, t = tiles.shape[0], tiles.shape[1]
+    if has_classifier:
+        logits = model.apply(variables, tiles, method=model.classify).astype(jnp.float32)
+    else:
+        logits = jnp.zeros((n, 1), jnp.float32)
+    classes = jnp.argmax(logits + logit_offsets, axis=-1).astype(jnp.int32)
+    classes = jnp.where(force_class >= 0, force_class, classes)
+    classes = jnp.where(valid, classes, -1)
+    out = jnp.zeros((n, t * scale, t * scale, 3), jnp.float32)
+    counts = []
+    for k in range(num_branches):
+        mask = classes == k
+        count = jnp.sum(mask, dtype=jnp.int32)
+        # Sorted indices of class k, then fill (= n, out of range) so every dynamic slice stays in bounds.
+        indices = jnp.nonzero(mask, size=n, fill_value=n)[0].astype(jnp.int32)
+        indices = jnp.concatenate([indices, jnp.full((buckets.big,), n, jnp.int32)])
+        if has_classifier:
+            apply_branch = lambda x, k=k: model.apply(variables, x, k, method=model.branch)
+        else:
+            apply_branch = lambda x: model.apply(variables, x)
+        n_big = count // buckets.big
+        out = _run_buckets(apply_branch, tiles, indices, count, out, buckets.big, 0, n_big)
+        start = n_big * buckets.big
+        n_small = (count - start + buckets.small - 1) // buckets.small
+        out = _run_buckets(apply_branch, tiles, indices, count, out, buckets.small, start, n_small)
+        counts.append(count)
+    return out, classes, logits, jnp.stack(counts)
+
+
+def classify_tiles(model, variables, tiles):
+    return model.apply(variables, tiles, method=model.classify).astype(jnp.float32)
+
+
+class RoutedModel:
+    """A model ready for routed inference: compiled programs per padded tile count, shared by all images.
+
+    `route(variables, tiles, valid, offsets, force)` runs one chunk on all local devices; programs are compiled
+    ahead of time per chunk size and cached, and their compile time is recorded separately.
+    """
+
+    def __init__(self, spec: ModelSpec, buckets: Buckets = Buckets(), mesh: jax.sharding.Mesh | None = None, dtype=jnp.float32):
+        self.spec = spec
+        self.model = spec.build(dtype=dtype)
+        self.has_classifier = spec.kind == "classsr"
+        self.num_branches = spec.num_branches
+        self.buckets = buckets
+        self.mesh = mesh or local_mesh()
+        self.num_devices = self.mesh.devices.size
+        self.compile_seconds = 0.0
+        self._route_programs: dict[int, Any] = {}
+        self._classify_programs: dict[int, Any] = {}
+        per_device = functools.partial(
+            route_tiles,
+            self.model,
+            num_branches=self.num_branches,
+            scale=spec.scale,
+            buckets=buckets,
+            has_classifier=self.has_classifier,
+        )
+
+        def sharded_route(variables, tiles, valid, offsets, force):
+            def local(tiles, valid):
+                sr, classes, logits, counts = per_device(variables, tiles, valid, offsets, force)
+                return sr, classes, logits, counts[None]
+
+            return jax.shard_map(
+                local,
+                mesh=self.mesh,
+                in_specs=(P("data"), P("data")),
+                out_specs=(P("data"), P("data"), P("data"), P("data")),
+                check_vma=False,
+            )(tiles, valid)
+
+        def sharded_classify(variables, tiles):
+            return jax.shard_map(
+                lambda t: classify_tiles(self.model, variables, t),
+                mesh=self.mesh,
+                in_specs=P("data"),
+                out_specs=P("data"),
+                check_vma=False,
+            )(tiles)
+
+        self._route = jax.jit(sharded_route)
+        self._classify = jax.jit(sharded_classify)
+        self.data_sharding = NamedSharding(self.mesh, P("data"))
+        self.replicated = NamedSharding(self.mesh, P())
+
+    @property
+    def num_compilations(self) -> int:
+        return len(self._route_programs)
+
+    def place_variables(self, variables):
+        return jax.device_put(variables, self.replicated)
+
+    def _compiled(self, cache, fn, n, *example):
+        if n not in cache:
+            import time
+
+            t0 = time.perf_counter()
+            cache[n] = fn.lower(*example).compile()
+            self.compile_seconds += time.perf_counter() - t0
+        return cache[n]
+
+    def route(self, variables, tiles: np.ndarray, valid: np.ndarray, offsets: np.ndarray, force: int):
+        """Dispatches one chunk (n tiles, n a multiple of the device count); returns device arrays (async)."""
+        n = tiles.shape[0]
+        tiles = jax.device_put(tiles, self.data_sharding)
+        valid = jax.device_put(valid, self.data_sharding)
+        offsets = jax.device_put(np.asarray(offsets, np.float32), self.replicated)
+        force = jax.device_put(np.asarray(force, np.int32), self.replicated)
+        program = self._compiled(self._route_programs, self._route, n, variables, tiles, valid, offsets, force)
+        return program(variables, tiles, valid, offsets, force)
+
+    def classify(self, variables, tiles: np.ndarray):
+        n = tiles.shape[0]
+        tiles = jax.device_put(tiles, self.data_sharding)
+        program = self._compiled(self._classify_programs, self._classify, n, variables, tiles)
+        return program(variables, tiles)

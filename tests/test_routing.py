@@ -1,0 +1,229 @@
+"""Routed inference on 8 simulated devices: exact per-tile results, bucket accounting, compile reuse, budget."""
+
+import jax
+import numpy as np
+import pytest
+
+from classsr_jax import flops as flops_lib
+from classsr_jax import tiling
+from classsr_jax.checkpointing import init_variables
+from classsr_jax.inference import Upscaler, budget_offsets, evaluate_pairs
+from classsr_jax.models import ModelSpec
+from classsr_jax.routing import Buckets, RoutedModel
+
+SPEC = ModelSpec("classsr", "fsrcnn", (16, 36, 56))
+
+
+def spread_classifier(variables, seed=0):
+    """Random weights send every tile to one branch. Re-fit the last layer on pooled features of varied
+    tiles (their top principal directions, standardised) so the argmax spreads tiles over all branches."""
+    variables = jax.tree_util.tree_map(np.array, variables)
+    model = SPEC.build()
+    rng = np.random.default_rng(seed)
+    tiles = np.concatenate([rng.random((64, 32, 32, 3)), textured_tiles(64, rng)]).astype(np.float32)
+    _, state = model.apply(variables, tiles, method=model.classify, capture_intermediates=True)
+    feats = np.asarray(state["intermediates"]["classifier"]["conv4"]["__call__"][0]).mean(axis=(1, 2))
+    centred = feats - feats.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    proj = centred @ vt[:3].T
+    kernel = vt[:3].T / proj.std(0)
+    fc = variables["params"]["classifier"]["fc"]
+    fc["kernel"] = kernel.astype(np.float32)
+    fc["bias"] = (-(feats.mean(0) @ kernel)).astype(np.float32)
+    return variables
+
+
+def textured_tiles(n, rng):
+    ramps = np.linspace(0, 1, 32, dtype=np.float32)[None, None, :, None] * rng.random((n, 1, 1, 3))
+    return np.broadcast_to(ramps, (n, 32, 32, 3)) + 0.02 * rng.normal(size=(n, 32, 32, 3))
+
+
+@pytest.fixture(scope="module")
+def variables():
+    return spread_classifier(init_variables(SPEC, seed=1))
+
+
+def textured_image(h, w, seed=0):
+    """Flat regions and noisy regions, so the classifier has something to tell apart."""
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), 0.5, np.float32)
+    img[:, w // 2 :] = rng.random((h, w - w // 2, 3))
+    img[h // 2 :, : w // 2] = np.linspace(0, 1, w // 2)[None, :, None]
+    return img
+
+
+def test_eight_devices_are_used():
+    assert jax.local_device_count() == 8
+    assert RoutedModel(SPEC).num_devices == 8
+
+
+def test_routed_tiles_equal_each_branch_on_its_own_tiles(variables):
+    routed = RoutedModel(SPEC, Buckets(big=4, small=2))
+    rng = np.random.default_rng(0)
+    tiles = rng.random((64, 32, 32, 3), dtype=np.float32)
+    tiles[::2] = textured_tiles(32, rng)  # smooth tiles beside the noisy ones
+    valid = np.arange(64) < 59
+    sr, classes, logits, counts = routed.route(routed.place_variables(variables), tiles, valid, np.zeros(3), -1)
+    sr, classes, counts = np.asarray(sr), np.asarray(classes), np.asarray(counts)
+    model = SPEC.build()
+    expected_classes = np.asarray(model.apply(variables, tiles, method=model.classify)).argmax(-1)
+    np.testing.assert_array_equal(classes[:59], expected_classes[:59])
+    assert (classes[59:] == -1).all() and (sr[59:] == 0).all()
+    assert len(set(classes[:59].tolist())) == 3, "the test needs tiles in every branch"
+    assert counts.shape == (8, 3) and counts.sum() == 59
+    for k in range(3):
+        picked = np.flatnonzero(classes == k)
+        direct = np.asarray(model.apply(variables, tiles[picked], k, method=model.branch))
+        assert np.abs(sr[picked] - direct).max() < 1e-5
+
+
+def test_force_class_sends_everything_to_one_branch(variables):
+    up = Upscaler(SPEC, variables, force_class=2)
+    result = up.upscale(textured_image(70, 90))
+    assert result.class_counts == [0, 0, result.grid.num_tiles]
+    assert (result.classes == 2).all()
+    assert result.flops_percent == pytest.approx(100.0 * (1 + up.flops.classifier / up.flops.original))
+
+
+def test_bucket_accounting():
+    b = Buckets(big=32, small=8)
+    assert b.calls(0) == (0, 0) and b.padded(0) == 0
+    assert b.calls(70) == (2, 1) and b.padded(70) == 72
+    assert b.calls(64) == (2, 0) and b.padded(64) == 64
+    assert b.calls(5) == (0, 1) and b.padded(5) == 8
+    with pytest.raises(ValueError, match=r"^bucket sizes must satisfy 1 <= small <= big, got small=9, big=4$"):
+        Buckets(big=4, small=9)
+
+
+def test_executed_flops_count_bucket_padding_and_classifier(variables):
+    buckets = Buckets(big=8, small=4)
+    up = Upscaler(SPEC, variables, buckets=buckets, chunk_sizes=(64,))
+    result = up.upscale(textured_image(80, 80))  # full grid: positions 0, 24, 48 per axis, one chunk of 64
+    assert result.grid.num_tiles == 9
+    per_device_padded = 0.0
+    # The padding is per device: recompute from the classes each device saw (8 tiles per device).
+    classes = np.full(64, -1)
+    classes[:9] = result.classes
+    for device_tiles in classes.reshape(8, 8):
+        for k in range(3):
+            per_device_padded += buckets.padded(int((device_tiles == k).sum())) * up.flops.branches[k]
+    assert result.executed_flops == pytest.approx(per_device_padded + 64 * up.flops.classifier)
+    counts = np.bincount(result.classes, minlength=3)
+    assert result.class_counts == counts.tolist()
+    expected_figure = (counts @ np.array(up.flops.branches)) / 9 + up.flops.classifier  # FSRCNN adds the classifier
+    assert result.flops == pytest.approx(expected_figure)
+
+
+def test_ten_image_sizes_compile_at_most_three_programs(variables):
+    up = Upscaler(SPEC, variables)
+    sizes = [(1, 1), (7, 300), (32, 32), (33, 47), (64, 64), (90, 60), (120, 130), (150, 40), (200, 210), (33, 400)]
+    for i, (h, w) in enumerate(sizes):
+        result = up.upscale(textured_image(h, w, seed=i))
+        assert result.sr.shape == (4 * h, 4 * w, 3)
+    assert up.num_compilations <= 3
+
+
+def test_swapping_variables_does_not_recompile(variables):
+    up = Upscaler(SPEC, variables)
+    first = up.upscale(textured_image(40, 40))
+    other = jax.tree_util.tree_map(lambda a: a * 0.5, variables)
+    second = up.upscale(textured_image(40, 40), variables=other)
+    assert up.num_compilations == 1 and second.compile_s == 0.0
+    assert not np.allclose(first.sr, second.sr)
+
+
+def test_budget_offsets_hit_the_budget():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(1000, 3))
+    branch_flops = (1.0, 2.0, 3.0)
+    for budget in (0.4, 0.6, 0.8, 1.0):
+        offsets = budget_offsets(logits, branch_flops, budget)
+        chosen = np.argmax(logits + offsets, axis=-1)
+        mean = np.mean(np.asarray(branch_flops)[chosen]) / 3.0
+        assert abs(mean - budget) < 0.01
+    # Budget below the cheapest branch: everything goes to branch 1.
+    assert (np.argmax(logits + budget_offsets(logits, branch_flops, 0.1), -1) == 0).all()
+
+
+def test_budget_moves_flops_towards_the_target(variables):
+    image = textured_image(160, 160)
+    free = Upscaler(SPEC, variables).upscale(image)
+    for budget in (0.45, 0.8):
+        result = Upscaler(SPEC, variables, budget=budget).upscale(image)
+        branch_percent = result.flops_percent - 100.0 * flops_lib.model_flops(SPEC).classifier / 467.88e6
+        assert abs(branch_percent - 100 * budget) < 5.0, (budget, branch_percent, free.flops_percent)
+
+
+def test_single_network_checkpoint_upscales_through_the_same_tiling():
+    spec = ModelSpec("network", "srresnet", (16,), 2, {"nb": 2})
+    variables = jax.tree_util.tree_map(np.zeros_like, init_variables(spec))
+    up = Upscaler(spec, variables)
+    # All convs zero: the network is its bilinear base, exact on constants, so a constant stays constant.
+    result = up.upscale(np.full((45, 70, 3), 0.3, np.float32))
+    assert result.sr.shape == (90, 140, 3)
+    np.testing.assert_allclose(result.sr, 0.3, atol=1e-6)
+    assert result.class_counts == [result.grid.num_tiles] and result.flops_percent == 100.0
+
+
+def original_paper_pipeline(model, variables, lr_uint8, hr_uint8, scale=4):
+    """The original's test(): one tile at a time (batch 1), argmax, uint8 per tile, strip-halving merge."""
+    h, w = lr_uint8.shape[:2]
+    ys = list(range(0, h - 32 + 1, 28))
+    xs = list(range(0, w - 32 + 1, 28))
+    canvas = np.zeros(((ys[-1] + 32) * scale, (xs[-1] + 32) * scale, 3), np.float32)
+    classes = []
+    for y in ys:
+        for x in xs:
+            tile = lr_uint8[None, y : y + 32, x : x + 32].astype(np.float32) / 255.0
+            k = int(np.asarray(model.apply(variables, tile, method=model.classify)).argmax())
+            sr = np.asarray(model.apply(variables, tile, k, method=model.branch))[0]
+            canvas[y * scale : (y + 32) * scale, x * scale : (x + 32) * scale] += np.rint(np.clip(sr, 0, 1) * 255.0)
+            classes.append(k)
+    overlap, step = (32 - 28) * scale, 28 * scale
+    for j in range(1, len(xs)):
+        canvas[:, j * step : j * step + overlap] /= 2
+    for i in range(1, len(ys)):
+        canvas[i * step : i * step + overlap] /= 2
+    from classsr_jax import metrics
+
+    gt = hr_uint8[: canvas.shape[0], : canvas.shape[1]]
+    return canvas, classes, metrics.psnr(canvas, gt, crop_border=scale)
+
+
+def test_paper_protocol_reproduces_the_original_pipeline(variables):
+    rng = np.random.default_rng(3)
+    lr = (textured_image(100, 130, seed=3) * 255).round().astype(np.uint8)
+    hr = rng.integers(0, 256, size=(400, 520, 3), dtype=np.uint8)
+    model = SPEC.build()
+    canvas, classes, psnr = original_paper_pipeline(model, variables, lr, hr)
+    up = Upscaler(SPEC, variables, protocol="paper")
+    result = up.upscale(lr.astype(np.float32) / 255.0)
+    assert result.grid.grid_shape == (3, 4) and result.sr.shape == canvas.shape == (4 * 88, 4 * 116, 3)
+    np.testing.assert_array_equal(result.classes, classes)
+    # Batched and batch-1 convs differ by float noise, which can flip a rounding tie now and then.
+    diff = np.abs(result.sr_255 - canvas)
+    assert diff.max() <= 1.0 and (diff > 0).mean() < 1e-3
+    report = evaluate_pairs(up, [("img", lr, hr)])
+    assert report["images"][0]["psnr"] == pytest.approx(psnr, abs=1e-3)
+    assert report["images"][0]["output_hw"] == [352, 464]
+
+
+def test_full_protocol_has_no_seams_on_smooth_input():
+    """A per-tile linear network (FSRCNN with zero inner layers is not; use SRResNet's bilinear base) on a
+    ramp: the blended full-protocol output stays a ramp, with no jumps at tile borders."""
+    spec = ModelSpec("network", "srresnet", (8,), 4, {"nb": 1})
+    variables = jax.tree_util.tree_map(np.zeros_like, init_variables(spec))
+    lr = np.tile(np.linspace(0.1, 0.9, 100, dtype=np.float32)[None, :, None], (60, 1, 3))
+    result = Upscaler(spec, variables).upscale(lr)
+    whole = np.asarray(jax.image.resize(lr, (240, 400, 3), "bilinear"))
+    # Away from the image border (where tile padding differs from the whole-image edge handling) they agree.
+    np.testing.assert_allclose(result.sr[:, 8:-8], whole[:, 8:-8], atol=1e-5)
+
+
+def test_errors_are_one_line(variables):
+    with pytest.raises(ValueError, match=r"^unknown protocol 'tiles': use 'full' or 'paper'$"):
+        Upscaler(SPEC, variables, protocol="tiles")
+    with pytest.raises(ValueError, match=r"is out of range: the model has 3 branches \(0–2\)$"):
+        Upscaler(SPEC, variables, force_class=3)
+    with pytest.raises(ValueError, match=r"^image of 20x20 LR pixels is smaller than the 32x32 tile; the paper protocol cannot handle it, use protocol .full.$"):
+        Upscaler(SPEC, variables, protocol="paper").upscale(np.zeros((20, 20, 3)))

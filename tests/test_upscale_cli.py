@@ -1,0 +1,167 @@
+"""The upscale and evaluate commands: the contract of their flags, reports, formats and errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from classsr_jax import evaluate, upscale
+from classsr_jax.checkpointing import init_variables, save_model
+from classsr_jax.image_io import read_image, write_image
+from classsr_jax.models import ModelSpec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = ModelSpec("classsr", "fsrcnn", (16, 36, 56))
+EXTENSIONS = "png, jpg, jpeg, tif, tiff, bmp"
+UPSCALE_KEYS = {"input_hw", "output_hw", "tiles", "class_counts", "flops", "flops_percent", "executed_flops", "timing"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("ckpt") / "classsr_fsrcnn")
+    save_model(path, SPEC, init_variables(SPEC, seed=3))
+    return path
+
+
+def photo(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return (np.linspace(0, 1, w)[None, :, None] * 0.7 + 0.3 * rng.random((h, w, 3))).astype(np.float32)
+
+
+def test_file_mode_writes_image_mask_and_report(checkpoint, tmp_path):
+    src = tmp_path / "in.png"
+    write_image(str(src), photo(40, 50))
+    out, mask, report = tmp_path / "out.png", tmp_path / "mask.png", tmp_path / "r.json"
+    rc = upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(out),
+                       "--mask", str(mask), "--report", str(report)])
+    assert rc == 0
+    assert read_image(str(out)).rgb.shape == (160, 200, 3)
+    assert read_image(str(mask)).rgb.shape == (160, 200, 3)
+    r = json.loads(report.read_text())
+    assert UPSCALE_KEYS <= set(r)
+    assert r["input_hw"] == [40, 50] and r["output_hw"] == [160, 200]
+    assert set(r["timing"]) == {"compile_s", "inference_s"}
+    assert sum(r["class_counts"]) == r["tiles"] == 4  # full grid: 2 x 2 tiles
+    assert 0 < r["flops_percent"] <= 101.7
+
+
+def test_force_class_and_budget_flags(checkpoint, tmp_path):
+    src = tmp_path / "in.png"
+    write_image(str(src), photo(64, 64))
+    report = tmp_path / "r.json"
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / "o.png"),
+                         "--force-class", "1", "--report", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert r["class_counts"] == [r["tiles"], 0, 0]
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / "o.png"),
+                         "--force-class", "4"]) == 1
+
+
+def test_gray16_and_rgba_keep_their_mode(checkpoint, tmp_path):
+    gray = (np.linspace(0, 65535, 30 * 20).reshape(30, 20)).astype(np.uint16)
+    Image.fromarray(gray).save(tmp_path / "g16.png")
+    rgba = np.zeros((20, 25, 4), np.uint8)
+    rgba[..., :3] = 120
+    rgba[..., 3] = np.linspace(0, 255, 25)[None, :].astype(np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    for name in ("g16.png", "a.png"):
+        assert upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / name),
+                             "--output", str(tmp_path / f"out_{name}")]) == 0
+    g = read_image(str(tmp_path / "out_g16.png"))
+    assert (g.mode, g.bit_depth, g.rgb.shape) == ("gray", 16, (120, 80, 3))
+    a = read_image(str(tmp_path / "out_a.png"))
+    assert a.mode == "rgba" and a.alpha.shape == (80, 100)
+    # Alpha is a horizontal ramp; its bicubic upscale keeps it increasing left to right.
+    assert a.alpha[40, 4] < a.alpha[40, 50] < a.alpha[40, 95]
+
+
+def test_one_pixel_image(checkpoint, tmp_path):
+    write_image(str(tmp_path / "p.png"), np.full((1, 1, 3), 0.5, np.float32))
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "p.png"),
+                         "--output", str(tmp_path / "p4.png")]) == 0
+    assert read_image(str(tmp_path / "p4.png")).rgb.shape == (4, 4, 3)
+
+
+def test_folder_mode_skips_bad_files_and_fails_at_the_end(checkpoint, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(str(src / "a.png"), photo(33, 40, 1))
+    write_image(str(src / "b.jpg"), photo(20, 36, 2))
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    report = tmp_path / "r.json"
+    rc = upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / "out"),
+                       "--mask", str(tmp_path / "masks"), "--report", str(report)])
+    assert rc == 1
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "b.jpg"]
+    assert sorted(os.listdir(tmp_path / "masks")) == ["a_mask.png", "b_mask.png"]
+    r = json.loads(report.read_text())
+    assert [os.path.basename(i["input"]) for i in r["images"]] == ["a.png", "b.jpg"]
+    assert len(r["failed"]) == 1 and "broken.png" in r["failed"][0]["error"]
+
+
+def run_cli(module, *args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def test_bad_checkpoint_and_empty_folder_are_one_line_errors(checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run_cli("classsr_jax.upscale", "--checkpoint", str(tmp_path / "empty"), "--input", str(tmp_path / "empty"),
+                "--output", str(tmp_path / "out"))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [f"error: no images ({EXTENSIONS}) in {tmp_path / 'empty'}"]
+    write_image(str(tmp_path / "x.png"), photo(8, 8))
+    r = run_cli("classsr_jax.upscale", "--checkpoint", str(tmp_path / "empty"), "--input", str(tmp_path / "x.png"),
+                "--output", str(tmp_path / "y.png"))
+    assert r.returncode == 1
+    assert r.stderr.strip() == (
+        f"error: {tmp_path / 'empty'} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no export/classsr)"
+    )
+    assert not (tmp_path / "y.png").exists()
+
+
+def test_corrupt_input_leaves_no_partial_output(checkpoint, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    write_image(str(tmp_path / "keep.png"), photo(4, 4))
+    before = (tmp_path / "keep.png").read_bytes()
+    rc = upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "bad.png"), "--output", str(tmp_path / "keep.png")])
+    assert rc == 1
+    assert (tmp_path / "keep.png").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["bad.png", "keep.png"]
+
+
+def test_evaluate_reports_the_paper_table(checkpoint, tmp_path, capsys):
+    lr_dir, hr_dir = tmp_path / "LR", tmp_path / "HR"
+    lr_dir.mkdir(), hr_dir.mkdir()
+    for i in range(2):
+        hr = photo(160, 192, seed=i)
+        write_image(str(hr_dir / f"080{i}.png"), hr)
+        lr = hr.reshape(40, 4, 48, 4, 3).mean(axis=(1, 3))
+        write_image(str(lr_dir / f"080{i}x4.png"), lr)
+    report = tmp_path / "eval.json"
+    rc = evaluate.main(["--checkpoint", checkpoint, "--lr-dir", str(lr_dir), "--hr-dir", str(hr_dir),
+                        "--report", str(report), "--with-original"])
+    assert rc == 0
+    r = json.loads(report.read_text())
+    assert [i["name"] for i in r["images"]] == ["0800", "0801"]
+    avg = r["average"]
+    assert {"psnr", "psnr_y", "ssim_y", "flops", "flops_percent", "class_ratio", "inference_s"} <= set(avg)
+    assert 0 <= avg["flops_percent"] <= 100 + 1.7 and abs(sum(avg["class_ratio"]) - 1) < 1e-9
+    assert r["original"]["average"]["class_ratio"] == [0.0, 0.0, 1.0]
+    # Paper protocol on 40x48 LR: one tile per axis (28 + 32 > 48), so the output covers 32x32 LR pixels.
+    assert r["images"][0]["output_hw"] == [128, 128]
+    out = capsys.readouterr().out
+    assert "| ClassSR-fsrcnn |" in out and "| fsrcnn-O |" in out and "% of -O" in out
+    assert np.mean([i["psnr"] for i in r["images"]]) == pytest.approx(avg["psnr"])
+
+
+def test_evaluate_unmatched_names(checkpoint, tmp_path):
+    (tmp_path / "LR").mkdir(), (tmp_path / "HR").mkdir()
+    write_image(str(tmp_path / "LR" / "a.png"), photo(32, 32))
+    write_image(str(tmp_path / "HR" / "b.png"), photo(128, 128))
+    rc = evaluate.main(["--checkpoint", checkpoint, "--lr-dir", str(tmp_path / "LR"), "--hr-dir", str(tmp_path / "HR")])
+    assert rc == 1
