@@ -162,3 +162,156 @@ def load_model(path: str) -> LoadedModel:
 def read_json(path: str) -> dict[str, Any]:
     with open(path) as f:
         return json.load(f)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training: the train state under an Orbax CheckpointManager, and exports that are safe with several processes.
+#
+# A stage's checkpoint directory holds one step folder per saved step, each with two items:
+# - `state`: the train state pytree (step, parameters, optimiser state, BatchNorm statistics);
+# - `progress`: JSON with the stage name, the model description and what the data pipeline needs to resume.
+
+STATE_ITEM = "state"
+PROGRESS_ITEM = "progress"
+BEST_METRIC = "psnr"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def read_model_spec(path: str) -> ModelSpec:
+    """The ModelSpec of a model checkpoint (or export, or workdir) without reading its arrays."""
+    model_dir = resolve_model_dir(os.path.abspath(path))
+    if not os.path.isdir(os.path.join(model_dir, "model")):
+        raise CheckpointError(f"{path} is not a classsr_jax checkpoint (no model/ inside, and no export/classsr)")
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            description = ckptr.restore(model_dir, ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+        return ModelSpec.from_dict(description["model"])
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise CheckpointError(f"cannot read the model description of {path}: {_one_line(e)}") from e
+
+
+def export_model(directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None = None) -> str:
+    """`save_model` for training runs: replaces an existing model atomically, and works with several processes:
+    every process calls it with the same replicated values, Orbax writes them once, process 0 moves the result
+    into place and the others wait for it."""
+    if jax.process_count() == 1:
+        return save_model(directory, spec, variables, metadata, overwrite=True)
+    from jax.experimental import multihost_utils
+
+    directory = os.path.abspath(directory)
+    check_variables(spec, variables, "the variables to export")
+    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), dict(variables))
+    variables.setdefault("batch_stats", {})
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(uuid.uuid4().int % (1 << 31))))
+    tmp = f"{directory}.tmp-{token:08x}"
+    description = {"format": FORMAT, "version": FORMAT_VERSION, "model": spec.to_dict(), "metadata": metadata or {}}
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+    multihost_utils.sync_global_devices(f"export_model:start:{directory}")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(
+            tmp, ocp.args.Composite(variables=ocp.args.StandardSave(variables), model=ocp.args.JsonSave(description))
+        )
+    multihost_utils.sync_global_devices(f"export_model:saved:{directory}")
+    if jax.process_index() == 0:
+        try:
+            _atomic_replace_dir(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    multihost_utils.sync_global_devices(f"export_model:done:{directory}")
+    return directory
+
+
+def train_checkpoint_manager(
+    directory: str,
+    *,
+    keep_last: int = 3,
+    save_every_steps: int = 1000,
+    asynchronous: bool = True,
+) -> ocp.CheckpointManager:
+    """A CheckpointManager that keeps the last `keep_last` steps and the step with the best validation PSNR
+    (saves given `metrics={'psnr': …}`), saving every `save_every_steps` steps (or when forced) in the
+    background. Unfinished saves of a killed run are never listed and are cleaned up on the next start."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    policies = ocp.checkpoint_managers
+    preservation = policies.AnyPreservationPolicy(
+        [
+            policies.LatestN(n=keep_last),
+            policies.BestN(
+                get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False
+            ),
+        ]
+    )
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=max(1, int(save_every_steps)),
+        preservation_policy=preservation,
+        # best_fn makes the manager store the metrics (and answer best_step); preservation follows the policy.
+        best_fn=lambda metrics: metrics[BEST_METRIC],
+        best_mode="max",
+        enable_async_checkpointing=asynchronous,
+        cleanup_tmp_directories=True,
+    )
+    return ocp.CheckpointManager(os.path.abspath(directory), item_names=(STATE_ITEM, PROGRESS_ITEM), options=options)
+
+
+def latest_train_step(directory: str) -> int | None:
+    """The last finished step saved under `directory`, or None; creates and changes nothing."""
+    steps = ocp.path.step.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    return max(steps, default=None)
+
+
+def read_train_progress(directory: str, step: int | None = None) -> dict[str, Any] | None:
+    """The `progress` JSON of a saved step (default: the latest), or None if nothing is saved; no arrays read."""
+    step = latest_train_step(directory) if step is None else step
+    if step is None:
+        return None
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            restored = ckptr.restore(
+                os.path.join(os.path.abspath(directory), str(step)),
+                ocp.args.Composite(**{PROGRESS_ITEM: ocp.args.JsonRestore()}),
+            )
+        return dict(restored[PROGRESS_ITEM])
+    except Exception as e:  # Orbax raises many types; the user needs one line.
+        raise CheckpointError(f"cannot read the training checkpoint in {directory}: {_one_line(e)}") from e
+
+
+def save_train_state(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    progress: dict[str, Any],
+    metrics: dict[str, float] | None = None,
+    force: bool = False,
+) -> bool:
+    """Starts saving `state` at `step` (in the background when asynchronous); False if the interval says no."""
+    return manager.save(
+        int(step),
+        args=ocp.args.Composite(
+            **{STATE_ITEM: ocp.args.StandardSave(state), PROGRESS_ITEM: ocp.args.JsonSave(progress)}
+        ),
+        metrics=metrics,
+        force=force,
+    )
+
+
+def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    """The state saved at `step`, laid out like `abstract_state` (ShapeDtypeStructs with shardings), and its
+    progress JSON. A checkpoint of another structure (e.g. another architecture) is a one-line CheckpointError."""
+    try:
+        restored = manager.restore(
+            int(step),
+            args=ocp.args.Composite(
+                **{STATE_ITEM: ocp.args.StandardRestore(abstract_state), PROGRESS_ITEM: ocp.args.JsonRestore()}
+            ),
+        )
+    except Exception as e:  # Orbax raises many types; the user needs one line.
+        raise CheckpointError(
+            f"the training checkpoint at step {step} in {manager.directory} does not fit this run: {_one_line(e)}"
+        ) from e
+    return restored[STATE_ITEM], dict(restored[PROGRESS_ITEM])

@@ -1,0 +1,111 @@
+"""Data parallelism in the pmap model on the current API.
+
+One 1-D mesh with a single axis `'data'` spans every device of every process. A step is written per device
+(it sees its shard of the batch and averages with `lax.pmean(…, 'data')`) and runs through `jax.shard_map`
+inside `jax.jit`: the train state is replicated (`P()`), the batch split along its first axis
+(`P('data')`). Each process feeds only its own share of the global batch; `global_batch` assembles the
+shares into one global array without moving data between hosts.
+
+The mesh axis is `AxisType.Auto`: pixel shuffle's reshapes raise ShardingTypeError under Explicit axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def create_mesh(devices=None) -> Mesh:
+    """A 1-D `'data'` mesh over `devices` (default: every device of every process)."""
+    devices = np.asarray(jax.devices() if devices is None else list(devices))
+    return Mesh(devices, (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def local_mesh() -> Mesh:
+    """A 1-D `'data'` mesh over this process's devices only (work that each process does on its own)."""
+    return create_mesh(jax.local_devices())
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def num_local_mesh_devices(mesh: Mesh) -> int:
+    return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
+
+def process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+    """This process's share of a global batch; the batch must split evenly over all devices of the mesh."""
+    devices = mesh.devices.size
+    if global_batch_size % devices:
+        raise ValueError(f"batch size {global_batch_size} does not split evenly over {devices} devices")
+    return global_batch_size // devices * num_local_mesh_devices(mesh)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places host values, identical on every process, as arrays replicated over the whole mesh."""
+    sharding = replicated(mesh)
+
+    def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree_util.tree_map(place, tree)
+
+
+def global_batch(local_batch: Any, mesh: Mesh) -> Any:
+    """This process's share of a batch (numpy) → global arrays sharded along `'data'`."""
+    sharding = batch_sharded(mesh)
+    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+def host_copy(tree: Any) -> Any:
+    """Numpy copies of replicated arrays, read from this process's first shard (no cross-host transfer)."""
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x)
+
+    return jax.tree_util.tree_map(fetch, tree)
+
+
+def data_parallel(per_device_step: Callable, mesh: Mesh, *, donate_state: bool = True, out_specs: Any = (P(), P())) -> Callable:
+    """jit(shard_map(step)): `step(state, batch)` with a replicated state, a batch split over `'data'` and
+    replicated outputs (by default `(state, metrics)`; `out_specs=P()` for one output). The step must make
+    its outputs replicated (`lax.pmean` / `lax.psum` over `'data'`)."""
+    sharded = jax.shard_map(
+        per_device_step,
+        mesh=mesh,
+        in_specs=(P(), P(DATA_AXIS)),
+        out_specs=out_specs,
+    )
+    return jax.jit(sharded, donate_argnums=(0,) if donate_state else ())
+
+
+def local_batch_fn(apply_fn: Callable, variables: Any, mesh: Mesh | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A numpy → numpy batch function `apply_fn(variables, x)` split over this process's devices.
+
+    The batch size must be a multiple of the local device count (e.g. the division's fixed batch).
+    """
+    mesh = mesh or local_mesh()
+    placed = jax.device_put(variables, replicated(mesh))
+    sharded = jax.jit(
+        jax.shard_map(lambda v, x: apply_fn(v, x), mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS))
+    )
+    sharding = batch_sharded(mesh)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(sharded(placed, jax.device_put(np.asarray(x, np.float32), sharding)))
+
+    return run

@@ -1,0 +1,515 @@
+"""Training: schedule, steps (data parallel, frozen branches, BatchNorm), checkpoints, configs, the stages end to
+end on a tiny model, CLI errors, resume after kill -9, and a 2-process run."""
+
+import functools
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from classsr_jax import checkpointing, parallel, train
+from classsr_jax.checkpointing import CheckpointError
+from classsr_jax.models import ModelSpec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_EXTRA = {"s": 4, "m": 1}
+
+
+def load_config_file(name):
+    path = os.path.join(REPO, name)
+    spec = importlib.util.spec_from_file_location(os.path.basename(name)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def tiny_photos(root):
+    """4 training photos and 1 validation photo with smooth and textured regions (varied difficulty)."""
+    rng = np.random.default_rng(0)
+    os.makedirs(os.path.join(root, "validation"), exist_ok=True)
+    for i, (h, w) in enumerate([(128, 160), (128, 160), (160, 128), (128, 128), (96, 128)]):
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        base = np.stack([yy, xx, 0.5 + 0.3 * np.sin(6 * (xx + yy + i))], -1)
+        noise = rng.random((h // 8, w // 8, 3)).repeat(8, 0).repeat(8, 1)
+        mask = (xx > 0.5)[..., None] * (0.2 + 0.2 * i)
+        image = np.clip(255 * ((1 - mask) * base + mask * noise), 0, 255).astype(np.uint8)
+        folder = os.path.join(root, "validation") if i == 4 else root
+        Image.fromarray(image).save(os.path.join(folder, f"photo{i}.png"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    photos, tfds_dir = str(root / "photos"), str(root / "tfds")
+    os.makedirs(tfds_dir)
+    tiny_photos(photos)
+    return photos, tfds_dir
+
+
+def tiny_config(data, **overrides):
+    config = load_config_file("tests/tiny_config.py")
+    config.data.manual_dir, config.data.data_dir = data
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+
+
+def test_learning_rate_schedule_is_the_truncated_cosine_of_the_original():
+    # spec §4.4: lr(1) = 2e-4, lr(100k) = 1.8091e-4, lr(200k) = 1.3094e-4; RCAN 2.7326e-5 and 2.0326e-5.
+    schedule = train.learning_rate_schedule(2e-4, 1e-7, 500_000)
+    assert float(schedule(0)) == pytest.approx(2e-4, rel=1e-6)  # optax count 0 is update 1
+    assert float(schedule(100_000 - 1)) == pytest.approx(1.8091e-4, rel=1e-4)
+    assert float(schedule(200_000 - 1)) == pytest.approx(1.3094e-4, rel=1e-4)
+    rcan = train.learning_rate_schedule(3e-5, 2e-6, 500_000)
+    assert float(rcan(100_000 - 1)) == pytest.approx(2.7326e-5, rel=1e-4)
+    assert float(rcan(200_000 - 1)) == pytest.approx(2.0326e-5, rel=1e-4)
+    # Branch pretraining: one cosine that reaches eta_min at update 500k; update 500,001 restarts (weight 1).
+    branch = train.learning_rate_schedule(1e-3, 1e-7, 500_000)
+    assert float(branch(500_000 - 1)) == pytest.approx(1e-7, rel=1e-3)
+    assert float(branch(500_000)) == pytest.approx(1e-3, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name", ["fsrcnn", "carn", "srresnet", "rcan", "quickstart"])
+def test_configs_validate_and_start_with_their_command(name):
+    config = load_config_file(f"configs/{name}.py")
+    train.validate_config(config)
+    doc = open(os.path.join(REPO, "configs", f"{name}.py")).read()
+    assert f"python -m classsr_jax.main --config configs/{name}.py --workdir" in doc.split('"""')[1].split("\n\n")[1]
+    assert (config.optimizer.b1, config.optimizer.b2) == (0.9, 0.99)
+
+
+def test_paper_configs_carry_the_papers_hyperparameters():
+    configs = {n: load_config_file(f"configs/{n}.py") for n in ("fsrcnn", "carn", "srresnet", "rcan")}
+    for name, config in configs.items():
+        assert tuple(config.model.widths) == {"fsrcnn": (16, 36, 56), "rcan": (36, 50, 64)}.get(name, (36, 52, 64))
+        joint = config.joint
+        assert (joint.num_steps, joint.cosine_period, joint.class_loss_weight, joint.average_loss_weight) == (200_000, 500_000, 0.5, 3.0)
+        assert joint.batch_size == (60 if name == "rcan" else 96)
+        assert config.branches.batch_size == 16 and config.branches.cosine_period == 500_000
+        assert config.branches.learning_rate == (1e-3 if name == "fsrcnn" else 2e-4)
+    assert (configs["fsrcnn"].joint.learning_rate, configs["fsrcnn"].joint.l1_weight) == (2e-4, 1000.0)
+    rcan = configs["rcan"]
+    assert (rcan.joint.learning_rate, rcan.joint.eta_min, rcan.joint.l1_weight, rcan.loss.pixel_range) == (3e-5, 2e-6, 4.0, 255.0)
+    assert rcan.branches.num_steps == 1_000_000
+
+
+def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
+    config = tiny_config(data)
+    config.joint.lr = 1.0
+    with pytest.raises(train.TrainError, match=r"^unknown config field\(s\): joint\.lr$"):
+        train.validate_config(config)
+    config = tiny_config(data)
+    del config.evaluate["protocol"]
+    with pytest.raises(train.TrainError, match=r"^config lacks field\(s\): evaluate\.protocol$"):
+        train.validate_config(config)
+    with pytest.raises(train.TrainError, match=r"^config field stages has unknown stage\(s\) jointt: use 'all'"):
+        train.validate_config(tiny_config(data, stages="original,jointt"))
+    config = tiny_config(data)
+    del config.joint["batch_size"]
+    config.joint.batch_size = "8"
+    with pytest.raises(train.TrainError, match=r"^config field joint.batch_size must be int, got '8'$"):
+        train.validate_config(config)
+    with pytest.raises(train.TrainError, match=r"^config field model.widths needs 3 widths \(simple, medium, hard\), got \(4, 6\)$"):
+        train.validate_config(tiny_config(data, **{"model.widths": (4, 6)}))
+    assert train.selected_stages(tiny_config(data)) == ("original", "divide", "branches", "joint", "evaluate")
+    assert "finetune" in train.selected_stages(tiny_config(data, **{"finetune.enabled": True}))
+
+
+# --------------------------------------------------------------------------------------------------- steps
+
+
+def tiny_classsr(network="fsrcnn", widths=(4, 6, 8), extra=TINY_EXTRA, scale=2):
+    spec = ModelSpec("classsr", network, widths, scale, dict(extra))
+    return spec, _variables(spec)
+
+
+@functools.lru_cache(maxsize=None)
+def _variables_cached(spec_json):
+    """Random variables of the right shapes (jit-compiling model.init would cost seconds per model)."""
+    rng = np.random.default_rng(1)
+    shapes = checkpointing.abstract_variables(ModelSpec.from_dict(json.loads(spec_json)))
+    params = jax.tree_util.tree_map(lambda a: (0.1 * rng.normal(size=a.shape)).astype(a.dtype), shapes["params"])
+    stats = jax.tree_util.tree_map(lambda a: (rng.random(a.shape) + 0.5).astype(a.dtype), shapes.get("batch_stats", {}))
+    return {"params": params, "batch_stats": stats} if stats else {"params": params}
+
+
+def _variables(spec):
+    return _variables_cached(json.dumps(spec.to_dict(), sort_keys=True))
+
+
+def tiny_batch(n, scale=2, seed=0):
+    rng = np.random.default_rng(seed)
+    lr = rng.random((n, 32, 32, 3), np.float32)
+    hr = np.clip(lr.repeat(scale, 1).repeat(scale, 2) + 0.05 * rng.normal(size=(n, 32 * scale, 32 * scale, 3)), 0, 1)
+    return {"lr": lr, "hr": hr.astype(np.float32)}
+
+
+def run_steps(mesh, state, batches, step_fn):
+    step = parallel.data_parallel(step_fn, mesh)
+    state = parallel.replicate(state, mesh)
+    for batch in batches:
+        state, metrics = step(state, parallel.global_batch(batch, mesh))
+    return parallel.host_copy(state), parallel.host_copy(metrics)
+
+
+@pytest.mark.parametrize("kind", ["classsr", "sr"])
+def test_eight_devices_equal_one_device_with_the_same_global_batch(kind):
+    spec, variables = tiny_classsr()
+    tx = optax.adam(1e-2, b1=0.9, b2=0.99)
+    if kind == "classsr":
+        model, trainable = spec.build(), ("classifier",)
+        objective = train.Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
+    else:
+        spec = spec.branch(2)
+        variables = {"params": variables["params"]["net3"]}
+        model, trainable, objective = spec.build(), None, train.Objective("sr")
+    state = train.create_train_state(variables, tx, trainable)
+    batches = [tiny_batch(16, seed=s) for s in range(3)]
+    step_fn = functools.partial(train.train_step, model=model, tx=tx, objective=objective)
+    eight, m8 = run_steps(parallel.create_mesh(), state, batches, step_fn)
+    one, m1 = run_steps(parallel.create_mesh(jax.devices()[:1]), state, batches, step_fn)
+    others = [one]
+    if kind == "classsr":  # and the step without any mesh or collective
+        plain = jax.jit(functools.partial(train.train_step, model=model, tx=tx, objective=objective, axis_name=None))
+        reference = state
+        for batch in batches:
+            reference, _ = plain(reference, batch)
+        others.append(jax.device_get(reference))
+    for other in others:
+        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), eight.params, other.params)
+    for key in m8:
+        np.testing.assert_allclose(m8[key], m1[key], atol=1e-5, rtol=1e-5)
+    assert int(eight.step) == 3
+    changed = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), eight.params, state.params))
+    assert max(changed) > 1e-4  # the steps did train
+
+
+def count_convs(jaxpr) -> int:
+    """conv_general_dilated equations in a jaxpr, including those of nested jaxprs (jit, custom_jvp, …)."""
+
+    def nested(param):
+        if hasattr(param, "eqns"):
+            return [param]
+        if hasattr(param, "jaxpr") and hasattr(param.jaxpr, "eqns"):
+            return [param.jaxpr]
+        if isinstance(param, (tuple, list)):
+            return [j for p in param for j in nested(p)]
+        return []
+
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == "conv_general_dilated"
+        for param in eqn.params.values():
+            count += sum(count_convs(inner) for inner in nested(param))
+    return count
+
+
+def test_joint_step_differentiates_only_the_classifier():
+    """The frozen branches get no backward pass: the step has the forward convs plus the classifier's
+    backward convs, and the branch parameters come out bit-identical."""
+    spec, variables = tiny_classsr()
+    model, tx = spec.build(), optax.adam(1e-3)
+    objective = train.Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
+    batch = tiny_batch(4)
+    x = batch["lr"]
+
+    def step_convs(trainable):
+        state = train.create_train_state(variables, tx, trainable)
+        fn = functools.partial(train.train_step, model=model, tx=tx, objective=objective, axis_name=None)
+        return count_convs(jax.make_jaxpr(fn)(state, batch).jaxpr)
+
+    forward = count_convs(jax.make_jaxpr(lambda v: model.apply(v, x))(variables).jaxpr)
+    classify = lambda p: model.apply({"params": {**variables["params"], "classifier": p}}, x, method=model.classify)
+    classifier_forward = count_convs(jax.make_jaxpr(classify)(variables["params"]["classifier"]).jaxpr)
+    classifier_grad = count_convs(jax.make_jaxpr(jax.grad(lambda p: classify(p).sum()))(variables["params"]["classifier"]).jaxpr)
+    assert step_convs(("classifier",)) == forward + classifier_grad - classifier_forward
+    assert step_convs(None) > step_convs(("classifier",)) + 2 * 3  # fine-tuning differentiates the branches
+
+    state = train.create_train_state(variables, tx, ("classifier",))
+    new_state, metrics = jax.jit(functools.partial(train.train_step, model=model, tx=tx, objective=objective, axis_name=None))(state, batch)
+    assert set(new_state.params) == {"classifier"}
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.frozen_params, state.frozen_params)
+    assert set(metrics) == {"loss", "l1", "class_loss", "average_loss", "psnr", "prob_mass", "hard_ratio"}
+    assert metrics["prob_mass"].shape == (3,) and float(metrics["hard_ratio"].sum()) == pytest.approx(1.0)
+
+
+def test_carn_branches_use_stored_statistics_when_frozen_and_batch_statistics_when_trained():
+    spec, variables = tiny_classsr("carn", (4, 4, 8), {})
+    rng = np.random.default_rng(3)
+    stats = jax.tree_util.tree_map(lambda a: (rng.random(a.shape) + 0.5).astype(np.float32), variables["batch_stats"])
+    variables = {"params": variables["params"], "batch_stats": stats}
+    model, tx = spec.build(), optax.adam(1e-3)
+    batch = tiny_batch(4)
+    objective = train.Objective("classsr", l1_weight=1.0, class_loss_weight=0.0, average_loss_weight=0.0)
+    state = train.create_train_state(variables, tx, ("classifier",))
+    step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, objective=objective, axis_name=None))
+    new_state, metrics = step(state, batch)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.batch_stats, stats)
+    mixed, _ = jax.jit(lambda v, x: model.apply(v, x, False))(variables, batch["lr"])  # inference-mode BatchNorm
+    assert float(metrics["l1"]) == pytest.approx(float(np.mean(np.abs(np.asarray(mixed) - batch["hr"]))), rel=1e-5)
+    # Branch pretraining trains BatchNorm: the running statistics move.
+    branch_spec = spec.branch(0)
+    branch_vars = {"params": variables["params"]["net1"], "batch_stats": stats["net1"]}
+    state = train.create_train_state(branch_vars, tx)
+    branch_step = functools.partial(train.train_step, model=branch_spec.build(), tx=tx, objective=train.Objective("sr"), axis_name=None)
+    new_state, _ = jax.jit(branch_step)(state, batch)
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), new_state.batch_stats, stats["net1"])
+    assert min(jax.tree_util.tree_leaves(moved)) > 0
+
+
+def test_half_precision_computes_in_bfloat16_and_keeps_float32_parameters():
+    spec, variables = tiny_classsr()
+    tx = optax.adam(1e-3)
+    objective = train.Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
+    state = train.create_train_state(variables, tx, ("classifier",))
+    step = functools.partial(train.train_step, model=spec.build(dtype=jnp.bfloat16), tx=tx, objective=objective, axis_name=None)
+    new_state, metrics = jax.jit(step)(state, tiny_batch(8))
+    assert all(a.dtype == np.float32 for a in jax.tree_util.tree_leaves(new_state.params))
+    assert np.isfinite(metrics["loss"])
+
+
+def test_eval_step_sums_match_numpy_and_ignore_padding():
+    spec, variables = tiny_classsr()
+    model = spec.build()
+    objective = train.Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
+    batch = tiny_batch(16, seed=5)
+    batch["weight"] = (np.arange(16) < 11).astype(np.float32)
+    run = parallel.data_parallel(
+        functools.partial(train.eval_step, model=model, objective=objective), parallel.create_mesh(),
+        donate_state=False, out_specs=jax.sharding.PartitionSpec(),
+    )
+    mesh = parallel.create_mesh()
+    sums = parallel.host_copy(run(parallel.replicate(variables, mesh), parallel.global_batch(batch, mesh)))
+    out = train.summarize_eval(sums, objective)
+    mixed, probs = (np.asarray(a, np.float64)[:11] for a in model.apply(variables, batch["lr"]))
+    hr = batch["hr"][:11]
+    assert out["l1"] == pytest.approx(np.mean(np.abs(mixed - hr)), rel=1e-5)
+    assert out["prob_mass"] == pytest.approx(probs.mean(0).tolist(), rel=1e-5)
+    assert out["average_loss"] == pytest.approx(np.sum(np.abs(probs.sum(0) - 11 / 3)) / (4 * 11 / 3), rel=1e-4, abs=1e-6)
+    assert out["hard_ratio"] == pytest.approx(np.bincount(probs.argmax(1), minlength=3) / 11)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_manager_keeps_the_last_n_and_the_best(tmp_path):
+    state = {"w": np.zeros(3, np.float32)}
+    with checkpointing.train_checkpoint_manager(str(tmp_path), keep_last=2, save_every_steps=1, asynchronous=False) as manager:
+        for step, psnr in zip(range(1, 7), [20.0, 25.0, 21.0, 22.0, 23.0, 22.5]):
+            checkpointing.save_train_state(manager, step, {"w": state["w"] + step}, {"stage": "t"}, metrics={"psnr": psnr}, force=True)
+        manager.wait_until_finished()
+        assert list(manager.all_steps()) == [2, 5, 6]
+        assert manager.best_step() == 2
+        restored, progress = checkpointing.restore_train_state(manager, 2, {"w": jax.ShapeDtypeStruct((3,), np.float32)})
+    np.testing.assert_array_equal(restored["w"], np.full(3, 2, np.float32))
+    assert progress == {"stage": "t"}
+    assert checkpointing.latest_train_step(str(tmp_path)) == 6
+    assert checkpointing.read_train_progress(str(tmp_path)) == {"stage": "t"}
+
+
+def test_restoring_another_architecture_is_a_one_line_error(tmp_path):
+    tx = optax.adam(1e-3)
+    spec = ModelSpec("classsr", "fsrcnn", (4, 6, 8), 2, TINY_EXTRA)
+    zeros = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), checkpointing.abstract_variables(spec))
+    state = train.create_train_state(zeros, tx, ("classifier",))
+    with checkpointing.train_checkpoint_manager(str(tmp_path), asynchronous=False) as manager:
+        checkpointing.save_train_state(manager, 1, state, {"stage": "joint"}, force=True)
+    other = ModelSpec("classsr", "srresnet", (4, 4, 8), 2, {"nb": 1})
+    abstract = train._abstract_state(other, tx, None, parallel.create_mesh(), 32)
+    with checkpointing.train_checkpoint_manager(str(tmp_path), asynchronous=False) as manager:
+        with pytest.raises(CheckpointError) as err:
+            checkpointing.restore_train_state(manager, 1, abstract)
+    assert "does not fit this run" in str(err.value) and "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------- whole recipe
+
+
+def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages(data, tmp_path):
+    workdir = str(tmp_path / "run")
+    result = train.train_and_evaluate(tiny_config(data, **{"finetune.enabled": True}), workdir)
+    assert result["stages"] == ["original", "divide", "branches", "joint", "finetune", "evaluate"]
+    for path in ("config.json", "division/division.npz", "division/division.json", "division/division_hist.png",
+                 "evaluation/results.json", "evaluation/table.md", "stages/branch3/model", "stages/finetune/model"):
+        assert os.path.exists(os.path.join(workdir, path)), path
+    assert os.listdir(os.path.join(workdir, "tensorboard", "joint"))
+    exported = checkpointing.load_model(workdir)  # a workdir means its export/classsr
+    assert exported.spec == train.model_spec(tiny_config(data))
+    assert exported.metadata["stage"] == "finetune"
+    np.testing.assert_array_equal(exported.variables["params"]["classifier"]["fc"]["kernel"], result["variables"]["finetune"]["params"]["classifier"]["fc"]["kernel"])
+    original = checkpointing.load_model(os.path.join(workdir, "export", "original"))
+    assert original.spec == exported.spec.branch(2)
+    evaluation = result["evaluation"]
+    rows = evaluation["datasets"]["validation"]
+    assert set(rows) == {"bicubic", "original", "classsr"}
+    assert 0 < rows["classsr"]["flops_percent"] and len(rows["classsr"]["class_ratio"]) == 3
+    table = evaluation["table"].splitlines()
+    assert table[0] == "| Model | Params | validation PSNR (dB) | validation FLOPs |"
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| Bicubic", "| FSRCNN-O", "| ClassSR-FSRCNN"]
+    with open(os.path.join(workdir, "evaluation", "results.json")) as f:
+        assert json.load(f)["table"] == evaluation["table"]
+    # Every stage trained exactly its steps; the checkpoint records the stage and model.
+    progress = checkpointing.read_train_progress(os.path.join(workdir, "stages", "joint", "checkpoints"))
+    assert (progress["stage"], progress["step"]) == ("joint", 4)
+
+    # A rerun skips every finished stage and trains nothing.
+    before = checkpointing.latest_train_step(os.path.join(workdir, "stages", "joint", "checkpoints"))
+    again = train.train_and_evaluate(tiny_config(data, **{"finetune.enabled": True}), workdir)
+    assert again["evaluation"]["table"] == evaluation["table"]
+    assert checkpointing.latest_train_step(os.path.join(workdir, "stages", "joint", "checkpoints")) == before
+
+    # Converted branch checkpoints instead of stages (a)-(c): straight to joint training and evaluation.
+    branches = ",".join(os.path.join(workdir, "stages", f"branch{k}", "model") for k in (1, 2, 3))
+    other = str(tmp_path / "from_branches")
+    config = tiny_config(data, stages="joint,evaluate", **{"pretrained.branches": branches})
+    out = train.train_and_evaluate(config, other)
+    assert out["stages"] == ["joint", "evaluate"]
+    for k in (1, 2, 3):
+        jax.tree_util.tree_map(
+            np.testing.assert_array_equal, out["variables"]["joint"]["params"][f"net{k}"],
+            result["variables"][f"branch{k}"]["params"],
+        )
+    assert set(out["evaluation"]["datasets"]["validation"]) == {"bicubic", "classsr"}  # no -O given
+    assert not os.path.exists(os.path.join(other, "division"))
+
+
+def test_missing_inputs_fail_before_the_workdir_is_touched(data, tmp_path):
+    workdir = str(tmp_path / "never")
+    with pytest.raises(train.TrainError, match=r"^data dir /nonexistent/photos does not exist \(config\.data\.manual_dir\)"):
+        train.train_and_evaluate(tiny_config(data, **{"data.manual_dir": "/nonexistent/photos"}), workdir)
+    with pytest.raises(train.TrainError, match=r"^stage joint needs trained branches: run stage branches"):
+        train.train_and_evaluate(tiny_config(data, stages="joint"), workdir)
+    assert not os.path.exists(os.path.join(workdir, "stages"))
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def cli(*args, cwd=REPO, **kwargs):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return subprocess.run([sys.executable, "-m", "classsr_jax.main", *args], cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def snapshot(root):
+    return sorted((os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns) for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_cli_one_line_errors_and_an_incompatible_workdir_is_left_untouched(data, tmp_path):
+    photos, tfds_dir = data
+    common = ["--config", "tests/tiny_config.py", f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}"]
+    bad = cli(*common, "--workdir", str(tmp_path / "w"), "--config.joint.lr=1")
+    assert bad.returncode != 0
+    assert error_lines(bad.stderr) == [bad.stderr.strip().splitlines()[-1]]
+    assert "unknown config field" in bad.stderr and "--config.joint.lr" in bad.stderr
+    assert not os.path.exists(tmp_path / "w")
+
+    workdir = tmp_path / "carn_run"
+    os.makedirs(workdir)
+    carn = ModelSpec("classsr", "carn", (4, 8, 8), 2)
+    (workdir / "config.json").write_text(json.dumps({"model": carn.to_dict()}))
+    before = snapshot(workdir)
+    out = cli(*common, "--workdir", str(workdir))
+    assert out.returncode != 0
+    assert error_lines(out.stderr) == [
+        f"error: workdir {workdir} holds a ClassSR-carn x2 (widths 4/8/8) run, but this config is "
+        "ClassSR-fsrcnn x2 (widths 4/6/8); use another --workdir"
+    ]
+    assert snapshot(workdir) == before
+
+
+def finished_steps(directory):
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def test_kill_9_after_the_first_checkpoint_then_the_same_command_resumes_and_finishes(data, tmp_path):
+    photos, tfds_dir = data
+    workdir = tmp_path / "resume"
+    args = [
+        "--config", "tests/tiny_config.py", "--workdir", str(workdir), "--config.stages=original",
+        f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}",
+        "--config.original.num_steps=300", "--config.original.checkpoint_every_steps=10",
+        "--config.original.eval_every_steps=1000", "--config.original.log_every_steps=50",
+        "--config.checkpoint.keep_last=100",
+    ]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    checkpoints = workdir / "stages" / "original" / "checkpoints"
+    process = subprocess.Popen([sys.executable, "-m", "classsr_jax.main", *args], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not finished_steps(checkpoints) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    saved = checkpointing.latest_train_step(str(checkpoints))
+    assert saved is not None and 10 <= saved < 300, saved
+    assert not (workdir / "stages" / "original" / "model").exists()
+
+    second = cli(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"stage original: resuming from step {saved} of 300" in second.stderr
+    assert "stage original: starting" not in second.stderr
+    assert (workdir / "stages" / "original" / "model").is_dir()
+    assert checkpointing.latest_train_step(str(checkpoints)) == 300
+    progress = checkpointing.read_train_progress(str(checkpoints))
+    assert progress["started_at_step"] == saved and progress["data_seed"] == train.data_seed(10, "original", saved)
+    assert checkpointing.load_model(str(workdir / "stages" / "original" / "model")).metadata["steps"] == 300
+    assert checkpointing.load_model(str(workdir / "export" / "original")).metadata == {"stage": "original", "steps": 300}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_two_steps_and_end_with_identical_parameters(data, tmp_path):
+    photos, tfds_dir = data
+    # Prepare the dataset once beforehand, as a shared data dir would be on a cluster.
+    train.Run(tiny_config(data), train.Workdir(str(tmp_path)), None, None, None).train_dataset()
+    port, workdir = free_port(), str(tmp_path / "two")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "tests/multiprocess_worker.py", str(i), "2", str(port), workdir, photos, tfds_dir, str(tmp_path / f"p{i}.npz")],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in range(2)
+    ]
+    logs = [w.communicate(timeout=240)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    first, second = (np.load(tmp_path / f"p{i}.npz") for i in range(2))
+    assert int(first["devices"]) == 4  # 2 processes x 2 devices in one mesh
+    assert sorted(first.files) == sorted(second.files)
+    for key in first.files:
+        np.testing.assert_array_equal(first[key], second[key])
+    exported = checkpointing.load_model(os.path.join(workdir, "export", "original"))  # written by process 0
+    np.testing.assert_array_equal(exported.variables["params"]["tail_deconv"]["kernel"], first["tail_deconv/kernel"])
+    assert checkpointing.latest_train_step(os.path.join(workdir, "stages", "original", "checkpoints")) == 2
