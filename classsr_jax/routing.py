@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from classsr_jax.models.registry import ModelSpec
+from classsr_jax.parallel import DATA_AXIS, local_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +44,6 @@ class Buckets:
         """Tiles actually computed for `count` tiles of one class (bucket padding included)."""
         n_big, n_small = self.calls(count)
         return n_big * self.big + n_small * self.small
-
-
-def local_mesh() -> jax.sharding.Mesh:
-    """A 1-D 'data' mesh over this process's devices (Auto axes: pixel shuffle reshapes stay legal)."""
-    devices = np.asarray(jax.local_devices())
-    return jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _run_buckets(apply_branch, tiles, indices, count, out, size, start, n_calls):
@@ -151,8 +146,8 @@ class RoutedModel:
             return jax.shard_map(
                 local,
                 mesh=self.mesh,
-                in_specs=(P("data"), P("data")),
-                out_specs=(P("data"), P("data"), P("data"), P("data")),
+                in_specs=(P(DATA_AXIS), P(DATA_AXIS)),
+                out_specs=(P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
                 check_vma=False,
             )(tiles, valid)
 
@@ -160,14 +155,14 @@ class RoutedModel:
             return jax.shard_map(
                 lambda t: classify_tiles(self.model, variables, t),
                 mesh=self.mesh,
-                in_specs=P("data"),
-                out_specs=P("data"),
+                in_specs=P(DATA_AXIS),
+                out_specs=P(DATA_AXIS),
                 check_vma=False,
             )(tiles)
 
         self._route = jax.jit(sharded_route)
         self._classify = jax.jit(sharded_classify)
-        self.data_sharding = NamedSharding(self.mesh, P("data"))
+        self.data_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
         self.replicated = NamedSharding(self.mesh, P())
 
     @property
