@@ -8,24 +8,15 @@ forward (the soft mixture over all branches on a batch of 32x32 tiles), the larg
 
 import argparse
 import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec
+from benchmarks.machine import cpu_model
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():

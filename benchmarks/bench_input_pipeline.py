@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 
@@ -22,17 +21,9 @@ from classsr_jax.datasets import load_dataset
 from classsr_jax.datasets.bicubic import bicubic_degrade, modcrop
 from classsr_jax.datasets.bundled import bundled_photos
 from classsr_jax.input_pipeline import create_train_iterator
+from benchmarks.machine import cpu_model
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(dataset, batch_size: int, scale: int, seconds: float, **kwargs) -> float:

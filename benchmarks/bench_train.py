@@ -13,7 +13,6 @@ import argparse
 import functools
 import importlib.util
 import os
-import platform
 import statistics
 import time
 
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from classsr_jax import checkpointing, parallel, train
+from benchmarks.machine import cpu_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,15 +33,6 @@ def load_config(name):
     return module.get_config()
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def bench(name: str, batch: str, steps: int, blocks: int, half_precision: bool):

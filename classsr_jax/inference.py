@@ -11,7 +11,6 @@ import dataclasses
 import time
 from typing import Any, Iterable
 
-import jax
 import numpy as np
 
 from classsr_jax import flops as flops_lib

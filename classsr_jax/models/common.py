@@ -4,7 +4,7 @@ pixel shuffle, MeanShift and the sub-pixel form of FSRCNN's transposed convoluti
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
