@@ -62,7 +62,8 @@ def conv(
     else:
         kernel_init = kaiming_normal(init_scale)
         bias_init = nn.initializers.zeros
-    return nn.Conv(
+    conv_class = SplitGroupConv if groups > 1 else nn.Conv
+    return conv_class(
         features,
         (kernel, kernel),
         padding=((pad, pad), (pad, pad)),
@@ -73,6 +74,36 @@ def conv(
         dtype=dtype,
         name=name,
     )
+
+
+class SplitGroupConv(nn.Conv):
+    """A grouped `nn.Conv` (same parameters, same numbers) computed as one conv per group.
+
+    XLA's CPU backend runs feature-grouped convolutions 3-4x slower than the same work as separate convs
+    (BENCHMARKS.md, CARN); GPUs and TPUs handle both forms well.
+    """
+
+    @nn.compact
+    def __call__(self, x):
+        groups = self.feature_group_count
+        kernel = self.param(
+            "kernel", self.kernel_init, (*self.kernel_size, x.shape[-1] // groups, self.features), self.param_dtype
+        )
+        dtype = self.dtype or x.dtype
+        ys = [
+            jax.lax.conv_general_dilated(
+                xg.astype(dtype),
+                kg.astype(dtype),
+                window_strides=(1, 1),
+                padding=self.padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            for xg, kg in zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
+        ]
+        y = jnp.concatenate(ys, axis=-1)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(dtype)
+        return y
 
 
 def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
