@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import platform
 import time
 from typing import Any, Callable
 
@@ -20,20 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from classsr_jax.models.registry import ModelSpec, build_network
+from benchmarks.machine import cpu_model
 
 
 # ----------------------------------------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine_line() -> str:
