@@ -1,20 +1,19 @@
 """Peak memory and wall time of an 8K upscale (issue 3, item 9): LR 1920×1080 → 7680×4320, ClassSR-FSRCNN ×4.
 
-  python -m benchmarks.bench_memory_8k [--network fsrcnn] [--repeats 5] [--split-groups] [--buckets 4/1]
+  python -m benchmarks.bench_memory_8k [--network fsrcnn] [--repeats 5] [--buckets 4/1] [--chunks 32,128]
 
 Each measurement runs in a fresh subprocess, so its peak resident set size (VmHWM of /proc/self/status, and
 ru_maxrss) belongs to that one job: Python, JAX/XLA, the model, the compiled programs, the LR image, the
 chunks of tiles and SR tiles in flight and the HR canvas of the incremental merge. The child builds a
 randomly initialised ClassSR model (no checkpoint needed; the Class-Module's last layer is re-fitted on a
 sample of the image's tiles so that the tiles spread over all three branches, as a trained one does), runs
-`Upscaler.upscale` (full protocol, library defaults: chunks of 1024 tiles) once untimed (compilation), then
+`Upscaler.upscale` (full protocol, the library's default chunk and bucket sizes for the backend) once untimed (compilation), then
 --repeats timed runs. Target: peak RSS under 3 GiB for ClassSR-FSRCNN on this 2-core CPU machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -50,7 +49,6 @@ def child(args) -> None:
     grid = tiling.full_grid(h, w)
     sample = np.random.default_rng(0).choice(grid.num_tiles, size=min(1024, grid.num_tiles), replace=False)
     variables = C.tertile_classifier(spec, init_variables(spec), tiling.extract_tiles(lr, grid, np.sort(sample)))
-    ctx = (lambda: C.grouped_conv_as_split("split")) if args.split_groups else contextlib.nullcontext
     kw = {}
     if args.buckets:
         from classsr_jax.routing import Buckets
@@ -61,8 +59,7 @@ def child(args) -> None:
     up = Upscaler(spec, variables, **kw)
     report["after_setup"] = rss_status()
     t0 = time.perf_counter()
-    with ctx():
-        result = up.upscale(lr)
+    result = up.upscale(lr)
     report["first_run_s"] = time.perf_counter() - t0
     report["compile_s"] = result.compile_s
     report["after_first_run"] = rss_status()
@@ -71,14 +68,15 @@ def child(args) -> None:
     times = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        with ctx():
-            result = up.upscale(lr)
+        result = up.upscale(lr)
         times.append(time.perf_counter() - t0)
         counts = result.class_counts
         del result
     report.update(
         times=times,
         class_counts=counts,
+        buckets=[up.buckets.big, up.buckets.small],
+        chunk_sizes=list(up.chunk_sizes),
         tiles=grid.num_tiles,
         final=rss_status(),
         ru_maxrss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -93,7 +91,6 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--width", type=int, default=1920)
-    parser.add_argument("--split-groups", action="store_true", help="CARN: grouped convs per group")
     parser.add_argument("--buckets", default=None, metavar="B/S", help="Buckets(big=B, small=S) (default: the library's)")
     parser.add_argument("--chunks", default=None, metavar="C1,C2,…", help="Upscaler chunk sizes (default: the library's)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -103,8 +100,6 @@ def main():
         return
     cmd = [sys.executable, "-m", "benchmarks.bench_memory_8k", "--child", "--network", args.network,
            "--repeats", str(args.repeats), "--height", str(args.height), "--width", str(args.width)]
-    if args.split_groups:
-        cmd.append("--split-groups")
     for flag in ("buckets", "chunks"):
         if getattr(args, flag):
             cmd += [f"--{flag}", getattr(args, flag)]
@@ -123,8 +118,8 @@ def main():
     print(f"machine: {r['machine']}")
     print(f"\n### Peak memory and time of one upscale, LR {args.width}×{args.height} → {4 * args.width}×{4 * args.height}, "
           f"ClassSR-{args.network} ×4 (random weights), {r['tiles']} tiles, class counts "
-          f"{'/'.join(map(str, r['class_counts']))}, buckets {args.buckets or 'default (32/8)'}, chunks "
-          f"{args.chunks or 'default (64,256,1024)'}\n")
+          f"{'/'.join(map(str, r['class_counts']))}, buckets {'/'.join(map(str, r['buckets']))}, chunks "
+          f"{','.join(map(str, r['chunk_sizes']))}\n")
     print("| quantity | value |\n|---|---|")
     print(f"| peak RSS (VmHWM) | {peak:.0f} MiB ({peak / 1024:.2f} GiB) |")
     print(f"| peak RSS (ru_maxrss) | {r['ru_maxrss_mib']:.0f} MiB |")

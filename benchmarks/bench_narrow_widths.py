@@ -1,20 +1,21 @@
 """Why narrow branches are slower per FLOP on XLA:CPU, and what helps (issue 3, item 9 investigation).
 
-  python -m benchmarks.bench_narrow_widths [--parts convs,grouped,branches,flags,last] [--reps 7]
-      [--rcan-groups 2]
+  python -m benchmarks.bench_narrow_widths [--parts convs,grouped,branches,flags,last,batch] [--reps 7]
+      [--rcan-groups 2] [--batch 4]
 
-Parts (all on batches of 32 tiles of 32×32 LR pixels, the routing's big bucket; medians of interleaved runs):
+Parts (on batches of --batch tiles of 32×32 LR pixels, default 4: the CPU's big bucket; medians of interleaved runs):
 - convs: one 3×3 'same' conv C→C at each width C, NHWC/HWIO (what the library uses) against NCHW/OIHW.
 - grouped: CARN-M's g=4 grouped 3×3 conv: XLA's native grouped conv, per-group convs + concat, one
   block-diagonal dense conv.
 - branches: whole ×4 branches at each paper width, and the same branch computed with zero-padded channels
   (36→48, 50/52→64; outputs asserted equal), SRResNet, RCAN (with --rcan-groups of its 10 residual groups,
   default 2, to keep the run short: the per-FLOP behaviour of a block does not depend on the depth) and
-  CARN-M (native grouped convs, and per-group).
+  CARN-M. The library computes 50/52-wide branches at 64 on a CPU (`models.widen`) because of these rows.
 - flags: the unpadded branch rows again in one subprocess per XLA:CPU flag set (oneDNN, no XNNPACK, XNNPACK
   graph fusion, fast math).
 - last: the 3×3 conv from C channels to 3 (RGB) at 128×128, every network's last layer, against computing it
   as one matmul to 27 channels followed by 9 shifted adds; then whole branches with that change.
+- batch: per-tile time of whole branches run in calls of 1…32 tiles (what the bucket size decides).
 """
 
 from __future__ import annotations
@@ -101,37 +102,34 @@ def branch_rows(reps, batch, rcan_groups, padded=True, networks=("srresnet", "rc
     """{label: (median s, per-tile true FLOPs)} of whole branches, and the padded-equality checks."""
     from classsr_jax import flops as flops_lib
     from classsr_jax.models import PAPER_WIDTHS, ModelSpec, build_network
+    from classsr_jax.models.widen import widen_network_variables
 
     x = jnp.asarray(np.random.default_rng(0).random((batch, 32, 32, 3), np.float32))
     fns, fl, order = {}, {}, []
     for network in networks:
         extra = {"n_resgroups": rcan_groups} if network == "rcan" else {}
-        modes = ["native", "split"] if network == "carn" else [None]
-        for mode in modes:
-            for w in PAPER_WIDTHS[network]:
-                targets = [w]
-                if padded and w < 64:
-                    targets.append(48 if w <= 40 else 64)
-                for p in targets:
-                    model = build_network(network, w, 4, **extra)
-                    variables = jax.jit(model.init)(jax.random.PRNGKey(w), x[:1])
-                    ref = None
-                    if p != w:
-                        ref = np.asarray(jax.jit(model.apply)(variables, x[:4]))
-                        model, variables = C.pad_branch(network, w, p, 4, variables, extra)
-                    f = jax.jit(model.apply)
-                    ctx = C.grouped_conv_as_split("split") if mode == "split" else _null()
-                    with ctx:  # trace both batch sizes inside: the compiled programs keep the variant
-                        out = np.asarray(f(variables, x[:4]))
-                        jax.block_until_ready(f(variables, x))
-                    if ref is not None:
-                        err = float(np.abs(out - ref).max())
-                        assert err < 1e-4, f"{network} {w}→{p}: padded output differs by {err}"
-                    label = f"{network}{'-' + mode if mode else ''} {w}" + (f"→{p}" if p != w else "")
-                    fns[label] = lambda f=f, v=variables: f(v, x)
-                    spec = ModelSpec("network", network, (w,), 4, extra)
-                    fl[label] = flops_lib.model_flops(spec, convention="true").branches[0]
-                    order.append(label)
+        for w in PAPER_WIDTHS[network]:
+            targets = [w]
+            if padded and w < 64:
+                targets.append(48 if w <= 40 else 64)
+            for p in targets:
+                model = build_network(network, w, 4, **extra)
+                variables = jax.jit(model.init)(jax.random.PRNGKey(w), x[:1])
+                ref = None
+                if p != w:
+                    ref = np.asarray(jax.jit(model.apply)(variables, x[:4]))
+                    variables = widen_network_variables(network, w, p, 4, variables, extra)
+                    model = build_network(network, p, 4, **extra)
+                f = jax.jit(model.apply)
+                out = np.asarray(f(variables, x[:4]))
+                if ref is not None:
+                    err = float(np.abs(out - ref).max())
+                    assert err < 1e-4, f"{network} {w}→{p}: padded output differs by {err}"
+                label = f"{network} {w}" + (f"→{p}" if p != w else "")
+                fns[label] = lambda f=f, v=variables: f(v, x)
+                spec = ModelSpec("network", network, (w,), 4, extra)
+                fl[label] = flops_lib.model_flops(spec, convention="true").branches[0]
+                order.append(label)
     t = C.time_interleaved(fns, reps)
     return {k: (C.med(t[k]), fl[k], C.spread(t[k])) for k in order}
 
@@ -155,7 +153,7 @@ def print_branches(rows, batch, title):
     print()
     for label in rows:
         net, w = label.split(" ")
-        if "→" in w or int(w) != PAPER_WIDTHS[net.split("-")[0]][0]:
+        if "→" in w or int(w) != PAPER_WIDTHS[net][0]:
             continue
         hi = f"{net} 64"
         if hi in rows:
@@ -185,8 +183,8 @@ def part_flags(reps, batch, rcan_groups):
         print(f"| {label} | " + " | ".join(f"{1e3 * results[n][label][0] / batch:.2f}" for n in results) + " |")
     from classsr_jax.models import PAPER_WIDTHS
 
-    for net in ("srresnet", "rcan", "carn-split"):
-        lo, hi = f"{net} {PAPER_WIDTHS[net.split('-')[0]][0]}", f"{net} 64"
+    for net in ("srresnet", "rcan", "carn"):
+        lo, hi = f"{net} {PAPER_WIDTHS[net][0]}", f"{net} 64"
         if lo in labels and hi in labels:
             cells = []
             for n in results:
@@ -219,7 +217,7 @@ def part_last(reps):
     from classsr_jax.models import build_network
 
     xin = jnp.asarray(rng.random((4, 32, 32, 3), np.float32))
-    for network, w, base in (("srresnet", 36, None), ("srresnet", 64, None), ("carn", 36, "split"), ("carn", 64, "split")):
+    for network, w, base in (("srresnet", 36, None), ("srresnet", 64, None), ("carn", 36, None), ("carn", 64, None)):
         model = build_network(network, w, 4)
         variables = jax.jit(model.init)(jax.random.PRNGKey(0), xin[:1])
         for mode in (base, "split+rgb-matmul" if base else "rgb-matmul"):
@@ -239,15 +237,45 @@ def part_last(reps):
     print("| branch | library conv | matmul + shifts | speed-up |\n|---|---|---|---|")
     for key in sorted({k[0] for k in fns if isinstance(k[0], str)}):
         a, b = [k for k in fns if k[0] == key]
-        print(f"| {key}{' (grouped convs split)' if 'carn' in key else ''} | {1e3 * C.med(t[a]) / 4:.2f} | "
+        print(f"| {key} | {1e3 * C.med(t[a]) / 4:.2f} | "
               f"{1e3 * C.med(t[b]) / 4:.2f} | {C.med(t[a]) / C.med(t[b]):.2f}× |")
+
+
+def part_batch(reps):
+    """Per-tile time of whole branches when 32 tiles are run in calls of 1, 2, 4, 8, 16 or 32 tiles."""
+    from classsr_jax.models import build_network
+
+    n = 32
+    x = jnp.asarray(np.random.default_rng(0).random((n, 32, 32, 3), np.float32))
+    sizes = (1, 2, 4, 8, 16, 32)
+    cases = (("srresnet", 36, None), ("srresnet", 64, None), ("rcan", 64, None), ("carn", 36, None),
+             ("carn", 64, None), ("fsrcnn", 56, None))
+    fns = {}
+    for network, w, mode in cases:
+        extra = {"n_resgroups": 2} if network == "rcan" else {}
+        model = build_network(network, w, 4, **extra)
+        variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
+        for b in sizes:
+            f = jax.jit(lambda v, x, model=model: model.apply(v, x))
+            parts = [x[i:i + b] for i in range(0, n, b)]
+            with (C.grouped_conv_as_split(mode) if mode else _null()):
+                jax.block_until_ready(f(variables, parts[0]))
+            fns[network, w, b] = lambda f=f, v=variables, parts=parts: [f(v, p) for p in parts]
+    t = C.time_interleaved(fns, reps)
+    print(f"\n### Batch size: ms per tile when {n} tiles run in calls of b tiles (RCAN: 2 of 10 groups)\n")
+    print("| branch | " + " | ".join(f"b={b}" for b in sizes) + " | b=32 / best |")
+    print("|---|" + "---|" * (len(sizes) + 1))
+    for network, w, mode in cases:
+        per = [1e3 * C.med(t[network, w, b]) / n for b in sizes]
+        label = f"{network} {w}"
+        print(f"| {label} | " + " | ".join(f"{v:.2f}" for v in per) + f" | {per[-1] / min(per):.2f}× |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--parts", default="convs,grouped,branches,flags,last")
+    parser.add_argument("--parts", default="convs,grouped,branches,flags,last,batch")
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rcan-groups", type=int, default=2)
     parser.add_argument("--flags-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -269,6 +297,8 @@ def main():
         part_flags(max(3, args.reps - 2), args.batch, args.rcan_groups)
     if "last" in parts:
         part_last(args.reps)
+    if "batch" in parts:
+        part_batch(args.reps)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Routing efficiency on one 256×256 LR image (issue 3, item 9): forced branches, mixed routing, own times.
 
   python -m benchmarks.bench_routing [--networks fsrcnn,carn,srresnet,rcan] [--reps N] [--rcan-reps 3]
-      [--variants chunks128,buckets:4/1,split-groups,pad64,proposed]
+      [--variants accelerator,chunks:64/128,buckets:8/2,widths:36/52/64]
 
 For each ×4 ClassSR network (random-initialised weights, whose Class-Module's last layer is re-fitted so that
 it sends a third of the tiles to each branch, see `routing_common.tertile_classifier`), on the 121 tiles of a 256×256
@@ -17,17 +17,16 @@ Targets: (i) mixed ≤ 1.10 × Σ own; (ii) forced-3 / forced-1 time ≥ 60 % (C
 for SRResNet and RCAN. Compile time is excluded (one untimed warm-up round); every variant is timed in the
 same interleaved rounds, so the ratios compare like with like under the machine's varying load.
 
---variants adds rows that measure proposed library changes in the same run (nothing in `classsr_jax` is
-edited; see `routing_common.py`): chunks128 (Upscaler chunk sizes 64/128/256/512/1024, so 121 tiles pad to 128, not
-256), buckets:B/S (Buckets(big=B, small=S); the default is 32/8), split-groups (grouped convs as per-group
-convs: CARN-M only), pad64 (branch 2 of width 50/52 computed at 64 channels with zero-padded weights),
-proposed (chunks128 + buckets:4/1 + split-groups for CARN-M).
+--variants adds rows measured in the same run, so that other settings compare like with like (nothing in
+`classsr_jax` is edited): accelerator (the GPU/TPU defaults: chunks of 64/256/1024 tiles, buckets 32/8),
+chunks:A/B/... (Upscaler chunk sizes), buckets:B/S (Buckets(big=B, small=S)), widths:A/B/C (branches computed at these
+widths with zero-padded weights, `models.widen`; widths:36/52/64 turns the CPU default's widening off). "default"
+is the library's default for this backend (`default_chunk_sizes`, `default_buckets`, `default_compute_widths`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import jax
@@ -38,62 +37,31 @@ from benchmarks import routing_common as C
 from classsr_jax import flops as flops_lib
 from classsr_jax import tiling
 from classsr_jax.checkpointing import init_variables
-from classsr_jax.inference import Upscaler
+from classsr_jax.inference import ACCELERATOR_CHUNK_SIZES, Upscaler
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec
-from classsr_jax.routing import Buckets, RoutedModel
+from classsr_jax.routing import ACCELERATOR_BUCKETS, Buckets, RoutedModel
 
 DEFAULT_REPS = {"fsrcnn": 9, "carn": 5, "srresnet": 5, "rcan": 3}
-VARIANTS = ("chunks128", "buckets:B/S", "split-groups", "pad64", "proposed")
-PROPOSED_CHUNKS = (64, 128, 256, 512, 1024)
-PROPOSED_BUCKETS = Buckets(4, 1)
-
-
-def padded_model(spec: ModelSpec, variables, width: int = 64):
-    """The ClassSR spec/variables with every branch narrower than `width` but wider than 48 computed at `width`."""
-    widths = list(spec.widths)
-    params = dict(variables["params"])
-    stats = dict(variables.get("batch_stats", {}))
-    for k, w in enumerate(spec.widths):
-        if 48 < w < width:
-            branch = {"params": params[f"net{k + 1}"]}
-            if f"net{k + 1}" in stats:
-                branch["batch_stats"] = stats[f"net{k + 1}"]
-            _, padded = C.pad_branch(spec.network, w, width, spec.scale, branch, spec.extra)
-            params[f"net{k + 1}"] = padded["params"]
-            if "batch_stats" in padded:
-                stats[f"net{k + 1}"] = padded["batch_stats"]
-            widths[k] = width
-    out = {"params": params}
-    if stats:
-        out["batch_stats"] = stats
-    return ModelSpec(spec.kind, spec.network, tuple(widths), spec.scale, dict(spec.extra)), out
+VARIANTS = ("accelerator", "chunks:A/B/...", "buckets:B/S", "widths:A/B/C")
 
 
 def variant_config(name: str, network: str):
-    """(chunk sizes, buckets, grouped-conv mode or None, pad) of a variant; None if it does not apply."""
-    chunks, buckets, groups, pad = None, Buckets(), None, False
+    """(chunk sizes, buckets, compute widths) of a variant (None: the library defaults)."""
+    chunks, buckets, widths = None, None, None
     if name == "default":
         pass
-    elif name == "chunks128":
-        chunks = (64, 128, 256, 512, 1024)
+    elif name == "accelerator":
+        chunks, buckets = ACCELERATOR_CHUNK_SIZES, ACCELERATOR_BUCKETS
+    elif name.startswith("chunks:"):
+        chunks = tuple(int(v) for v in name.split(":", 1)[1].split("/"))
     elif name.startswith("buckets:"):
         big, small = (int(v) for v in name.split(":", 1)[1].split("/"))
         buckets = Buckets(big, small)
-    elif name == "split-groups":
-        if network != "carn":
-            return None
-        groups = "split"
-    elif name == "pad64":
-        if network == "fsrcnn":
-            return None
-        pad = True
-        groups = "split" if network == "carn" else None
-    elif name == "proposed":
-        chunks, buckets = PROPOSED_CHUNKS, PROPOSED_BUCKETS
-        groups = "split" if network == "carn" else None
+    elif name.startswith("widths:"):
+        widths = tuple(int(v) for v in name.split(":", 1)[1].split("/"))
     else:
         raise ValueError(f"unknown variant {name!r}: use {', '.join(VARIANTS)}")
-    return chunks, buckets, groups, pad
+    return chunks, buckets, widths
 
 
 def bench_network(network: str, reps: int, variants: list[str], size: int, seed: int, upscale: bool):
@@ -110,20 +78,19 @@ def bench_network(network: str, reps: int, variants: list[str], size: int, seed:
         cfg = variant_config(name, network)
         if cfg is None:
             continue
-        chunks, buckets, groups, pad = cfg
-        vspec, vvars = padded_model(spec, variables) if pad else (spec, variables)
-        ctx = (lambda g=groups: C.grouped_conv_as_split(g)) if groups else contextlib.nullcontext
-        routed = RoutedModel(vspec, buckets)
-        placed = routed.place_variables(vvars)
+        chunks, buckets, widths = cfg
+        if widths is not None and len(widths) != spec.num_branches:
+            continue  # widths written for another network
+        routed = RoutedModel(spec, buckets, compute_widths=widths)
+        placed = routed.place_variables(variables)
         m = C.chunk_size(n, chunks)
         padded = np.zeros((m, *tiles.shape[1:]), np.float32)
         padded[:n] = tiles
         valid = np.arange(m) < n
-        info[name] = dict(chunk=m, buckets=buckets, widths=vspec.widths, groups=groups)
+        info[name] = dict(chunk=m, buckets=routed.buckets, widths=routed.compute_spec.widths)
 
-        def route(force, routed=routed, placed=placed, padded=padded, valid=valid, ctx=ctx):
-            with ctx():
-                return routed.route(placed, padded, valid, offsets, force)
+        def route(force, routed=routed, placed=placed, padded=padded, valid=valid):
+            return routed.route(placed, padded, valid, offsets, force)
 
         for k in range(spec.num_branches):
             fns[name, f"forced{k + 1}"] = lambda k=k, route=route: route(k)
@@ -139,23 +106,14 @@ def bench_network(network: str, reps: int, variants: list[str], size: int, seed:
 
     model = spec.build()
     dvars = jax.device_put(variables)
-    own_modes = [None] + (["split"] if network == "carn" and any(variant_config(v, network)[2] for v in variants
-                                                                   if variant_config(v, network)) else [])
-    for mode in own_modes:
-        for k in range(spec.num_branches):
-            f = C.branch_apply(spec, k)
-            xk = jnp.asarray(tiles[classes == k])
-            ctx = (lambda m=mode: C.grouped_conv_as_split(m)) if mode else contextlib.nullcontext
-
-            def own(f=f, xk=xk, ctx=ctx):
-                with ctx():
-                    return f(dvars, xk)
-
-            fns[f"own-{mode or 'default'}", f"own{k + 1}"] = own
-            out = np.asarray(own())
-            err = float(np.abs(out - sr[classes == k]).max())
-            if err > 1e-3:
-                raise AssertionError(f"{network}: routed tiles of branch {k + 1} differ from the branch alone by {err}")
+    for k in range(spec.num_branches):
+        f = C.branch_apply(spec, k)
+        xk = jnp.asarray(tiles[classes == k])
+        fns["own", f"own{k + 1}"] = lambda f=f, xk=xk: f(dvars, xk)
+        out = np.asarray(fns["own", f"own{k + 1}"]())
+        err = float(np.abs(out - sr[classes == k]).max())
+        if err > 1e-3:
+            raise AssertionError(f"{network}: routed tiles of branch {k + 1} differ from the branch alone by {err}")
     classify = jax.jit(lambda v, x: model.apply(v, x, method=model.classify))
     for m in sorted({i["chunk"] for i in info.values()}):
         chunk = jnp.asarray(np.concatenate([tiles, np.zeros((m - n, *tiles.shape[1:]), np.float32)]))
@@ -178,8 +136,7 @@ def report(network, spec, counts, info, times, upscale):
     t = lambda key: C.med(times[key])
     rows = []
     for name in info:
-        own_mode = "own-split" if info[name]["groups"] and ("own-split", "own1") in times else "own-default"
-        own_sum = sum(t((own_mode, f"own{k + 1}")) for k in range(spec.num_branches))
+        own_sum = sum(t(("own", f"own{k + 1}")) for k in range(spec.num_branches))
         b31 = t((name, "forced3")) / t((name, "forced1"))
         pct = f"{100 * b31 / ratio_paper:.0f} %"
         if network == "fsrcnn":
@@ -189,7 +146,7 @@ def report(network, spec, counts, info, times, upscale):
                      own_sum, t((name, "mixed")) / own_sum, b31, pct, info[name], machinery))
     own_rate = []
     for k in range(spec.num_branches):
-        per_tile = t(("own-default", f"own{k + 1}")) / counts[k]
+        per_tile = t(("own", f"own{k + 1}")) / counts[k]
         own_rate.append((per_tile, fl_true.branches[k] / per_tile / 1e9))
     plain_b31 = own_rate[-1][0] / own_rate[0][0]
     return dict(network=network, rows=rows, own_rate=own_rate, plain_b31=plain_b31, ratio_paper=ratio_paper,
@@ -248,7 +205,7 @@ def main():
         cells = " | ".join(f"{1e3 * pt:.2f} ({gf:.0f})" for pt, gf in r["own_rate"])
         print(f"| {r['network']} | {cells} |")
     if variants:
-        print("\n### Proposed changes, same runs (route program; speed-up = default mixed / variant mixed)\n")
+        print("\n### Variants, same runs (route program; speed-up = default mixed / variant mixed)\n")
         print("| network | variant | chunk | buckets | widths | forced 1 | forced 2 | forced 3 | mixed | speed-up "
               "| mixed / Σ own | (mixed − classifier) / Σ own | b3/b1 % of FLOPs ratio |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -257,7 +214,7 @@ def main():
             for name, f1, f2, f3, mx, own, mo, b31, pct, inf, mach in r["rows"]:
                 b = inf["buckets"]
                 print(f"| {r['network']} | {name} | {inf['chunk']} | {b.big}/{b.small} | {'/'.join(map(str, inf['widths']))}"
-                      f"{' split' if inf['groups'] else ''} | {C.fmt_s(f1)} | {C.fmt_s(f2)} | {C.fmt_s(f3)} | "
+                      f" | {C.fmt_s(f1)} | {C.fmt_s(f2)} | {C.fmt_s(f3)} | "
                       f"{C.fmt_s(mx)} | {base / mx:.2f}× | {mo:.2f} | {mach:.2f} | {pct} |")
 
 

@@ -1,6 +1,6 @@
 """Bucketed routing against tile-at-a-time inference (issue 3, item 9).
 
-  python -m benchmarks.bench_tile_loop [--networks fsrcnn,carn,srresnet,rcan] [--reps N] [--split-groups]
+  python -m benchmarks.bench_tile_loop [--networks fsrcnn,carn,srresnet,rcan] [--reps N] [--accelerator-sizes]
 
 The original ClassSR tests one 32×32 tile at a time: classify it, run its branch at batch 1, put the SR tile
 into the output. Written in JAX for the comparison: one jitted classifier and one jitted program per branch,
@@ -11,16 +11,14 @@ same `tiling.TileMerger`; the bucketed side is `Upscaler.upscale` (library defau
 Compile time is excluded (untimed warm-up round); times are medians of interleaved rounds.
 
 Target: bucketed routing ≥ 5× faster for FSRCNN and CARN on CPU, ≥ 20× for every network on a GPU.
---split-groups adds the same comparison with CARN-M's grouped convs computed per group (the proposed library
-change measured in bench_routing), on both sides; --proposed adds Upscaler with the proposed chunk sizes and
-buckets (constructor arguments, no library change). "Σ own" is the compute alone (each branch's plain batched
-apply on its tiles, no classifier, no merge): loop / Σ own bounds what any batching can gain over the loop.
+--accelerator-sizes adds Upscaler with the GPU/TPU chunk and bucket sizes (64/256/1024, 32/8) for comparison.
+"Σ own" is the compute alone (each branch's plain batched apply on its tiles, no classifier, no merge):
+loop / Σ own bounds what any batching can gain over the loop.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -29,14 +27,11 @@ import numpy as np
 from benchmarks import routing_common as C
 from classsr_jax import tiling
 from classsr_jax.checkpointing import init_variables
-from classsr_jax.inference import Upscaler
+from classsr_jax.inference import ACCELERATOR_CHUNK_SIZES, Upscaler
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec
-from classsr_jax.routing import Buckets
+from classsr_jax.routing import ACCELERATOR_BUCKETS
 
 DEFAULT_REPS = {"fsrcnn": 9, "carn": 5, "srresnet": 5, "rcan": 3}
-PROPOSED_CHUNKS = (64, 128, 256, 512, 1024)
-PROPOSED_BUCKETS = Buckets(4, 1)
-
 
 class TileLoop:
     """The original's inference loop: per tile, classify (batch 1), read the class, run that branch (batch 1)."""
@@ -60,15 +55,13 @@ class TileLoop:
             merger.add([i], np.asarray(self.branches[k](self.variables, tile)))
         return merger.result(), classes
 
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--networks", default="fsrcnn,carn,srresnet", help="comma list of fsrcnn,carn,srresnet,rcan")
     parser.add_argument("--reps", type=int, default=None, help=f"timed rounds (default per network: {DEFAULT_REPS})")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--split-groups", action="store_true", help="also measure CARN with per-group convs")
-    parser.add_argument("--proposed", action="store_true",
-                        help="also time Upscaler with the proposed chunk sizes (64…1024) and buckets (4/1)")
+    parser.add_argument("--accelerator-sizes", action="store_true",
+                        help="also time Upscaler with the GPU/TPU chunk sizes (64/256/1024) and buckets (32/8)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(f"machine: {C.machine_line()}; load average: {C.load_average()}", flush=True)
@@ -79,44 +72,37 @@ def main():
     for network in args.networks.split(","):
         spec = ModelSpec("classsr", network, PAPER_WIDTHS[network], 4)
         variables = C.tertile_classifier(spec, init_variables(spec, args.seed), tiles)
-        modes = ["default"] + (["split"] if network == "carn" and args.split_groups else [])
-        fns = {}
-        for mode in modes:
-            ctx = (lambda: C.grouped_conv_as_split("split")) if mode == "split" else contextlib.nullcontext
-            ups = {"bucketed": Upscaler(spec, variables)}
-            if args.proposed:
-                ups["bucketed, proposed"] = Upscaler(spec, variables, chunk_sizes=PROPOSED_CHUNKS, buckets=PROPOSED_BUCKETS)
-            loop = TileLoop(spec, variables)
-            with ctx():
-                looped, loop_classes = loop.upscale(image)
-                for name, up in ups.items():
-                    routed = up.upscale(image)
-                    np.testing.assert_array_equal(routed.classes, loop_classes)
-                    err = float(np.abs(routed.sr - looped).max())
-                    assert err < 1e-3, f"{network}: {name} and tile-loop outputs differ by {err}"
-            for name, up in ups.items():
-                fns[mode, name] = lambda up=up, ctx=ctx: _in(ctx, lambda: up.upscale(image).sr)
-            fns[mode, "loop"] = lambda loop=loop, ctx=ctx: _in(ctx, lambda: loop.upscale(image)[0])
-            # The compute alone: each branch's plain batched apply on its tiles (no classifier, no merge).
-            dvars = jax.device_put(variables)
-            for k in range(spec.num_branches):
-                f, xk = C.branch_apply(spec, k), jnp.asarray(tiles[loop_classes == k])
-                fns[mode, f"own{k}"] = lambda f=f, xk=xk, ctx=ctx: _in(ctx, lambda: f(dvars, xk))
+        ups = {"bucketed": Upscaler(spec, variables)}
+        if args.accelerator_sizes:
+            ups["bucketed, accelerator sizes"] = Upscaler(spec, variables, chunk_sizes=ACCELERATOR_CHUNK_SIZES,
+                                                          buckets=ACCELERATOR_BUCKETS)
+        loop = TileLoop(spec, variables)
+        looped, loop_classes = loop.upscale(image)
+        fns = {"loop": lambda loop=loop: loop.upscale(image)[0]}
+        for name, up in ups.items():
+            routed = up.upscale(image)
+            np.testing.assert_array_equal(routed.classes, loop_classes)
+            err = float(np.abs(routed.sr - looped).max())
+            assert err < 1e-3, f"{network}: {name} and tile-loop outputs differ by {err}"
+            fns[name] = lambda up=up: up.upscale(image).sr
+        # The compute alone: each branch's plain batched apply on its tiles (no classifier, no merge).
+        dvars = jax.device_put(variables)
+        for k in range(spec.num_branches):
+            f, xk = C.branch_apply(spec, k), jnp.asarray(tiles[loop_classes == k])
+            fns[f"own{k}"] = lambda f=f, xk=xk: f(dvars, xk)
         reps = args.reps or DEFAULT_REPS[network]
         times = C.time_interleaved(fns, reps)
         counts = np.bincount(loop_classes, minlength=spec.num_branches)
-        for mode in modes:
-            own = sum(C.med(times[mode, f"own{k}"]) for k in range(spec.num_branches))
-            label = network + (" (grouped convs split)" if mode == "split" else "")
-            rows.append((label, reps, counts, {n: t for (m, n), t in times.items() if m == mode}, own))
-            print(f"{label}: " + ", ".join(f"{n} {C.spread(t)}" for (m, n), t in times.items() if m == mode), flush=True)
+        own = sum(C.med(times[f"own{k}"]) for k in range(spec.num_branches))
+        rows.append((network, reps, counts, times, own))
+        print(f"{network}: " + ", ".join(f"{n} {C.spread(t)}" for n, t in times.items()), flush=True)
 
     print(f"\n### Bucketed routing against the tile-at-a-time loop, {args.size}×{args.size} LR image "
           f"({grid.num_tiles} tiles), median (min–max) of interleaved rounds\n")
     head = "| network | tiles per branch | tile loop (batch 1) | bucketed (Upscaler defaults) | speed-up |"
     line = "|---|---|---|---|---|"
-    if args.proposed:
-        head += " bucketed (chunks 64…1024, buckets 4/1) | speed-up |"
+    if args.accelerator_sizes:
+        head += " bucketed (chunks 64/256/1024, buckets 32/8) | speed-up |"
         line += "---|---|"
     print(head + " Σ own (compute only) | loop / Σ own |")
     print(line + "---|---|")
@@ -124,14 +110,9 @@ def main():
         lp = C.med(t["loop"])
         cells = f"| {name} ({reps} reps) | {'/'.join(map(str, counts))} | {C.spread(t['loop'])} | {C.spread(t['bucketed'])} | " \
                 f"{lp / C.med(t['bucketed']):.1f}× |"
-        if args.proposed:
-            cells += f" {C.spread(t['bucketed, proposed'])} | {lp / C.med(t['bucketed, proposed']):.1f}× |"
+        if args.accelerator_sizes:
+            cells += f" {C.spread(t['bucketed, accelerator sizes'])} | {lp / C.med(t['bucketed, accelerator sizes']):.1f}× |"
         print(cells + f" {C.fmt_s(own)} | {lp / own:.1f}× |")
-
-
-def _in(ctx, f):
-    with ctx():
-        return f()
 
 if __name__ == "__main__":
     main()

@@ -1,9 +1,9 @@
 """Shared helpers of the routing benchmarks (issue 3, item 9): machine line, interleaved timing, a synthetic
 photo-like image, a classifier that spreads tiles over the branches, and the CPU speed-up variants that are
-measured here before they are proposed for the library (grouped convs as per-group convs, zero-padded widths).
+measured here (grouped convs computed in other forms).
 
 Nothing here changes `classsr_jax`: the variants are applied by patching module attributes inside the running
-benchmark process only (`grouped_conv_as_split`) or by building a wider twin of a branch (`pad_branch`).
+benchmark process only (`grouped_conv_as_split`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classsr_jax.models.registry import ModelSpec, build_network
+from classsr_jax.models.registry import ModelSpec
 from benchmarks.machine import cpu_model
 
 
@@ -178,9 +178,9 @@ def tertile_classifier(spec: ModelSpec, variables, tiles: np.ndarray):
 
 def chunk_size(n: int, chunk_sizes=None) -> int:
     """The chunk size Upscaler pads n tiles to (one device)."""
-    from classsr_jax.inference import CHUNK_SIZES
+    from classsr_jax.inference import default_chunk_sizes
 
-    sizes = sorted(chunk_sizes or CHUNK_SIZES)
+    sizes = sorted(chunk_sizes or default_chunk_sizes())
     return next((c for c in sizes if c >= n), sizes[-1])
 
 
@@ -300,63 +300,3 @@ def grouped_conv_as_split(mode: str = "split"):
         yield
     finally:
         common.nn = saved
-
-
-_SHUFFLE_LAYERS = ("upconv", "upsample")  # convs whose output channels are c·r² + phase (pixel shuffle order)
-
-
-def _channel_map(nf: int, width: int, groups: int) -> np.ndarray:
-    """Where narrow feature channel c lives in the padded width: groups stay groups (CARN), the padding goes
-    at the end of each group."""
-    per, wide_per = nf // groups, width // groups
-    c = np.arange(nf)
-    return (c // per) * wide_per + c % per
-
-
-def _pad_axis(x: np.ndarray, axis: int, wide: int, nf: int, width: int, cmap: np.ndarray, shuffle: bool) -> np.ndarray:
-    n = x.shape[axis]
-    out_shape = list(x.shape)
-    out_shape[axis] = wide
-    out = np.zeros(out_shape, x.dtype)
-    if n % nf == 0 and wide == (n // nf) * width:
-        m = n // nf
-        if shuffle:  # index c·m + phase
-            dest = (cmap[:, None] * m + np.arange(m)[None, :]).reshape(-1)
-        else:  # concatenated segments: segment·nf + c
-            dest = (np.arange(m)[:, None] * width + cmap[None, :]).reshape(-1)
-    else:  # a per-group local index or a reduced width (RCAN's squeeze): pad at the end
-        dest = np.arange(n)
-    index = [slice(None)] * x.ndim
-    index[axis] = dest
-    out[tuple(index)] = x
-    return out
-
-
-def pad_branch(network: str, width: int, padded_width: int, scale: int, variables, extra: dict | None = None):
-    """A branch of width `width` computed at `padded_width` channels with zero-padded parameters.
-
-    Every extra channel is zero everywhere (zero weights in and out, zero bias, BatchNorm scale 0), so the
-    output is exactly the narrow branch's (checked by the caller). Returns (module, padded variables).
-    """
-    extra = dict(extra or {})
-    narrow = build_network(network, width, scale, **extra)
-    wide = build_network(network, padded_width, scale, **extra)
-    shapes = jax.eval_shape(lambda: wide.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
-    groups = int(getattr(narrow, "group", 1))
-    cmap = _channel_map(width, padded_width, groups)
-    flat_n = jax.tree_util.tree_flatten_with_path(jax.tree_util.tree_map(np.asarray, variables))[0]
-    flat_w = dict(jax.tree_util.tree_flatten_with_path(shapes)[0])
-    out = {}
-    for path, leaf in flat_n:
-        target = flat_w[path].shape
-        names = "/".join(str(getattr(p, "key", p)) for p in path)
-        shuffle = any(s in names for s in _SHUFFLE_LAYERS)
-        x = leaf
-        last = x.ndim - 1
-        for axis in range(x.ndim):
-            if x.shape[axis] != target[axis]:
-                is_out = axis == last and names.endswith(("kernel", "bias"))
-                x = _pad_axis(x, axis, target[axis], width, padded_width, cmap, shuffle and is_out)
-        out[path] = x
-    padded = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), [out[p] for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0]])
-    return wide, padded

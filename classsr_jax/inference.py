@@ -1,7 +1,7 @@
 """Whole-image ClassSR inference: tile, classify, route, merge; budgets, reports and evaluation.
 
 `Upscaler` is the library entry point that `upscale`, `evaluate`, training validation and the notebooks
-share. Tiles are processed in chunks whose sizes come from a short list (`CHUNK_SIZES`), so images of any
+share. Tiles are processed in chunks whose sizes come from a short list (`default_chunk_sizes`), so images of any
 size reuse the same few compiled programs, and the HR canvas is merged incrementally chunk by chunk.
 """
 
@@ -11,16 +11,27 @@ import dataclasses
 import time
 from typing import Any, Iterable
 
+import jax
 import numpy as np
 
 from classsr_jax import flops as flops_lib
 from classsr_jax import metrics, tiling
 from classsr_jax.models.registry import ModelSpec
-from classsr_jax.routing import Buckets, RoutedModel
+from classsr_jax.routing import Buckets, RoutedModel, default_buckets
 
 # Tiles per device call (before rounding up to a multiple of the device count). A chunk of n tiles uses the
-# smallest size ≥ n; bigger images are cut into chunks of the largest size.
-CHUNK_SIZES = (64, 256, 1024)
+# smallest size ≥ n; bigger images are cut into chunks of the largest size. On a CPU every padded tile costs
+# its classifier pass and a slice of a freshly allocated output buffer, and bigger calls gain nothing, so the
+# sizes are small (a 256×256 image's 121 tiles run 1.35× faster as one chunk of 128 than of 256 with FSRCNN,
+# BENCHMARKS.md); accelerators want big calls.
+CPU_CHUNK_SIZES = (32, 128)
+ACCELERATOR_CHUNK_SIZES = (64, 256, 1024)
+
+
+def default_chunk_sizes(platform: str | None = None) -> tuple[int, ...]:
+    """The chunk sizes for a JAX platform ('cpu', 'gpu', 'tpu'; default: the default backend's)."""
+    platform = platform or jax.default_backend()
+    return CPU_CHUNK_SIZES if platform == "cpu" else ACCELERATOR_CHUNK_SIZES
 
 
 @dataclasses.dataclass
@@ -32,7 +43,7 @@ class UpscaleResult:
     class_counts: list[int]
     flops: float  # the paper's figure: mean FLOPs per tile (paper convention)
     flops_percent: float  # of the -O network
-    executed_flops: float  # computed for this image: bucket padding and classifier included
+    executed_flops: float  # computed for this image: bucket padding, widened branches and the classifier included
     logit_offsets: list[float]
     compile_s: float
     inference_s: float
@@ -86,6 +97,8 @@ class Upscaler:
     protocol: 'full' (default; output exactly scale·H × scale·W, blended overlaps) or 'paper' (spec §5: 32/28
     grid, no border tiles, uint8-rounded tiles averaged, output cropped to the covered area).
     force_class: send every tile to this branch (0-based). budget: fraction of the -O FLOPs to aim at.
+    buckets, chunk_sizes: default to the measured best for the backend (`default_buckets`,
+    `default_chunk_sizes`): small on a CPU, big on GPUs and TPUs.
     """
 
     def __init__(
@@ -99,8 +112,8 @@ class Upscaler:
         overlap: int = 8,
         force_class: int | None = None,
         budget: float | None = None,
-        buckets: Buckets = Buckets(),
-        chunk_sizes: tuple[int, ...] = CHUNK_SIZES,
+        buckets: Buckets | None = None,
+        chunk_sizes: tuple[int, ...] | None = None,
     ):
         if protocol not in ("full", "paper"):
             raise ValueError(f"unknown protocol {protocol!r}: use 'full' or 'paper'")
@@ -113,11 +126,14 @@ class Upscaler:
         self.spec = spec
         self.protocol, self.tile, self.step, self.overlap = protocol, tile, step, overlap
         self.force_class, self.budget = force_class, budget
-        self.buckets = buckets
-        self.routed = RoutedModel(spec, buckets)
+        self.buckets = buckets or default_buckets(spec)
+        chunk_sizes = chunk_sizes or default_chunk_sizes()
+        self.routed = RoutedModel(spec, self.buckets)
         devices = self.routed.num_devices
         self.chunk_sizes = tuple(sorted({-(-c // devices) * devices for c in chunk_sizes}))
         self.flops = flops_lib.model_flops(spec, tile)
+        # What the device computes: branches widened for speed (`RoutedModel.compute_spec`) cost their wide FLOPs.
+        self.computed_flops = flops_lib.model_flops(self.routed.compute_spec, tile)
         self._variables = None
         self._placed = None
         if variables is not None:
@@ -206,7 +222,7 @@ class Upscaler:
             class_counts=[int(c) for c in counts],
             flops=figure,
             flops_percent=100.0 * figure / self.flops.original,
-            executed_flops=flops_lib.executed_flops(counts, self.flops, padded, classified),
+            executed_flops=flops_lib.executed_flops(counts, self.computed_flops, padded, classified),
             logit_offsets=[float(o) for o in offsets],
             compile_s=compile_s,
             inference_s=elapsed - compile_s,

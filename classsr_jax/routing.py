@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from classsr_jax.models import widen
 from classsr_jax.models.registry import ModelSpec
 from classsr_jax.parallel import DATA_AXIS, local_mesh
 
@@ -44,6 +45,23 @@ class Buckets:
         """Tiles actually computed for `count` tiles of one class (bucket padding included)."""
         n_big, n_small = self.calls(count)
         return n_big * self.big + n_small * self.small
+
+
+# Measured on a 2-core CPU (BENCHMARKS.md, "Routed inference"): buckets of 4 tiles keep a branch's activations
+# in the L2 cache and ran ClassSR-SRResNet 1.3x and ClassSR-CARN 1.7x faster than buckets of 32; a remainder
+# bucket of 1 wastes no work. FSRCNN's tiles cost ~30x less, so its calls need 8 tiles to amortise their fixed
+# cost. GPUs and TPUs want big batches to fill their cores.
+CPU_BUCKETS = Buckets(big=4, small=1)
+CPU_BUCKETS_CHEAP_NETWORK = Buckets(big=8, small=2)
+ACCELERATOR_BUCKETS = Buckets(big=32, small=8)
+
+
+def default_buckets(spec: ModelSpec | None = None, platform: str | None = None) -> Buckets:
+    """The bucket sizes for a model on a JAX platform ('cpu', 'gpu', 'tpu'; default: the default backend's)."""
+    platform = platform or jax.default_backend()
+    if platform != "cpu":
+        return ACCELERATOR_BUCKETS
+    return CPU_BUCKETS_CHEAP_NETWORK if spec is not None and spec.network == "fsrcnn" else CPU_BUCKETS
 
 
 def _run_buckets(apply_branch, tiles, indices, count, out, size, start, n_calls):
@@ -111,16 +129,33 @@ def classify_tiles(model, variables, tiles):
     return model.apply(variables, tiles, method=model.classify).astype(jnp.float32)
 
 
+def default_compute_widths(spec: ModelSpec, platform: str | None = None) -> tuple[int, ...]:
+    """The widths the branches are computed at: on a CPU, 50/52-wide branches run at 64 (`models.widen`)."""
+    platform = platform or jax.default_backend()
+    return widen.cpu_compute_widths(spec) if platform == "cpu" else tuple(spec.widths)
+
+
 class RoutedModel:
     """A model ready for routed inference: compiled programs per padded tile count, shared by all images.
 
     `route(variables, tiles, valid, offsets, force)` runs one chunk on all local devices; programs are compiled
     ahead of time per chunk size and cached, and their compile time is recorded separately.
+    compute_widths: compute branch k at this width with zero-padded weights (same numbers; default
+    `default_compute_widths`); `place_variables` takes the checkpoint's own variables and widens them.
     """
 
-    def __init__(self, spec: ModelSpec, buckets: Buckets = Buckets(), mesh: jax.sharding.Mesh | None = None, dtype=jnp.float32):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        buckets: Buckets | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        dtype=jnp.float32,
+        compute_widths: tuple[int, ...] | None = None,
+    ):
         self.spec = spec
-        self.model = spec.build(dtype=dtype)
+        buckets = buckets or default_buckets(spec)
+        self.compute_spec = widen.wider_spec(spec, compute_widths or default_compute_widths(spec))
+        self.model = self.compute_spec.build(dtype=dtype)
         self.has_classifier = spec.kind == "classsr"
         self.num_branches = spec.num_branches
         self.buckets = buckets
@@ -170,6 +205,8 @@ class RoutedModel:
         return len(self._route_programs)
 
     def place_variables(self, variables):
+        """The checkpoint's variables, widened to the compute widths and replicated on every device."""
+        _, variables = widen.widen(self.spec, variables, self.compute_spec.widths)
         return jax.device_put(variables, self.replicated)
 
     def _compiled(self, cache, fn, n, *example):

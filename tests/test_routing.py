@@ -227,3 +227,19 @@ def test_errors_are_one_line(variables):
         Upscaler(SPEC, variables, force_class=3)
     with pytest.raises(ValueError, match=r"^image of 20x20 LR pixels is smaller than the 32x32 tile; the paper protocol cannot handle it, use protocol .full.$"):
         Upscaler(SPEC, variables, protocol="paper").upscale(np.zeros((20, 20, 3)))
+
+
+def test_default_sizes_depend_on_the_backend():
+    from classsr_jax.inference import default_chunk_sizes
+    from classsr_jax.routing import default_buckets
+
+    srresnet = ModelSpec("classsr", "srresnet", (36, 52, 64))
+    assert default_buckets(srresnet, "cpu") == Buckets(4, 1)
+    assert default_buckets(SPEC, "cpu") == Buckets(8, 2)  # FSRCNN: cheap tiles, bigger calls
+    assert default_buckets(SPEC, "gpu") == default_buckets(srresnet, "tpu") == Buckets(32, 8)
+    assert default_chunk_sizes("cpu") == (32, 128)
+    assert default_chunk_sizes("gpu") == default_chunk_sizes("tpu") == (64, 256, 1024)
+    # This test session runs on the CPU backend: the Upscaler picks the CPU sizes (rounded to 8 devices).
+    up = Upscaler(srresnet, None)
+    assert up.buckets == Buckets(4, 1) and up.chunk_sizes == (32, 128)
+    assert up.routed.compute_spec.widths == (36, 64, 64)
