@@ -6,7 +6,9 @@ count follows the class count gathers fixed-size buckets of them, runs the branc
 back. Big buckets carry the bulk and small buckets the remainder, so at most `small − 1` padded tiles per
 class are computed in vain. No per-tile Python loop, no host round trip per tile.
 
-The batch is split over all local devices with `shard_map`: each device routes its own share.
+The batch is split over all local devices with `shard_map`: each device routes its own share. Bucket sizes
+and the widths the branches are computed at depend on the backend (`default_buckets`,
+`default_compute_widths`): small buckets and 64-channel branches on a CPU, big buckets on GPUs and TPUs.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class Buckets:
 
 
 # Measured on a 2-core CPU (BENCHMARKS.md, "Routed inference"): buckets of 4 tiles keep a branch's activations
-# in the L2 cache and ran ClassSR-SRResNet 1.3x and ClassSR-CARN 1.7x faster than buckets of 32; a remainder
+# in the L2 cache; with chunks of 128 they ran ClassSR-SRResNet 1.3x and ClassSR-CARN 1.7x faster than the
+# accelerator sizes (buckets of 32, chunks of 256), and 1.1-1.2x faster than buckets of 8; a remainder
 # bucket of 1 wastes no work. FSRCNN's tiles cost ~30x less, so its calls need 8 tiles to amortise their fixed
 # cost. GPUs and TPUs want big batches to fill their cores.
 CPU_BUCKETS = Buckets(big=4, small=1)
