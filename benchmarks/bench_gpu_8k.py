@@ -2,7 +2,7 @@
 
   python -m benchmarks.bench_gpu_8k [--checkpoint CKPT] [--repeats 5] [--precision default|highest]
 
-LR 1920×1080 → 7680×4320 (×4, full protocol, library defaults: chunks of 1024 tiles, buckets 32/8), 3600
+LR 1920×1080 → 7680×4320 (×4, full protocol, the library's GPU defaults: chunks of 1024 tiles, buckets 32/8), 3600
 tiles. Three upscalers share the image:
 - ClassSR-RCAN, mixed routing (the classifier's own decisions);
 - ClassSR-RCAN with every tile forced to branch 3 (what the routing machinery costs against RCAN-O);
