@@ -1,4 +1,4 @@
-r"""ClassSR-FSRCNN ×4 on the photos bundled with scikit-image: every stage in 8–11 minutes on a 2-core CPU.
+r"""ClassSR-FSRCNN ×4 on the photos bundled with scikit-image: every stage in 7–11 minutes on a 2-core CPU.
 
   python -m classsr_jax.main --config configs/quickstart.py --workdir runs/quickstart
 
