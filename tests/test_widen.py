@@ -26,10 +26,15 @@ CASES = [
 def random_variables(model, seed):
     """Random weights everywhere, biases included, so that a wrongly placed channel cannot hide."""
     variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 16, 16, 3)))
-    leaves, treedef = jax.tree_util.tree_flatten(variables)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
     rng = np.random.default_rng(seed)
-    leaves = [rng.normal(0, 0.1, np.shape(x)).astype(np.float32) for x in leaves]
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+    out = []
+    for path, x in leaves:
+        value = rng.normal(0, 0.1, np.shape(x)).astype(np.float32)
+        if getattr(path[-1], "key", None) == "var":  # BatchNorm running variances must be positive
+            value = 0.5 + np.abs(value)
+        out.append(value)
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 @pytest.mark.parametrize("network,width,wide,scale,extra", CASES)
@@ -43,6 +48,7 @@ def test_widened_network_computes_the_narrow_one(network, width, wide, scale, ex
     x = jnp.asarray(np.random.default_rng(0).random((2, 20, 24, 3), np.float32))
     expected = np.asarray(narrow.apply(variables, x))
     got = np.asarray(wide_model.apply(wide_vars, x))
+    assert np.isfinite(expected).all() and np.abs(expected).max() > 1e-3
     assert got.shape == (2, 20 * scale, 24 * scale, 3)
     np.testing.assert_allclose(got, expected, atol=2e-5 * max(1.0, np.abs(expected).max()))
 
