@@ -17,13 +17,13 @@ import numpy as np
 from classsr_jax import flops as flops_lib
 from classsr_jax import metrics, tiling
 from classsr_jax.models.registry import ModelSpec
-from classsr_jax.routing import Buckets, RoutedModel, default_buckets
+from classsr_jax.routing import Buckets, RoutedModel
 
 # Tiles per device call (before rounding up to a multiple of the device count). A chunk of n tiles uses the
 # smallest size ≥ n; bigger images are cut into chunks of the largest size. On a CPU every padded tile costs
 # its classifier pass and a slice of a freshly allocated output buffer, and bigger calls gain nothing, so the
-# sizes are small (a 256×256 image's 121 tiles run 1.35× faster as one chunk of 128 than of 256 with FSRCNN,
-# BENCHMARKS.md); accelerators want big calls.
+# sizes are small (with the CPU buckets, a 256×256 image's 121 tiles ran ClassSR-FSRCNN 1.32× faster as one chunk of
+# 128 than with the accelerator sizes, BENCHMARKS.md); accelerators want big calls.
 CPU_CHUNK_SIZES = (32, 128)
 ACCELERATOR_CHUNK_SIZES = (64, 256, 1024)
 
@@ -126,9 +126,9 @@ class Upscaler:
         self.spec = spec
         self.protocol, self.tile, self.step, self.overlap = protocol, tile, step, overlap
         self.force_class, self.budget = force_class, budget
-        self.buckets = buckets or default_buckets(spec)
+        self.routed = RoutedModel(spec, buckets)  # resolves the default buckets for the backend
+        self.buckets = self.routed.buckets
         chunk_sizes = chunk_sizes or default_chunk_sizes()
-        self.routed = RoutedModel(spec, self.buckets)
         devices = self.routed.num_devices
         self.chunk_sizes = tuple(sorted({-(-c // devices) * devices for c in chunk_sizes}))
         self.flops = flops_lib.model_flops(spec, tile)

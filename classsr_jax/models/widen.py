@@ -21,6 +21,7 @@ Exactness is tested for every network (`tests/test_widen.py`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -59,15 +60,21 @@ def _pad_axis(x: np.ndarray, axis: int, size: int, width: int, wide: int, cmap: 
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _variable_shapes(network: str, width: int, scale: int, extra: tuple) -> dict:
+    """{path: shape} of a network's variables, traced once per network (training validation widens often)."""
+    model = build_network(network, width, scale, **dict(extra))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3), jnp.float32)))
+    return {path: leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+
+
 def widen_network_variables(network: str, width: int, wide: int, scale: int, variables, extra: dict | None = None):
     """The variables of one `network` of `width` channels, laid out for the same network at `wide` channels."""
     extra = dict(extra or {})
     groups = int({**NETWORK_DEFAULTS[network], **extra}.get("group", 1))
     if width % groups or wide % groups:
         raise ValueError(f"{network} widths {width} and {wide} must both be multiples of its {groups} groups")
-    model = build_network(network, wide, scale, **extra)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3), jnp.float32)))
-    targets = {path: leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+    targets = _variable_shapes(network, wide, scale, tuple(sorted(extra.items())))
     cmap = _channel_map(width, wide, groups)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
     if set(targets) != {path for path, _ in leaves}:
