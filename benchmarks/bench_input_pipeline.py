@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from classsr_jax.datasets import load_dataset
-from classsr_jax.datasets.bicubic import bicubic_degrade, modcrop
+from classsr_jax.bicubic import bicubic_degrade, modcrop
 from classsr_jax.datasets.bundled import bundled_photos
 from classsr_jax.input_pipeline import create_train_iterator
 from benchmarks.machine import cpu_model

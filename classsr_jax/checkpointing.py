@@ -22,15 +22,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict
 
+from classsr_jax.errors import CheckpointError
 from classsr_jax.models.registry import ModelSpec
 
 FORMAT = "classsr_jax.model"
 FORMAT_VERSION = 1
 EXPORT_DIR = "export"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be opened or does not fit; the message is one line naming it."""
 
 
 @dataclasses.dataclass

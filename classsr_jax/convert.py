@@ -17,6 +17,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from classsr_jax.errors import ConvertError
 from classsr_jax.models.registry import NETWORKS, ModelSpec
 
 FLAGS = flags.FLAGS
@@ -26,10 +27,6 @@ flags.DEFINE_string("output", None, "Output checkpoint directory (must not exist
 flags.DEFINE_integer("branch", None, "Take only this branch (1-based) of a composite checkpoint.")
 flags.DEFINE_integer("scale", None, "Scale, where the shapes cannot tell it (FSRCNN); default 4.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
-
-
-class ConvertError(ValueError):
-    pass
 
 
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:

@@ -60,7 +60,8 @@ def main(argv=None) -> int:
 
     from classsr_jax.checkpointing import CheckpointError
     from classsr_jax.image_io import ImageError
-    from classsr_jax.inference import Upscaler, evaluate_pairs, format_table
+    from classsr_jax.evaluation import evaluate_pairs, format_table
+    from classsr_jax.inference import Upscaler
 
     try:
         loaded, upscaler = make_upscaler(args, args.protocol)

@@ -34,6 +34,9 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from classsr_jax.errors import ImageError
+from classsr_jax.pixels import quantise, to_uint8  # noqa: F401  (to_uint8 is part of this module's API)
+
 ImageMode = Literal["rgb", "gray", "rgba", "gray_alpha"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -42,10 +45,6 @@ _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
             ".tiff": "TIFF", ".bmp": "BMP"}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _EXTENSION_LIST = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
-
-
-class ImageError(ValueError):
-    """An image file cannot be read or written; the message is one line naming it."""
 
 
 def _one_line(text: object) -> str:
@@ -279,19 +278,6 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
 
 # --------------------------------------------------------------------------- writing
 
-def _quantise(values01: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Clip to [0, 1], scale to the integer range, round half to even (NaN -> 0)."""
-    peak = 2 ** bit_depth - 1
-    x = np.nan_to_num(np.asarray(values01, dtype=np.float32), nan=0.0)
-    x = np.rint(np.clip(x, 0.0, 1.0) * np.float32(peak))
-    return x.astype(np.uint8 if bit_depth == 8 else np.uint16)
-
-
-def to_uint8(rgb01: np.ndarray) -> np.ndarray:
-    """float [0, 1] -> uint8: clip, x255, round half to even (like ``tensor2img``)."""
-    return _quantise(rgb01, 8)
-
-
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return (struct.pack(">I", len(data)) + kind + data
             + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
@@ -454,11 +440,11 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | No
     colour = np.asarray(rgb, dtype=np.float32)
     if gray:
         colour = colour.mean(axis=2, keepdims=True)
-    parts = [_quantise(colour, bit_depth)]
+    parts = [quantise(colour, bit_depth)]
     if alpha is not None:
         if fmt == "BMP" and gray:
             parts[0] = np.repeat(parts[0], 3, axis=2)
-        parts.append(_quantise(alpha, bit_depth)[..., None])
+        parts.append(quantise(alpha, bit_depth)[..., None])
     samples = np.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]
     _atomic_write(path, lambda f: _encode(f, samples, fmt))
 

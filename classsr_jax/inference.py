@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Iterable
+from typing import Any
 
 import jax
 import numpy as np
 
 from classsr_jax import flops as flops_lib
-from classsr_jax import metrics, tiling
+from classsr_jax import tiling
 from classsr_jax.models.registry import ModelSpec
 from classsr_jax.routing import Buckets, RoutedModel
 
@@ -227,84 +227,3 @@ class Upscaler:
             compile_s=compile_s,
             inference_s=elapsed - compile_s,
         )
-
-
-def image_metrics(result: UpscaleResult, hr_uint8: np.ndarray, scale: int) -> dict[str, float]:
-    """PSNR (RGB), PSNR-Y and SSIM-Y with a scale-px border crop (spec §5 step 6).
-
-    Paper protocol: the float merge against the GT cropped to the covered area, exactly as the original.
-    Full protocol: the uint8 image a user gets against the GT cropped to scale × the LR size.
-    """
-    h, w = result.sr.shape[:2]
-    if hr_uint8.shape[0] < h or hr_uint8.shape[1] < w:
-        raise ValueError(f"ground truth is {hr_uint8.shape[0]}x{hr_uint8.shape[1]}, smaller than the {h}x{w} output")
-    hr = hr_uint8[:h, :w, :3].astype(np.float64)
-    if result.sr_255 is not None:
-        sr = result.sr_255.astype(np.float64)
-    else:
-        from classsr_jax.image_io import to_uint8
-
-        sr = to_uint8(result.sr).astype(np.float64)
-    return {
-        "psnr": metrics.psnr(sr, hr, crop_border=scale),
-        "psnr_y": metrics.psnr_y(sr, hr, crop_border=scale),
-        "ssim_y": metrics.ssim_y(sr, hr, crop_border=scale),
-    }
-
-
-def evaluate_pairs(
-    upscaler: Upscaler,
-    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
-    variables=None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Upscales every (name, lr_uint8, hr_uint8) pair and reports per-image and dataset numbers.
-
-    The dataset FLOPs figure uses the summed class counts of all tiles, as the original does.
-    """
-    if variables is not None:
-        upscaler.set_variables(variables)
-    scale = upscaler.spec.scale
-    pairs = list(pairs)
-    if progress:
-        from tqdm import tqdm
-
-        pairs = tqdm(pairs, desc="evaluate", unit="image")
-    images = []
-    total_counts = np.zeros(upscaler.spec.num_branches, np.int64)
-    for name, lr, hr in pairs:
-        result = upscaler.upscale(np.asarray(lr, np.float32) / 255.0)
-        entry = {"name": name, **image_metrics(result, np.asarray(hr), scale), **result.report(scale)}
-        images.append(entry)
-        total_counts += result.class_counts
-    if not images:
-        raise ValueError("no image pairs to evaluate")
-    figure = flops_lib.paper_flops_figure(total_counts, upscaler.flops, upscaler.spec.network)
-    average = {
-        "psnr": float(np.mean([i["psnr"] for i in images])),
-        "psnr_y": float(np.mean([i["psnr_y"] for i in images])),
-        "ssim_y": float(np.mean([i["ssim_y"] for i in images])),
-        "flops": figure,
-        "flops_percent": 100.0 * figure / upscaler.flops.original,
-        "class_counts": [int(c) for c in total_counts],
-        "class_ratio": [float(c) / max(1, int(total_counts.sum())) for c in total_counts],
-        "executed_flops": float(sum(i["executed_flops"] for i in images)),
-        "inference_s": float(np.mean([i["timing"]["inference_s"] for i in images])),
-        "compile_s": float(sum(i["timing"]["compile_s"] for i in images)),
-    }
-    return {"images": images, "average": average}
-
-
-def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """The paper's table: one row per model/dataset with PSNR, FLOPs and % of -O, plus class ratios and time."""
-    lines = [
-        "| model | PSNR (dB) | PSNR-Y | SSIM-Y | FLOPs/tile | % of -O | class ratio | s/image |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, avg in rows:
-        ratio = "/".join(f"{100 * r:.0f}" for r in avg["class_ratio"])
-        lines.append(
-            f"| {name} | {avg['psnr']:.2f} | {avg['psnr_y']:.2f} | {avg['ssim_y']:.4f} | "
-            f"{flops_lib.format_flops(avg['flops'])} | {avg['flops_percent']:.0f}% | {ratio} | {avg['inference_s']:.2f} |"
-        )
-    return "\n".join(lines)

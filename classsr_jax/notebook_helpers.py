@@ -346,7 +346,7 @@ def demo_pair(source: str, scale: int) -> tuple[str, np.ndarray, np.ndarray]:
     """(name, LR uint8, HR uint8) from an HR photo: a bundled photo's name (e.g. 'coffee') or an image file.
     The HR is cropped to a multiple of the scale and the LR made from it with the MATLAB bicubic (the
     paper's degradation), so the SR result can be scored against the HR."""
-    from classsr_jax.datasets.bicubic import bicubic_degrade, modcrop
+    from classsr_jax.bicubic import bicubic_degrade, modcrop
     from classsr_jax.datasets.bundled import BUNDLED_FILES, bundled_paths
     from classsr_jax.image_io import read_image, to_uint8
 
@@ -389,9 +389,9 @@ class Comparison:
 def compare(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, name: str = "image") -> Comparison:
     """Upscales `lr_uint8` with `upscaler` (an inference.Upscaler) and with bicubic; PSNR against the HR."""
     from classsr_jax import metrics
-    from classsr_jax.datasets.bicubic import imresize
+    from classsr_jax.bicubic import imresize
     from classsr_jax.image_io import class_map_overlay, to_uint8
-    from classsr_jax.inference import image_metrics
+    from classsr_jax.evaluation import image_metrics
 
     scale = upscaler.spec.scale
     result = upscaler.upscale(np.asarray(lr_uint8, np.float32) / 255.0)
@@ -445,7 +445,7 @@ def budget_sweep(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: 
     """[{budget, flops_percent, psnr, class_counts}] for each budget (fraction of the -O FLOPs), with the
     upscaler's compiled programs reused (the budget only shifts the classifier's logits); the upscaler's own
     budget is restored afterwards."""
-    from classsr_jax.inference import image_metrics
+    from classsr_jax.evaluation import image_metrics
 
     if upscaler.spec.kind != "classsr":
         raise ValueError("a budget needs a ClassSR model; this checkpoint is a single network")

@@ -61,18 +61,13 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from classsr_jax import checkpointing, losses, parallel
-from classsr_jax.checkpointing import CheckpointError
-from classsr_jax.datasets.files import DataError
+from classsr_jax.errors import CheckpointError, DataError, TrainError
 from classsr_jax.models.registry import NETWORKS, ModelSpec
 
 STAGES = ("original", "divide", "branches", "joint", "finetune", "evaluate")
 TRAINING_DATA_STAGES = ("original", "divide", "branches", "joint", "finetune")
 NUM_CLASSES = 3  # The division makes three classes (simple, medium, hard).
 CLASS_NAMES = ("simple", "medium", "hard")
-
-
-class TrainError(ValueError):
-    """A problem with the config, the workdir or the inputs of a stage, described in one line."""
 
 
 # Errors a user can fix; main prints them as one line and exits non-zero.
@@ -790,7 +785,7 @@ class Validator:
 
     def __call__(self, variables: dict[str, Any], step: int, writer) -> dict[str, Any]:
         from classsr_jax.image_io import class_map_overlay, to_uint8
-        from classsr_jax.inference import evaluate_pairs
+        from classsr_jax.evaluation import evaluate_pairs
 
         placed = jax.device_put(variables, parallel.replicated(self.mesh))
         sums = None
@@ -1222,47 +1217,10 @@ def evaluation_datasets(run: Run) -> list[tuple[str, list]]:
     return out
 
 
-def bicubic_average(pairs, scale: int, protocol: str, lr_patch: int) -> dict[str, float]:
-    """MATLAB bicubic on the same pixels as the models (paper protocol: the area its tile grid covers)."""
-    from classsr_jax import metrics, tiling
-    from classsr_jax.datasets.bicubic import imresize, to_uint8
-
-    values = {"psnr": [], "psnr_y": [], "ssim_y": []}
-    for _, lr, hr in pairs:
-        grid = tiling.make_grid(lr.shape[0], lr.shape[1], protocol, lr_patch, lr_patch * 7 // 8, lr_patch // 4)
-        h, w = grid.covered_hw[0] * scale, grid.covered_hw[1] * scale
-        sr = to_uint8(imresize(lr, scale=scale))[:h, :w].astype(np.float64)
-        gt = hr[:h, :w].astype(np.float64)
-        values["psnr"].append(metrics.psnr(sr, gt, crop_border=scale))
-        values["psnr_y"].append(metrics.psnr_y(sr, gt, crop_border=scale))
-        values["ssim_y"].append(metrics.ssim_y(sr, gt, crop_border=scale))
-    return {k: float(np.mean(v)) for k, v in values.items()}
-
-
-def format_results_table(results: dict[str, Any]) -> str:
-    """The paper's table: one row per model, PSNR and FLOPs (per 32x32 tile, % of -O) per dataset."""
-    from classsr_jax.flops import format_flops
-
-    datasets = list(results["datasets"])
-    header = "| Model | Params | " + " | ".join(f"{d} PSNR (dB) | {d} FLOPs" for d in datasets) + " |"
-    lines = [header, "|---|---|" + "---|---|" * len(datasets)]
-    for model in results["models"]:
-        params = f"{model['params']:,}" if model.get("params") else "—"
-        cells = []
-        for d in datasets:
-            avg = results["datasets"][d].get(model["key"])
-            if avg is None:
-                cells += ["—", "—"]
-                continue
-            flops = f"{format_flops(avg['flops'])} ({avg['flops_percent']:.0f}%)" if avg.get("flops") else "—"
-            cells += [f"{avg['psnr']:.2f}", flops]
-        lines.append(f"| {model['name']} | {params} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def stage_evaluate(run: Run) -> dict[str, Any]:
     """(f) ClassSR against -O (and bicubic) on the evaluation sets: the paper's table, printed and saved."""
-    from classsr_jax.inference import Upscaler, evaluate_pairs
+    from classsr_jax.evaluation import bicubic_average, evaluate_pairs, format_results_table
+    from classsr_jax.inference import Upscaler
 
     if _agreed(os.path.isfile(run.workdir.results_json)):
         with open(run.workdir.results_json) as f:

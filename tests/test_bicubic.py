@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from classsr_jax.datasets.bicubic import (
+from classsr_jax.bicubic import (
     bicubic_degrade,
     candidate_weights,
     contributions,
@@ -13,8 +13,13 @@ from classsr_jax.datasets.bicubic import (
     imresize,
     modcrop,
     rescale_uint8,
-    to_uint8,
 )
+from classsr_jax.pixels import to_uint8 as quantise_01
+
+
+def to_uint8(values):
+    """The quantiser on the 0–255 scale, as the bicubic's outputs are."""
+    return quantise_01(values, 255.0)
 
 
 def resize_1d(signal, scale, antialias=True):

@@ -11,7 +11,8 @@ from PIL import Image
 
 import classsr_jax.datasets as datasets
 from classsr_jax.datasets import bundled
-from classsr_jax.datasets.bicubic import bicubic_degrade, imresize, modcrop, to_uint8
+from classsr_jax.pixels import to_uint8
+from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.datasets.files import DataError, read_rgb_uint8
 from classsr_jax.datasets.loading import crop_hr_to_lr
 
@@ -116,7 +117,7 @@ def test_aug_config_adds_scaled_copies_to_train_only(tmp_path):
     # 0.6 x 100 = 60 px < 64: that copy is skipped and reported, the others are kept.
     assert [ex["name"] for ex in examples] == ["1_0007", "0.9_0007", "0.8_0007", "0.7_0007"]
     assert [ex["hr"].shape[:2] for ex in examples] == [(110, 100), (98, 90), (88, 80), (76, 70)]
-    copy_09 = modcrop(to_uint8(imresize(photo, 0.9)), 2)  # 99x90 -> modcrop -> 98x90
+    copy_09 = modcrop(to_uint8(imresize(photo, 0.9), 255.0), 2)  # 99x90 -> modcrop -> 98x90
     np.testing.assert_array_equal(examples[1]["hr"], copy_09)
     np.testing.assert_array_equal(examples[1]["lr"], bicubic_degrade(copy_09, 2))
     np.testing.assert_array_equal(examples[0]["hr"], photo)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from classsr_jax.datasets.bicubic import imresize
+from classsr_jax.bicubic import imresize
 from classsr_jax.datasets.division import (
     PAPER_THRESHOLDS,
     Division,

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import torch_reference as ref
-from classsr_jax import checkpointing, inference, train
+from classsr_jax import checkpointing, evaluation, inference, train
 from classsr_jax import notebook_helpers as nh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -151,7 +151,7 @@ def test_demo_setup_makes_an_untrained_checkpoint_only_in_smoke_mode(tmp_path, m
 
 
 def test_demo_pair_degrades_a_bundled_photo_or_a_file_with_the_matlab_bicubic(tmp_path):
-    from classsr_jax.datasets.bicubic import bicubic_degrade
+    from classsr_jax.bicubic import bicubic_degrade
 
     name, lr, hr = nh.demo_pair("chelsea", 4)  # 451 x 300: cropped to 448 x 300
     assert name == "chelsea" and hr.shape == (300, 448, 3) and lr.shape == (75, 112, 3)
@@ -202,7 +202,7 @@ def test_budget_sweep_follows_the_budget_and_leaves_the_upscaler_as_it_was(offic
     # Budget 1.0 sends every tile to the -O branch: its PSNR is the -O network's.
     alone = inference.Upscaler(official[0].spec, official[0].variables, force_class=2).upscale(lr / np.float32(255))
     assert sweep[-1]["class_counts"] == [0, 0, alone.grid.num_tiles]
-    assert sweep[-1]["psnr"] == pytest.approx(inference.image_metrics(alone, hr, 4)["psnr"], abs=1e-3)
+    assert sweep[-1]["psnr"] == pytest.approx(evaluation.image_metrics(alone, hr, 4)["psnr"], abs=1e-3)
     assert "| 0.30 |" in nh.format_sweep(sweep)
     assert nh.figure_png(nh.budget_figure(sweep)).startswith(PNG_MAGIC)
     with pytest.raises(ValueError, match="positive"):

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from classsr_jax import prepare
-from classsr_jax.datasets.bicubic import bicubic_degrade, imresize, modcrop, to_uint8
+from classsr_jax.pixels import to_uint8
+from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.datasets.bundled import bundled_photos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,9 +62,9 @@ def test_testsets_builds_three_sets_with_exact_pairs(div8k, tmp_path, capsys):
         "Test8K/HR/X4/1401.png", "Test8K/LR/X4/1401.png",
     ]
     # Test2K: modcrop 4 -> 68x100, x1/4 -> 17x25, modcrop 4 -> 16x24, LR 4x6.
-    hr_2k = modcrop(to_uint8(imresize(photos["1201"][:68, :100], 0.25)), 4)
+    hr_2k = modcrop(to_uint8(imresize(photos["1201"][:68, :100], 0.25), 255.0), 4)
     # Test4K: modcrop 2 -> 50x36, x1/2 -> 25x18, modcrop 4 -> 24x16, LR 6x4.
-    hr_4k = modcrop(to_uint8(imresize(photos["1301"][:50, :36], 0.5)), 4)
+    hr_4k = modcrop(to_uint8(imresize(photos["1301"][:50, :36], 0.5), 255.0), 4)
     expected_hr = {"Test2K/1201": hr_2k, "Test4K/1301": hr_4k, "Test8K/1401": photos["1401"][:20, :28]}
     for key, hr_want in expected_hr.items():
         set_name, name = key.split("/")
@@ -90,7 +91,7 @@ def test_testsets_factor_override_and_scale_two(div8k, tmp_path, capsys):
     )
     assert code == 0
     hr = load(out / "Test2K/HR/X2/1201.png")
-    np.testing.assert_array_equal(hr, modcrop(to_uint8(imresize(photos["1201"][:70, :100], 0.5)), 2))
+    np.testing.assert_array_equal(hr, modcrop(to_uint8(imresize(photos["1201"][:70, :100], 0.5), 255.0), 2))
     np.testing.assert_array_equal(load(out / "Test2K/LR/X2/1201.png"), bicubic_degrade(hr, 2))
 
 

@@ -7,7 +7,8 @@ import pytest
 from classsr_jax import flops as flops_lib
 from classsr_jax import tiling
 from classsr_jax.checkpointing import init_variables
-from classsr_jax.inference import Upscaler, budget_offsets, evaluate_pairs
+from classsr_jax.evaluation import evaluate_pairs
+from classsr_jax.inference import Upscaler, budget_offsets
 from classsr_jax.models import ModelSpec
 from classsr_jax.routing import Buckets, RoutedModel
 

@@ -4,7 +4,7 @@ Importing this package registers the TFDS builders `classsr_div2k`, `classsr_div
 `classsr_folder` and `classsr_bundled` (configs x2, x3, x4, x2_aug, x3_aug, x4_aug).
 """
 
-from classsr_jax.datasets.bicubic import bicubic_degrade, imresize, modcrop
+from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.datasets.builders import (
     AUGMENT_FACTORS,
     ClassSRBundled,

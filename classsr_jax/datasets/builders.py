@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from classsr_jax.datasets.bicubic import bicubic_degrade, modcrop, rescale_uint8
+from classsr_jax.bicubic import bicubic_degrade, modcrop, rescale_uint8
 from classsr_jax.datasets.bundled import bundled_paths
 from classsr_jax.datasets.files import (
     DataError,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from classsr_jax.datasets.bicubic import imresize
+from classsr_jax.bicubic import imresize
 from classsr_jax.datasets.files import DataError
 
 PAPER_THRESHOLDS: tuple[float, float] = (27.16882, 35.149761)

@@ -17,22 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from classsr_jax.errors import DataError, UnreadableImageError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-class DataError(ValueError):
-    """A dataset problem the user can fix, described in one line (missing folder, unreadable file, …)."""
-
-
-class UnreadableImageError(DataError):
-    """An image file that cannot be decoded; `reason` is the short cause without the path."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str):
-        super().__init__(f"cannot read image {path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
 
 
 @dataclasses.dataclass

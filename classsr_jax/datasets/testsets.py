@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from classsr_jax.datasets.bicubic import bicubic_degrade, imresize, modcrop, to_uint8
+from classsr_jax.pixels import to_uint8
+from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.datasets.bundled import bundled_photos
 from classsr_jax.datasets.files import (
     DataError,
@@ -74,7 +75,7 @@ def downscale(photo: np.ndarray, factor: int) -> np.ndarray:
         return photo
     cropped = modcrop(photo, factor)
     out_shape = (cropped.shape[0] // factor, cropped.shape[1] // factor)
-    return to_uint8(imresize(cropped, scale=1.0 / factor, output_shape=out_shape))
+    return to_uint8(imresize(cropped, scale=1.0 / factor, output_shape=out_shape), 255.0)
 
 
 def make_pair(photo: np.ndarray, scale: int, factor: int = 1) -> tuple[np.ndarray, np.ndarray]:

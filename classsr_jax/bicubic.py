@@ -41,6 +41,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from classsr_jax.pixels import to_uint8
+
 # Keys' cubic convolution parameter used by MATLAB's imresize and the original code.
 CUBIC_A = -0.5
 # Support of the unstretched cubic kernel, in input pixels.
@@ -171,11 +173,6 @@ def imresize(
     return np.ascontiguousarray(x)
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """Rounds half to even and saturates to uint8, as `cv2.imwrite` stores a float image (values on 0–255)."""
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
 def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
     """Crops the bottom and right so that height and width are multiples of `scale` (the original's modcrop)."""
     arr = np.asarray(img)
@@ -197,7 +194,7 @@ def bicubic_degrade(hr: np.ndarray, scale: int) -> np.ndarray:
     if hr.shape[0] < scale or hr.shape[1] < scale:
         raise ValueError(f"image of shape {hr.shape} is smaller than the scale {scale}")
     out_shape = (hr.shape[0] // scale, hr.shape[1] // scale)
-    return to_uint8(imresize(hr, scale=1.0 / scale, output_shape=out_shape))
+    return to_uint8(imresize(hr, scale=1.0 / scale, output_shape=out_shape), 255.0)
 
 
 def rescale_uint8(img: np.ndarray, factor: float) -> np.ndarray:
@@ -208,4 +205,4 @@ def rescale_uint8(img: np.ndarray, factor: float) -> np.ndarray:
     arr = np.asarray(img)
     if factor == 1:
         return arr.copy()
-    return to_uint8(imresize(arr, scale=factor))
+    return to_uint8(imresize(arr, scale=factor), 255.0)
