@@ -1,24 +1,36 @@
 """One way for every command: absl flags, one-line errors on stderr, and an exit code that says what happened.
 
-    def main(argv) -> int: ...          # 0: all done; 1: a user error or some items failed
-    if __name__ == "__main__":
-        cli.run(main)
+Each command defines its flags in its own `flags.FlagValues` (so commands can share flag names and be called
+again in one process, as the tests do) and ends with
 
-`run` parses the flags (a bad or missing flag is one line and exit code 2), calls `main`, and turns any
-`UserError` it raises into one line and exit code 1. Other exceptions are bugs and keep their traceback.
+    def main(argv=None) -> int:
+        return cli.run(run_command, FLAGS, argv)
+
+`run` parses the flags (a bad or missing flag is one line and exit code 2; --help prints the flags), calls
+`run_command(flag_values)`, and turns any `UserError` it raises into one line and exit code 1. 0 means all
+done; 1 also means that some items of a batch failed (the command says which). Other exceptions are bugs and
+keep their traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
-from absl import app, flags
+from absl import flags
+from absl import logging as absl_logging
 
 from classsr_jax.errors import UserError, one_line
 
-USAGE_ERROR = 2
+OK = 0
 FAILED = 1
+USAGE_ERROR = 2
+HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-help")
+
+
+class UsageError(UserError):
+    """A missing or contradictory flag (exit code 2)."""
 
 
 def print_error(message: object) -> None:
@@ -31,35 +43,42 @@ def fail(message: object, code: int = FAILED) -> int:
     return code
 
 
-def require_flags(*names: str) -> None:
+def require_flags(flag_values: flags.FlagValues, *names: str) -> None:
     """A UsageError for the first of these flags that was not given."""
     for name in names:
-        if flags.FLAGS[name].value is None:
-            raise app.UsageError(f"--{name} is required")
+        if flag_values[name].value is None:
+            raise UsageError(f"--{name} is required")
 
 
-def parse_flags(argv: list[str], describe: Callable[[Exception, list[str]], str] | None = None) -> list[str]:
-    """absl's parsing with any failure as one line and exit code 2 (`describe` may word the message)."""
+def parse(flag_values: flags.FlagValues, argv: Sequence[str], program: str,
+          describe: Callable[[Exception, list[str]], str] | None = None) -> list[str]:
+    """Parses argv (without the program name) from scratch; returns the positional arguments."""
+    args = [program, *argv]
+    flag_values.unparse_flags()  # a second call in one process starts from the defaults again
     try:
-        return flags.FLAGS(argv)
+        rest = flag_values(args)
     except Exception as e:  # absl raises several flag errors, with multi-line text
-        print_error(describe(e, argv) if describe else e)
-        sys.exit(USAGE_ERROR)
+        raise UsageError(describe(e, args) if describe else e) from None
+    return rest[1:]
 
 
-def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,
-        describe_flag_error: Callable[[Exception, list[str]], str] | None = None) -> None:
-    """Parses flags, runs `main(argv)` and exits with its code; UserErrors become one line and exit code 1."""
-
-    def guarded(args: list[str]) -> int:
-        if len(args) > 1:
-            return fail(f"unexpected arguments: {' '.join(args[1:])}", USAGE_ERROR)
-        try:
-            return int(main(args) or 0)
-        except app.UsageError as e:
-            return fail(e, USAGE_ERROR)
-        except UserError as e:
-            return fail(e)
-
-    app.run(guarded, argv=list(argv) if argv is not None else None,
-            flags_parser=lambda a: parse_flags(a, describe_flag_error))
+def run(command: Callable[[flags.FlagValues], int | None], flag_values: flags.FlagValues | None = None,
+        argv: Sequence[str] | None = None, *, program: str | None = None,
+        describe_flag_error: Callable[[Exception, list[str]], str] | None = None) -> int:
+    """Parses `argv` (default: the process's arguments) and runs `command`; returns the exit code."""
+    flag_values = flag_values if flag_values is not None else flags.FLAGS
+    argv = list(sys.argv[1:] if argv is None else argv)
+    program = program or os.path.basename(sys.argv[0] or "classsr")
+    if any(a in HELP_FLAGS for a in argv):
+        print(flag_values.get_help())
+        return OK
+    absl_logging.use_absl_handler()
+    try:
+        extra = parse(flag_values, argv, program, describe_flag_error)
+        if extra:
+            raise UsageError(f"unexpected arguments: {' '.join(extra)}")
+        return int(command(flag_values) or OK)
+    except UsageError as e:
+        return fail(e, USAGE_ERROR)
+    except UserError as e:
+        return fail(e)
