@@ -1,41 +1,55 @@
 """Reading and writing images, and the class-map overlay of the ClassSR test.
 
 * ``read_image`` reads PNG, JPEG, TIFF and BMP (8 and 16 bit; gray, gray+alpha,
-  RGB, RGBA) into float32 RGB in [0, 1] plus a separate alpha channel, and turns
-  every failure into a one-line ``ImageError`` naming the file.
-* ``write_image`` writes float RGB in [0, 1] back in the input's mode and bit
-  depth, atomically (temporary file + ``os.replace``).
-* ``class_map_overlay`` is the original ``add_mask`` (spec §5 step 8).
+  RGB, RGBA) upright, keeping the integer samples (``LoadedImage.pixels``) and the
+  ICC colour profile, and turns every failure into a one-line ``ImageError``
+  naming the file. ``image_size`` reads only the header.
+* ``write_image`` writes integer samples as they are, or floats in [0, 1], in the
+  input's layout, bit depth and colour profile, through ``fileio.atomic_write``.
+* ``class_map_overlay`` is the original ``add_mask``.
 
 Decisions:
-* TIFF goes through tifffile (full 16-bit support); everything else through
-  Pillow. Pillow decodes 16-bit colour PNGs to 8 bits only, so those are decoded
-  twice through Pillow's own PNG decoder with a raw mode that keeps the high and
-  then the low byte of every sample (``_read_png16_colour``), and written by a
-  small PNG encoder here (Pillow cannot write them; imageio and skimage.io go
-  through Pillow and truncate too).
-* EXIF orientation is ignored, like ``cv2.imread(..., IMREAD_UNCHANGED)`` in the
-  original, so SR output and GT are aligned with the stored pixel grid.
+* TIFF goes through tifffile (full 16-bit support); everything else, and TIFFs
+  tifffile cannot decode (LZW or JPEG without imagecodecs), through Pillow.
+  16-bit colour PNGs are read and written by ``png16``.
+* The EXIF orientation is applied when reading, as browsers and
+  ``PIL.ImageOps.exif_transpose`` do (EXIF or XMP in JPEG and PNG, tag 274 in
+  TIFF), so outputs are upright; outputs carry no EXIF, hence no orientation
+  that would turn them again. A PNG eXIf chunk after the image data is ignored:
+  the PNG format places it before, and only the header is read for it.
+* Every decoder has a pixel limit, checked from the header before decoding:
+  Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89.5 MP) unless ``max_pixels`` says
+  otherwise. Pillow's own decompression-bomb warning and error are kept out of the
+  way (ours replaces them) by opening PNG, JPEG and BMP through their plugin
+  classes, and other formats with Pillow's check briefly off, under a lock.
+* The ICC profile travels from input to output. A profile whose colour space does
+  not describe the decoded samples (a CMYK profile after Pillow's CMYK to RGB
+  conversion) is dropped, as writing it would misdescribe the output. BMP cannot
+  carry one through Pillow, so BMP outputs have none.
 * A gray input is saved back as gray using the plain mean of the three SR
-  channels: the network saw the same gray value in all three, so the channels are
-  three estimates of one signal (luma weights are for genuinely coloured content).
+  channels (for integer samples the mean rounded to the nearest integer; a third
+  is never half-way): the network saw the same gray value in all three, so the
+  channels are three estimates of one signal (luma weights are for genuinely
+  coloured content).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-import secrets
-import struct
-import zlib
-from typing import BinaryIO, Callable, Literal
+import threading
+from collections.abc import Iterator
+from typing import BinaryIO, Literal, NamedTuple
 
 import numpy as np
 import tifffile
-from PIL import Image
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-from classsr_jax.errors import ImageError
-from classsr_jax.pixels import quantise, to_uint8  # noqa: F401  (to_uint8 is part of this module's API)
+from classsr_jax import png16
+from classsr_jax.errors import ImageError, WriteError, one_line, reason
+from classsr_jax.fileio import atomic_write
+from classsr_jax.pixels import quantise, to_float01, to_uint8  # noqa: F401  (to_uint8 is part of this module's API)
 
 ImageMode = Literal["rgb", "gray", "rgba", "gray_alpha"]
 
@@ -45,14 +59,8 @@ _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
             ".tiff": "TIFF", ".bmp": "BMP"}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _EXTENSION_LIST = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _reason(exc: BaseException) -> str:
-    return _one_line(exc) or type(exc).__name__
+_ORIENTATION_TAG = 274
+_ICC_PROFILE_TAG = 34675
 
 
 # --------------------------------------------------------------------------- listing
@@ -83,122 +91,196 @@ def list_images(folder: str | os.PathLike) -> list[str]:
 
 # --------------------------------------------------------------------------- reading
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class LoadedImage:
-    """A decoded image.
+    """A decoded image, upright, with its integer samples.
 
     Attributes:
-      rgb: float32 (H, W, 3) in [0, 1]; gray images are replicated to 3 channels.
-      alpha: float32 (H, W) in [0, 1], or None without an alpha channel.
+      colour_pixels: the stored colour samples, uint8 or uint16 (bit_depth), as
+        (H, W, 1) for gray and (H, W, 3) for colour images.
+      alpha_pixels: (H, W) samples of the same dtype, or None without alpha.
       bit_depth: 8 or 16, the stored sample depth.
       mode: 'rgb', 'gray', 'rgba' or 'gray_alpha', the stored channel layout.
       path: the file it came from.
+      icc_profile: the embedded ICC colour profile (raw bytes), or None.
     """
 
-    rgb: np.ndarray
-    alpha: np.ndarray | None
+    colour_pixels: np.ndarray
+    alpha_pixels: np.ndarray | None
     bit_depth: int
     mode: ImageMode
     path: str
+    icc_profile: bytes | None = None
 
     @property
     def height(self) -> int:
-        return int(self.rgb.shape[0])
+        return int(self.colour_pixels.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.rgb.shape[1])
+        return int(self.colour_pixels.shape[1])
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """(H, W, 3) integer RGB samples. For gray images a read-only view repeating
+        the one channel (no copy); copy it before writing into it."""
+        if self.colour_pixels.shape[2] == 3:
+            return self.colour_pixels
+        return np.broadcast_to(self.colour_pixels, (self.height, self.width, 3))
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """float32 (H, W, 3) in [0, 1]; a new array on every access."""
+        values = to_float01(self.colour_pixels)
+        return values if values.shape[2] == 3 else np.repeat(values, 3, axis=2)
+
+    @property
+    def alpha(self) -> np.ndarray | None:
+        """float32 (H, W) in [0, 1], or None; a new array on every access."""
+        return None if self.alpha_pixels is None else to_float01(self.alpha_pixels)
 
 
-class _Unsupported(Exception):
-    """A readable file whose content we deliberately do not handle."""
+class _Refused(Exception):
+    """A readable file we deliberately do not decode; the message is the reason."""
 
 
-def _decode_png_with_rawmode(path: str, rawmode: str) -> np.ndarray:
-    """Decode a PNG with Pillow, overriding the raw mode its unpacker uses.
-
-    Pillow's PNG decoder does the inflating and un-filtering (with the correct
-    bytes per pixel, taken from the raw mode's bit count) and then unpacks every
-    pixel with ``rawmode``; choosing a raw mode that picks other bytes of each
-    pixel is how the 16-bit samples are recovered exactly.
-    """
-    with Image.open(path) as im:
-        im.tile = [t._replace(args=rawmode) for t in im.tile]
-        im.load()
-        return np.asarray(im)
+class _Decoded(NamedTuple):
+    height: int  # as stored, before the orientation is applied
+    width: int
+    orientation: int  # EXIF/TIFF orientation, 1 (upright) to 8
+    icc_profile: bytes | None
+    samples: np.ndarray | None = None  # (H, W, C), C in 1..4; None when only the header was read
+    bit_depth: int = 8
 
 
-def _read_png16_colour(path: str, rawmode: str) -> np.ndarray:
-    """Exact samples (H, W, C) uint16 of a 16-bit RGB, RGBA or gray+alpha PNG."""
-    if rawmode == "LA;16B":
-        # 16-bit gray+alpha has 4 bytes per pixel, like 8-bit RGBA: read the bytes
-        # (gray_hi, gray_lo, alpha_hi, alpha_lo) as they are.
-        b = _decode_png_with_rawmode(path, "RGBA").astype(np.uint16)
-        return np.stack([b[..., 0] << 8 | b[..., 1], b[..., 2] << 8 | b[..., 3]], axis=-1)
-    # "RGB;16B"/"RGBA;16B" keep the high byte (big-endian first byte); the
-    # little-endian raw modes keep the second byte, i.e. the low byte.
-    high = _decode_png_with_rawmode(path, rawmode).astype(np.uint16)
-    low = _decode_png_with_rawmode(path, rawmode.replace("16B", "16L")).astype(np.uint16)
-    return high << 8 | low
+def pixel_limit(max_pixels: int | None = None) -> int | None:
+    """The pixel limit in force: Pillow's ``Image.MAX_IMAGE_PIXELS`` for None, no limit (None) for 0 or less."""
+    if max_pixels is None:
+        return Image.MAX_IMAGE_PIXELS or None
+    return int(max_pixels) if max_pixels > 0 else None
+
+
+def _amount(pixels: int, exact: bool) -> str:
+    return f"{pixels / 1e6:.1f} MP" if pixels >= 100_000 and not exact else f"{pixels} pixels"
+
+
+def _check_size(height: int, width: int, limit: int | None) -> None:
+    if limit is None or height * width <= limit:
+        return
+    exact = _amount(height * width, False) == _amount(limit, False)  # 89.5 MP vs 89.5 MP says nothing
+    raise _Refused(f"{width}x{height} = {_amount(height * width, exact)} is over the "
+                   f"{_amount(limit, exact)} limit (--max-pixels raises it)")
+
+
+_PILLOW_CHECK_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_check_off() -> Iterator[None]:
+    """Pillow's decompression-bomb check off (ours, from the header, replaces it); a
+    module-wide setting, so only for the rare formats that need it and under a lock."""
+    with _PILLOW_CHECK_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+# Opened through the plugin class, these formats see no decompression-bomb check
+# (``Image.open`` runs it), nor does their decoder.
+_PLUGINS = ((b"\x89PNG\r\n\x1a\n", PngImagePlugin.PngImageFile),
+            (b"\xff\xd8\xff", JpegImagePlugin.JpegImageFile),
+            (b"BM", BmpImagePlugin.BmpImageFile))
+
+
+def _open_pillow(path: str, head: bytes) -> Image.Image:
+    for magic, plugin in _PLUGINS:
+        if head.startswith(magic):
+            return plugin(path)
+    if head.startswith(_TIFF_MAGIC):
+        return TiffImagePlugin.TiffImageFile(path)
+    with _pillow_check_off():
+        return Image.open(path)
+
+
+def _checked_profile(profile: bytes | None, colour_channels: int) -> bytes | None:
+    """The profile if its colour space (header bytes 16..19) matches the decoded samples, else None."""
+    if not profile or len(profile) < 128:
+        return None
+    return profile if profile[16:20] == (b"GRAY" if colour_channels == 1 else b"RGB ") else None
 
 
 _PIL_CONVERSIONS = {"1": "L", "La": "LA", "RGBa": "RGBA", "RGBX": "RGB", "CMYK": "RGB",
                     "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "PA": "RGBA"}
 
 
-def _read_pillow(path: str) -> tuple[np.ndarray, int]:
-    """Samples (H, W, C), C in 1..4 (gray, gray+alpha, RGB, RGBA), and bit depth."""
-    with Image.open(path) as im:
-        rawmode = im.tile[0].args if im.format == "PNG" and im.tile else None
-        if rawmode in ("RGB;16B", "RGBA;16B", "LA;16B"):
-            return _read_png16_colour(path, rawmode), 16
+def _pillow_samples(im: Image.Image, path: str) -> tuple[np.ndarray, int]:
+    """Samples (H, W, C), C in 1..4 (gray, gray+alpha, RGB, RGBA), and bit depth of an opened image."""
+    rawmode = im.tile[0].args if im.format == "PNG" and im.tile else None
+    if rawmode in png16.COLOUR_RAWMODES:
+        return png16.read_png16_colour(path, rawmode), 16
+    if isinstance(im, (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile,
+                       BmpImagePlugin.BmpImageFile)):
         im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            return np.asarray(im).astype(np.uint16)[..., None], 16
-        if im.mode == "I":
-            values = np.asarray(im)
-            if values.size and (values.min() < 0 or values.max() > 65535):
-                raise _Unsupported("32-bit integer samples (only 8 and 16 bit)")
-            return values.astype(np.uint16)[..., None], 16
-        if im.mode == "F":
-            raise _Unsupported("floating-point samples (only 8 and 16 bit)")
-        if im.mode in ("P", "L", "RGB") and im.has_transparency_data:
-            im = im.convert("LA" if im.mode == "L" else "RGBA")
-        elif im.mode == "P":
-            im = im.convert("RGB")
-        elif im.mode in _PIL_CONVERSIONS:
-            im = im.convert(_PIL_CONVERSIONS[im.mode])
-        if im.mode not in ("L", "LA", "RGB", "RGBA"):
-            raise _Unsupported(f"image mode {im.mode}")
-        samples = np.asarray(im)
-    if samples.ndim == 2:
-        samples = samples[..., None]
-    return samples, 8
+    else:  # TIFF and other decoders run the bomb check again while loading
+        with _pillow_check_off():
+            im.load()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(im).astype(np.uint16)[..., None], 16
+    if im.mode == "I":
+        values = np.asarray(im)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise _Refused("unsupported 32-bit integer samples (only 8 and 16 bit)")
+        return values.astype(np.uint16)[..., None], 16
+    if im.mode == "F":
+        raise _Refused("unsupported floating-point samples (only 8 and 16 bit)")
+    if im.mode in ("P", "L", "RGB") and im.has_transparency_data:
+        im = im.convert("LA" if im.mode == "L" else "RGBA")
+    elif im.mode == "P":
+        im = im.convert("RGB")
+    elif im.mode in _PIL_CONVERSIONS:
+        im = im.convert(_PIL_CONVERSIONS[im.mode])
+    if im.mode not in ("L", "LA", "RGB", "RGBA"):
+        raise _Refused(f"unsupported image mode {im.mode}")
+    samples = np.asarray(im)
+    return (samples[..., None] if samples.ndim == 2 else samples), 8
 
 
-def _read_tiff(path: str) -> tuple[np.ndarray, int]:
-    """Samples (H, W, C) and bit depth of the first page of a TIFF, via tifffile."""
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages.first
-        data = page.asarray()
-        photometric = int(page.photometric)
-        axes = page.axes
-        colormap = page.colormap
+def _read_pillow(path: str, head: bytes, limit: int | None, header_only: bool) -> _Decoded:
+    with _open_pillow(path, head) as im:
+        width, height = im.size
+        _check_size(height, width, limit)
+        # The base class reads EXIF (and XMP) from what the header parse found; the
+        # PNG plugin's own getexif would decode the whole image to look further.
+        orientation = Image.Image.getexif(im).get(_ORIENTATION_TAG, 1)
+        header = _Decoded(height, width, orientation, im.info.get("icc_profile") or None)
+        if header_only:
+            return header
+        samples, bit_depth = _pillow_samples(im, path)
+    return header._replace(samples=samples, bit_depth=bit_depth)
+
+
+def _tiff_samples(page: tifffile.TiffPage) -> tuple[np.ndarray, int]:
+    """Samples (H, W, C) and bit depth of one TIFF page."""
+    data = page.asarray()
+    photometric, axes = int(page.photometric), page.axes
     if axes == "SYX":  # planar configuration 'separate'
         data = np.moveaxis(data, 0, -1)
     elif axes == "YX":
         data = data[..., None]
     elif axes != "YXS":
-        raise _Unsupported(f"TIFF layout {axes}")
+        raise _Refused(f"unsupported TIFF layout {axes}")
     if data.dtype == np.bool_:
         data = data.astype(np.uint8) * 255
     if data.dtype not in (np.uint8, np.uint16):
-        raise _Unsupported(f"{data.dtype} samples (only 8- and 16-bit unsigned integers)")
+        raise _Refused(f"unsupported {data.dtype} samples (only 8- and 16-bit unsigned integers)")
     bit_depth = 16 if data.dtype == np.uint16 else 8
     if photometric == 3:  # palette: colormap (3, 2**bits) of 16-bit values
-        if colormap is None or data.shape[2] != 1:
-            raise _Unsupported("palette TIFF without a colour map")
-        rgb = colormap[:, data[..., 0]].transpose(1, 2, 0).astype(np.uint16)
+        if page.colormap is None or data.shape[2] != 1:
+            raise _Refused("unsupported palette TIFF without a colour map")
+        rgb = page.colormap[:, data[..., 0]].transpose(1, 2, 0).astype(np.uint16)
         if np.all(rgb % 257 == 0):  # an 8-bit palette stored as v * 257
             return (rgb // 257).astype(np.uint8), 8
         return rgb, 16
@@ -206,215 +288,202 @@ def _read_tiff(path: str) -> tuple[np.ndarray, int]:
         data = data.copy()
         data[..., :1] = np.iinfo(data.dtype).max - data[..., :1]
     elif photometric not in (1, 2):  # min-is-black, RGB
-        raise _Unsupported(f"TIFF photometric interpretation {photometric}")
+        raise _Refused(f"unsupported TIFF photometric interpretation {photometric}")
     if data.shape[2] > 4:
-        raise _Unsupported(f"{data.shape[2]} samples per pixel")
+        raise _Refused(f"unsupported {data.shape[2]} samples per pixel")
     return data, bit_depth
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
-    """Read a PNG, JPEG, TIFF or BMP file (8 or 16 bit).
+def _read_tiff(path: str, limit: int | None, header_only: bool) -> _Decoded:
+    """The first page of a TIFF through tifffile; the header (and the size check) comes before any decoding."""
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        height, width = int(page.imagelength), int(page.imagewidth)
+        _check_size(height, width, limit)
+        orientation = int(page.tags.valueof(_ORIENTATION_TAG, default=1))
+        profile = page.tags.valueof(_ICC_PROFILE_TAG, default=None)
+        header = _Decoded(height, width, orientation, bytes(profile) if profile is not None else None)
+        if header_only:
+            return header
+        samples, bit_depth = _tiff_samples(page)
+    return header._replace(samples=samples, bit_depth=bit_depth)
 
-    The format is detected from the content, not the extension. Gray images are
-    replicated to RGB and alpha is split off (``LoadedImage.mode`` records the
-    stored layout so ``write_image`` can restore it).
 
-    Raises:
-      ImageError: for a missing, unreadable, truncated, corrupt, unsupported or
-        zero-size file; the message is one line naming the file.
-    """
-    path = os.fspath(path)
-
-    def fail(reason: str) -> ImageError:
-        return ImageError(f"cannot read image {path}: {_one_line(reason)}")
+def _decode(path: str, limit: int | None, header_only: bool) -> _Decoded:
+    """Header (and, unless ``header_only``, samples) of ``path``; every failure is an ImageError naming it."""
+    def fail(why: str) -> ImageError:
+        return ImageError(f"cannot read image {path}: {one_line(why)}")
 
     if not os.path.exists(path):
         raise fail("no such file")
     if os.path.isdir(path):
         raise fail("it is a folder")
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if head in _TIFF_MAGIC:
-            try:
-                samples, bit_depth = _read_tiff(path)
-            except _Unsupported:
-                raise
-            except Exception as tiff_exc:
-                # tifffile lacks some codecs (LZW, JPEG) without imagecodecs;
-                # Pillow reads most such 8-bit files.
-                try:
-                    samples, bit_depth = _read_pillow(path)
-                except Exception:
-                    raise tiff_exc from None
-        else:
-            samples, bit_depth = _read_pillow(path)
-    except _Unsupported as exc:
-        raise fail(f"unsupported {exc}") from None
+        decoded = _decode_any(path, limit, header_only)
+    except _Refused as exc:
+        raise fail(str(exc)) from None
     except Image.UnidentifiedImageError:
         raise fail("not a recognised image file") from None
     except MemoryError:
         raise
     except Exception as exc:
-        raise fail(_reason(exc)) from exc
+        raise fail(reason(exc)) from exc
+    if decoded.height == 0 or decoded.width == 0:
+        raise fail(f"zero-size image ({decoded.height}x{decoded.width})")
+    return decoded
 
-    h, w, channels = samples.shape
-    if h == 0 or w == 0:
-        raise fail(f"zero-size image ({h}x{w})")
-    scale = np.float32(2 ** bit_depth - 1)
-    values = samples.astype(np.float32) / scale
+
+def _decode_any(path: str, limit: int | None, header_only: bool) -> _Decoded:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(_TIFF_MAGIC):
+        return _read_pillow(path, head, limit, header_only)
+    try:
+        return _read_tiff(path, limit, header_only)
+    except (_Refused, MemoryError):
+        raise
+    except Exception as tiff_exc:
+        # tifffile lacks some codecs (LZW, JPEG) without imagecodecs;
+        # Pillow reads most such 8-bit files.
+        try:
+            return _read_pillow(path, head, limit, header_only)
+        except _Refused:
+            raise
+        except Exception:
+            raise tiff_exc from None
+
+
+def _upright(samples: np.ndarray, orientation: int) -> np.ndarray:
+    """A view of (H, W, ...) samples turned as the EXIF orientation says (as ``ImageOps.exif_transpose``)."""
+    if orientation in (5, 6, 7, 8):
+        samples = np.swapaxes(samples, 0, 1)  # 5 is the plain transpose
+        orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]  # then flip as 1..4 do
+    if orientation in (2, 3):
+        samples = samples[:, ::-1]
+    if orientation in (3, 4):
+        samples = samples[::-1]
+    return samples
+
+
+def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[int, int]:
+    """(height, width) of the upright image, from the header only (no decoding).
+
+    Raises:
+      ImageError: as ``read_image``, including an image over the pixel limit.
+    """
+    path = os.fspath(path)
+    header = _decode(path, pixel_limit(max_pixels), header_only=True)
+    if header.orientation in (5, 6, 7, 8):
+        return header.width, header.height
+    return header.height, header.width
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> LoadedImage:
+    """Read a PNG, JPEG, TIFF or BMP file (8 or 16 bit), upright.
+
+    The format is detected from the content, not the extension. Alpha is split off
+    and gray stays one channel (``LoadedImage.mode`` records the stored layout so
+    ``write_image`` can restore it).
+
+    Args:
+      max_pixels: the largest width x height to decode; None for Pillow's default
+        limit (``Image.MAX_IMAGE_PIXELS``, about 89.5 MP), 0 or less for none.
+
+    Raises:
+      ImageError: for a missing, unreadable, truncated, corrupt, unsupported,
+        zero-size or too large file; the message is one line naming the file.
+    """
+    path = os.fspath(path)
+    decoded = _decode(path, pixel_limit(max_pixels), header_only=False)
+    channels = decoded.samples.shape[2]
+    samples = _upright(decoded.samples, decoded.orientation)
     has_alpha = channels in (2, 4)
-    colour = values[..., : channels - 1] if has_alpha else values
-    mode: ImageMode
+    colour = np.ascontiguousarray(samples[..., : channels - 1] if has_alpha else samples)
+    alpha = np.ascontiguousarray(samples[..., -1]) if has_alpha else None
     if colour.shape[2] == 1:
-        rgb = np.repeat(colour, 3, axis=2)
-        mode = "gray_alpha" if has_alpha else "gray"
+        mode: ImageMode = "gray_alpha" if has_alpha else "gray"
     else:
-        rgb = np.ascontiguousarray(colour)
         mode = "rgba" if has_alpha else "rgb"
-    alpha = np.ascontiguousarray(values[..., -1]) if has_alpha else None
-    return LoadedImage(rgb=rgb, alpha=alpha, bit_depth=bit_depth, mode=mode, path=path)
+    return LoadedImage(colour_pixels=colour, alpha_pixels=alpha, bit_depth=decoded.bit_depth, mode=mode,
+                       path=path, icc_profile=_checked_profile(decoded.icc_profile, colour.shape[2]))
 
 
 # --------------------------------------------------------------------------- writing
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-
-def _png_filter_rows(cur: np.ndarray, up: np.ndarray, bpp: int,
-                     filter_type: int | None) -> np.ndarray:
-    """PNG-filter a block of rows (int16 (n, rowbytes)); returns (n, 1 + rowbytes) uint8.
-
-    With ``filter_type=None`` each row gets the filter with the smallest sum of
-    absolute signed residuals (the usual libpng heuristic).
-    """
-    left = np.zeros_like(cur)
-    left[:, bpp:] = cur[:, :-bpp]
-    up_left = np.zeros_like(up)
-    up_left[:, bpp:] = up[:, :-bpp]
-    p = left + up - up_left
-    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
-    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
-    predictions = [0, left, up, (left + up) >> 1, paeth]
-    types = range(5) if filter_type is None else [filter_type]
-    residuals = np.stack([(cur - predictions[t]) & 0xFF for t in types]).astype(np.uint8)
-    if filter_type is None:
-        cost = np.abs(residuals.view(np.int8).astype(np.int32)).sum(axis=2)  # (5, n)
-        choice = np.argmin(cost, axis=0)
-    else:
-        choice = np.zeros(cur.shape[0], dtype=np.int64)
-    rows = residuals[choice, np.arange(cur.shape[0])]
-    type_bytes = np.asarray(list(types), dtype=np.uint8)[choice]
-    return np.concatenate([type_bytes[:, None], rows], axis=1)
-
-
-def _write_png(f: BinaryIO, samples: np.ndarray, filter_type: int | None = None) -> None:
-    """Write (H, W, C) uint8/uint16 samples, C in 1..4, as a PNG (any bit depth/layout).
-
-    Pillow cannot write 16-bit colour PNGs, so this small encoder writes all
-    16-bit PNGs: big-endian samples, per-row adaptive filtering, zlib level 6.
-    """
-    h, w, channels = samples.shape
-    depth = 16 if samples.dtype == np.uint16 else 8
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    raw = np.ascontiguousarray(samples.astype(">u2" if depth == 16 else np.uint8))
-    rows = raw.reshape(h, -1).view(np.uint8)
-    bpp = channels * depth // 8
-    f.write(b"\x89PNG\r\n\x1a\n")
-    f.write(_png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0)))
-    compressor = zlib.compressobj(6)
-    block = max(1, (4 << 20) // max(rows.shape[1], 1))  # ~4 MiB of rows at a time
-    pending = bytearray()
-    for start in range(0, h, block):
-        cur = rows[start:start + block].astype(np.int16)
-        up = np.empty_like(cur)
-        up[1:] = cur[:-1]
-        up[0] = rows[start - 1] if start > 0 else 0
-        pending += compressor.compress(_png_filter_rows(cur, up, bpp, filter_type).tobytes())
-        if len(pending) >= 1 << 20:
-            f.write(_png_chunk(b"IDAT", bytes(pending)))
-            pending.clear()
-    pending += compressor.flush()
-    f.write(_png_chunk(b"IDAT", bytes(pending)))
-    f.write(_png_chunk(b"IEND", b""))
-
 
 def _pil_image(samples: np.ndarray) -> Image.Image:
     mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[samples.shape[2]]
     return Image.fromarray(samples[..., 0] if samples.shape[2] == 1 else samples, mode=mode)
 
 
-def _encode(f: BinaryIO, samples: np.ndarray, fmt: str) -> None:
+def _encode(f: BinaryIO, samples: np.ndarray, fmt: str, icc_profile: bytes | None) -> None:
     """Encode (H, W, C) samples into the open file ``f`` in format ``fmt``."""
+    profile = {"icc_profile": icc_profile} if icc_profile else {}
     if fmt == "PNG":
         if samples.dtype == np.uint16:
-            _write_png(f, samples)
+            png16.write_png(f, samples, icc_profile=icc_profile)
         else:
-            _pil_image(samples).save(f, format="PNG")
+            _pil_image(samples).save(f, format="PNG", **profile)
     elif fmt == "TIFF":
         channels = samples.shape[2]
         tifffile.imwrite(
             f, samples[..., 0] if channels == 1 else samples,
             photometric="minisblack" if channels <= 2 else "rgb",
             extrasamples=("unassalpha",) if channels in (2, 4) else None,
-            compression="zlib", predictor=True, metadata=None,
+            compression="zlib", predictor=True, metadata=None, iccprofile=icc_profile or None,
         )
     elif fmt == "JPEG":
         # High quality and no chroma subsampling: SR detail is the point.
-        _pil_image(samples).save(f, format="JPEG", quality=95, subsampling=0)
-    else:
+        _pil_image(samples).save(f, format="JPEG", quality=95, subsampling=0, **profile)
+    else:  # Pillow's BMP writer cannot embed a profile
         _pil_image(samples).save(f, format="BMP")
 
 
-def _atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Write via a temporary file in the same folder, then ``os.replace``.
+def _at_depth(values: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Samples of ``bit_depth`` bits: integer ones as they are (the other depth converted
+    exactly: x 257, or / 257 rounded), floats in [0, 1] through the one quantiser."""
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    if values.dtype == dtype:
+        return values
+    if values.dtype == np.uint8:  # v / 255 * 65535 exactly
+        return values.astype(np.uint16) * np.uint16(257)
+    if values.dtype == np.uint16:  # v * 255 / 65535 rounded; never half-way
+        return ((values.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if values.dtype.kind != "f":
+        raise ValueError(f"expected uint8, uint16 or float samples, got {values.dtype}")
+    return quantise(values, bit_depth)
 
-    On any failure the temporary file is removed and an existing ``path`` is left
-    untouched.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ImageError(f"cannot write image {path}: folder {folder} does not exist")
-    temp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    try:
-        # 'x' (O_EXCL): never clobber anything; permissions follow the umask as usual.
-        f = open(temp, "xb")
-    except OSError as exc:
-        raise ImageError(f"cannot write image {path}: {_reason(exc)}") from exc
-    try:
-        with f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, Exception):
-            raise ImageError(f"cannot write image {path}: {_reason(exc)}") from exc
-        raise
+
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 1): the mean of the three channels; for integers rounded to the nearest."""
+    if rgb.dtype.kind == "f":
+        return rgb.astype(np.float32, copy=False).mean(axis=2, keepdims=True)
+    if rgb.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected uint8, uint16 or float samples, got {rgb.dtype}")
+    total = rgb.sum(axis=2, keepdims=True, dtype=np.uint32)
+    return ((total + 1) // 3).astype(rgb.dtype)
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | None = None,
-                alpha: np.ndarray | None = None) -> None:
-    """Save float RGB in [0, 1] (H, W, 3), atomically; the format comes from the extension.
+                alpha: np.ndarray | None = None, icc_profile: bytes | None = None) -> None:
+    """Save RGB samples (H, W, 3), atomically; the format comes from the extension.
+
+    ``rgb`` and ``alpha`` are uint8 or uint16 samples, written as they are when
+    their depth is the file's (8 for JPEG and BMP and without ``like``, else
+    ``like.bit_depth``) and converted exactly otherwise, or floats in [0, 1],
+    clipped and rounded half to even (``pixels.quantise``).
 
     Without ``like`` the file is 8-bit RGB (RGBA with ``alpha``). With ``like`` (the
-    input's LoadedImage) its layout and bit depth are kept: gray inputs are saved
-    gray (mean of the three channels), 16-bit stays 16-bit. ``alpha`` (H, W) in
-    [0, 1] is written when given (the caller upsamples the input's alpha); without
-    it the file has no alpha channel. Values are clipped to [0, 1] and rounded half
-    to even.
+    input's LoadedImage) its layout, bit depth and ICC profile are kept: gray
+    inputs are saved gray (mean of the three channels, rounded for integers),
+    16-bit stays 16-bit. ``alpha`` (H, W) is written when given (the caller
+    upsamples the input's alpha); without it the file has no alpha channel.
+    ``icc_profile`` (raw bytes) replaces ``like``'s profile; ``b""`` writes none.
 
     Format limits: JPEG and BMP are 8-bit only; JPEG drops alpha; BMP stores
-    gray+alpha as RGBA.
+    gray+alpha as RGBA and carries no colour profile.
 
     Raises:
-      ValueError: for arrays of the wrong shape.
+      ValueError: for arrays of the wrong shape or type.
       ImageError: for an unknown extension or any failure while writing.
     """
     path = os.fspath(path)
@@ -431,22 +500,22 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | No
         if alpha.shape != rgb.shape[:2]:
             raise ValueError(f"alpha has shape {alpha.shape}, expected {rgb.shape[:2]}")
     gray = like is not None and like.mode in ("gray", "gray_alpha")
-    bit_depth = like.bit_depth if like is not None else 8
-    if fmt in ("JPEG", "BMP"):
-        bit_depth = 8
+    bit_depth = like.bit_depth if like is not None and fmt not in ("JPEG", "BMP") else 8
+    if icc_profile is None and like is not None:
+        icc_profile = like.icc_profile
     if fmt == "JPEG":
         alpha = None
 
-    colour = np.asarray(rgb, dtype=np.float32)
-    if gray:
-        colour = colour.mean(axis=2, keepdims=True)
-    parts = [quantise(colour, bit_depth)]
+    samples = _at_depth(_gray(rgb) if gray else rgb, bit_depth)
     if alpha is not None:
         if fmt == "BMP" and gray:
-            parts[0] = np.repeat(parts[0], 3, axis=2)
-        parts.append(quantise(alpha, bit_depth)[..., None])
-    samples = np.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]
-    _atomic_write(path, lambda f: _encode(f, samples, fmt))
+            samples = np.repeat(samples, 3, axis=2)
+        samples = np.concatenate([samples, _at_depth(alpha, bit_depth)[..., None]], axis=2)
+    try:
+        atomic_write(path, lambda f: _encode(f, samples, fmt, icc_profile or None))
+    except WriteError as exc:
+        why = str(exc).removeprefix(f"cannot write {path}: ")
+        raise ImageError(f"cannot write image {path}: {why}") from exc
 
 
 # --------------------------------------------------------------------------- overlay

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from classsr_jax import image_io
+from classsr_jax import image_io, png16
 from classsr_jax.image_io import (
     ImageError,
     LoadedImage,
@@ -34,8 +34,9 @@ def _u16(shape):
 
 
 def _like(mode, bit_depth, h=4, w=4):
-    return LoadedImage(rgb=np.zeros((h, w, 3), np.float32), alpha=None,
-                       bit_depth=bit_depth, mode=mode, path="like")
+    channels = 1 if mode.startswith("gray") else 3
+    return LoadedImage(colour_pixels=np.zeros((h, w, channels), np.uint8 if bit_depth == 8 else np.uint16),
+                       alpha_pixels=None, bit_depth=bit_depth, mode=mode, path="like")
 
 
 # ------------------------------------------------------------------ round trips
@@ -85,7 +86,7 @@ def test_png_16bit_encoder_all_filters_and_layouts(tmp_path, channels, filter_ty
     samples[3:6] = samples[3:6] // 1000  # some smooth-ish rows too
     path = tmp_path / "f.png"
     with open(path, "wb") as f:
-        image_io._write_png(f, samples, filter_type)
+        png16.write_png(f, samples, filter_type)
     if channels == 1:  # Pillow's decoder is independent of ours
         assert np.array_equal(np.asarray(Image.open(path)), samples[..., 0])
     img = read_image(path)
@@ -220,7 +221,7 @@ def test_truncated_png_raises_image_error(tmp_path):
 
 def test_truncated_16bit_png_raises_image_error(tmp_path):
     full = io.BytesIO()
-    image_io._write_png(full, _u16((40, 40, 3)))
+    png16.write_png(full, _u16((40, 40, 3)))
     path = tmp_path / "broken16.png"
     path.write_bytes(full.getvalue()[:200])
     with pytest.raises(ImageError) as info:
@@ -279,11 +280,11 @@ def test_atomic_write_leaves_existing_file_untouched(tmp_path, monkeypatch):
 
 
 def test_atomic_write_16bit_encoder_failure(tmp_path, monkeypatch):
-    def failing_png(f, samples, filter_type=None):
+    def failing_png(f, samples, filter_type=None, icc_profile=None):
         f.write(b"\x89PNG")
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(image_io, "_write_png", failing_png)
+    monkeypatch.setattr(png16, "write_png", failing_png)
     with pytest.raises(ImageError, match="encoder exploded"):
         write_image(tmp_path / "new.png", np.zeros((4, 4, 3)), like=_like("rgb", 16))
     assert os.listdir(tmp_path) == []
