@@ -254,11 +254,14 @@ def _read_pillow(path: str, head: bytes, limit: int | None, header_only: bool) -
         _check_size(height, width, limit)
         # The base class reads EXIF (and XMP) from what the header parse found; the
         # PNG plugin's own getexif would decode the whole image to look further.
-        orientation = Image.Image.getexif(im).get(_ORIENTATION_TAG, 1)
+        tiff = isinstance(im, TiffImagePlugin.TiffImageFile)
+        orientation = 1 if tiff else Image.Image.getexif(im).get(_ORIENTATION_TAG, 1)
         header = _Decoded(height, width, orientation, im.info.get("icc_profile") or None)
         if header_only:
             return header
         samples, bit_depth = _pillow_samples(im, path)
+        if tiff:  # Pillow turns TIFFs upright while loading (its size is the upright one) and drops the tag
+            header = header._replace(orientation=im.tag_v2.get(_ORIENTATION_TAG, 1))
     return header._replace(samples=samples, bit_depth=bit_depth)
 
 
