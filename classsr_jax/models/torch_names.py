@@ -1,7 +1,8 @@
-"""The one place where Flax variable paths meet the original PyTorch state_dict keys (spec §7).
+"""The one place where Flax variable paths meet the original PyTorch state_dict keys.
 
 Every entry says: torch key, Flax path (collection first), index into a `nn.scan`-stacked array (or ()),
-and the layout rule that turns the torch tensor into the Flax array (spec §7.2).
+and the layout rule that turns the torch tensor into the Flax array (PyTorch convolutions are (O, I, kh, kw),
+Flax's are (kh, kw, I, O); a PReLU's single slope is a (1,) tensor in PyTorch and a scalar in Flax).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ import dataclasses
 from typing import Iterator
 
 import numpy as np
+from flax.traverse_util import flatten_dict
 
+from classsr_jax.checkpointing import describe
+from classsr_jax.errors import ConvertError
 from classsr_jax.models.common import upsample_stages
 from classsr_jax.models.registry import NETWORK_DEFAULTS, ModelSpec
 
@@ -41,6 +45,21 @@ def torch_to_flax_array(value: np.ndarray, rule: str) -> np.ndarray:
     if rule == SCALAR:
         return value.reshape(())
     return value
+
+
+def torch_shape(flax_shape: tuple[int, ...], rule: str) -> tuple[int, ...]:
+    """The PyTorch shape of a tensor whose Flax array has `flax_shape` (the inverse of `torch_to_flax_array`)."""
+    if rule == CONV:
+        kh, kw, cin, cout = flax_shape
+        return (cout, cin, kh, kw)
+    if rule == DECONV:
+        kh, kw, cin, cout = flax_shape
+        return (cin, cout, kh, kw)
+    if rule == DENSE:
+        return tuple(reversed(flax_shape))
+    if rule == SCALAR:
+        return (1,)
+    return tuple(flax_shape)
 
 
 def flax_to_torch_array(value: np.ndarray, rule: str) -> np.ndarray:
@@ -185,51 +204,50 @@ def _nested_set(tree: dict, path: tuple[str, ...], value) -> None:
     tree[path[-1]] = value
 
 
+def _listed(items: list[str], shown: int = 6) -> str:
+    return ", ".join(items[:shown]) + (f" … ({len(items)} in all)" if len(items) > shown else "")
+
+
 def state_dict_to_variables(
     state_dict: dict[str, np.ndarray], spec: ModelSpec, abstract: dict, source: str = "state_dict"
 ) -> dict:
     """Maps a PyTorch state_dict onto Flax variables with strict key matching.
 
-    `abstract` holds the expected Flax shapes (e.g. `checkpointing.abstract_variables(spec)`). Every
-    missing, unexpected or mis-shaped key is reported together in one ValueError.
+    `abstract` holds the expected Flax shapes (e.g. `checkpointing.abstract_variables(spec)`). Every tensor is
+    checked against its PyTorch shape before any transpose, so a wrong rank is reported like a wrong size; every
+    missing, unexpected or mis-shaped key is reported together in one ConvertError.
     """
-    from flax.traverse_util import flatten_dict
-
     state_dict = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state_dict.items()}
     mappings = model_keys(spec)
     known = {m.torch_key for m in mappings}
-    expected = {k: v for k, v in flatten_dict(dict(abstract)).items()}
+    expected = flatten_dict(dict(abstract))
     arrays = {path: np.zeros(s.shape, np.float32) for path, s in expected.items()}
     missing, wrong = [], []
     for m in mappings:
-        if m.torch_key not in state_dict:
-            if m.rule != COUNTER:  # num_batches_tracked carries nothing we use
-                missing.append(m.torch_key)
+        if m.rule == COUNTER:  # num_batches_tracked carries nothing we use, present or not
             continue
-        if m.rule == COUNTER:
+        if m.torch_key not in state_dict:
+            missing.append(m.torch_key)
+            continue
+        got = tuple(np.shape(state_dict[m.torch_key]))
+        target = arrays[m.flax_path]
+        wanted = torch_shape(target.shape[len(m.index) :], m.rule)
+        if got != wanted:
+            wrong.append(f"{m.torch_key} {got} (expected {wanted})")
             continue
         value = torch_to_flax_array(np.asarray(state_dict[m.torch_key], np.float32), m.rule)
-        target = arrays[m.flax_path]
-        slot_shape = target.shape[len(m.index) :]
-        if value.shape != slot_shape:
-            torch_shape = tuple(np.shape(state_dict[m.torch_key]))
-            wanted = flax_to_torch_array(np.zeros(slot_shape), m.rule).shape
-            wrong.append(f"{m.torch_key} {torch_shape} (expected {tuple(wanted)})")
-            continue
         if m.index:
             target[m.index] = value
         else:
             arrays[m.flax_path] = value
     unexpected = sorted(set(state_dict) - known)
     if missing or unexpected or wrong:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                shown = ", ".join(items[:6]) + (f" … ({len(items)} in all)" if len(items) > 6 else "")
-                parts.append(f"{len(items)} {label} key{'s' if len(items) > 1 else ''}: {shown}")
-        from classsr_jax.checkpointing import describe
-
-        raise ValueError(f"{source} does not match {describe(spec)}: {'; '.join(parts)}")
+        parts = [
+            f"{len(items)} {label} key{'s' if len(items) > 1 else ''}: {_listed(items)}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if items
+        ]
+        raise ConvertError(f"{source} does not match {describe(spec)}: {'; '.join(parts)}")
     variables: dict = {}
     for path, value in arrays.items():
         _nested_set(variables, path, value)
@@ -238,8 +256,6 @@ def state_dict_to_variables(
 
 def variables_to_state_dict(variables: dict, spec: ModelSpec) -> dict[str, np.ndarray]:
     """The inverse mapping: Flax variables → a PyTorch-layout state_dict (numpy arrays), in the original's key order."""
-    from flax.traverse_util import flatten_dict
-
     flat = flatten_dict(dict(variables))
     out = {}
     for m in model_keys(spec):
