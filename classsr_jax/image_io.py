@@ -1,36 +1,28 @@
 """Reading and writing images, and the class-map overlay of the ClassSR test.
 
-* ``read_image`` reads PNG, JPEG, TIFF and BMP (8 and 16 bit; gray, gray+alpha,
-  RGB, RGBA) upright, keeping the integer samples (``LoadedImage.pixels``) and the
-  ICC colour profile, and turns every failure into a one-line ``ImageError``
+* ``read_image`` reads PNG, JPEG, TIFF and BMP (8 and 16 bit; gray, gray+alpha, RGB, RGBA) upright, keeping the
+  integer samples (``LoadedImage.pixels``) and the ICC colour profile; every failure is a one-line ``ImageError``
   naming the file. ``image_size`` reads only the header.
-* ``write_image`` writes integer samples as they are, or floats in [0, 1], in the
-  input's layout, bit depth and colour profile, through ``fileio.atomic_write``.
+* ``write_image`` writes integer samples as they are, or floats in [0, 1], in the input's layout, bit depth and
+  colour profile, through ``fileio.atomic_write``.
 * ``class_map_overlay`` is the original ``add_mask``.
 
 Decisions:
-* TIFF goes through tifffile (full 16-bit support); everything else, and TIFFs
-  tifffile cannot decode (LZW or JPEG without imagecodecs), through Pillow.
-  16-bit colour PNGs are read and written by ``png16``.
-* The EXIF orientation is applied when reading, as browsers and
-  ``PIL.ImageOps.exif_transpose`` do (EXIF or XMP in JPEG and PNG, tag 274 in
-  TIFF), so outputs are upright; outputs carry no EXIF, hence no orientation
-  that would turn them again. A PNG eXIf chunk after the image data is ignored:
-  the PNG format places it before, and only the header is read for it.
-* Every decoder has a pixel limit, checked from the header before decoding:
-  Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89.5 MP) unless ``max_pixels`` says
-  otherwise. Pillow's own decompression-bomb warning and error are kept out of the
-  way (ours replaces them) by opening PNG, JPEG and BMP through their plugin
-  classes, and other formats with Pillow's check briefly off, under a lock.
-* The ICC profile travels from input to output. A profile whose colour space does
-  not describe the decoded samples (a CMYK profile after Pillow's CMYK to RGB
-  conversion) is dropped, as writing it would misdescribe the output. BMP cannot
-  carry one through Pillow, so BMP outputs have none.
-* A gray input is saved back as gray using the plain mean of the three SR
-  channels (for integer samples the mean rounded to the nearest integer; a third
-  is never half-way): the network saw the same gray value in all three, so the
-  channels are three estimates of one signal (luma weights are for genuinely
-  coloured content).
+* TIFF goes through tifffile (full 16-bit support); everything else, and TIFFs tifffile cannot decode (LZW or JPEG
+  without imagecodecs), through Pillow. 16-bit colour PNGs are read and written by ``png16``.
+* The EXIF orientation is applied when reading, as browsers and ``PIL.ImageOps.exif_transpose`` do (EXIF or XMP in
+  JPEG and PNG, tag 274 in TIFF). Outputs carry no EXIF, so nothing turns them again. A PNG eXIf chunk after the
+  image data is ignored: the PNG format places it before, and only the header is read for it.
+* Every decoder has a pixel limit, checked from the header before decoding: Pillow's ``Image.MAX_IMAGE_PIXELS``
+  (about 89.5 MP) unless ``max_pixels`` says otherwise. Pillow's own decompression-bomb warning and error would
+  contradict it, so PNG, JPEG and BMP are opened through their plugin classes (``Image.open`` runs the check), and
+  other formats with Pillow's check briefly off, under a lock.
+* The ICC profile travels from input to output. A profile whose colour space does not describe the decoded samples
+  (a CMYK profile after Pillow's CMYK to RGB conversion) is dropped: it would misdescribe the output. Pillow cannot
+  write one into a BMP, so BMP outputs have none.
+* A gray input is saved back as gray using the plain mean of the three SR channels (for integer samples rounded to
+  the nearest integer; a third is never half-way): the network saw the same gray value in all three, so they are
+  three estimates of one signal (luma weights are for genuinely coloured content).
 """
 
 from __future__ import annotations
@@ -68,8 +60,7 @@ _ICC_PROFILE_TAG = 34675
 def list_images(folder: str | os.PathLike) -> list[str]:
     """Sorted paths of the image files (by extension, any case) directly in ``folder``.
 
-    Hidden files (names starting with '.') are skipped; they are typically macOS
-    metadata or our own temporary files.
+    Hidden files (names starting with '.') are skipped; they are typically macOS metadata or our own temporary files.
 
     Raises:
       ImageError: if the folder does not exist or holds no images.
@@ -96,8 +87,7 @@ class LoadedImage:
     """A decoded image, upright, with its integer samples.
 
     Attributes:
-      colour_pixels: the stored colour samples, uint8 or uint16 (bit_depth), as
-        (H, W, 1) for gray and (H, W, 3) for colour images.
+      colour_pixels: the stored colour samples, uint8 or uint16 (bit_depth), (H, W, 1) for gray, else (H, W, 3).
       alpha_pixels: (H, W) samples of the same dtype, or None without alpha.
       bit_depth: 8 or 16, the stored sample depth.
       mode: 'rgb', 'gray', 'rgba' or 'gray_alpha', the stored channel layout.
@@ -122,8 +112,7 @@ class LoadedImage:
 
     @property
     def pixels(self) -> np.ndarray:
-        """(H, W, 3) integer RGB samples. For gray images a read-only view repeating
-        the one channel (no copy); copy it before writing into it."""
+        """(H, W, 3) integer RGB samples; for gray images a read-only view repeating the one channel (no copy)."""
         if self.colour_pixels.shape[2] == 3:
             return self.colour_pixels
         return np.broadcast_to(self.colour_pixels, (self.height, self.width, 3))
@@ -145,7 +134,7 @@ class _Refused(Exception):
 
 
 class _Decoded(NamedTuple):
-    height: int  # as stored, before the orientation is applied
+    height: int  # as the header gives them, before the orientation is applied
     width: int
     orientation: int  # EXIF/TIFF orientation, 1 (upright) to 8
     icc_profile: bytes | None
@@ -177,8 +166,8 @@ _PILLOW_CHECK_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def _pillow_check_off() -> Iterator[None]:
-    """Pillow's decompression-bomb check off (ours, from the header, replaces it); a
-    module-wide setting, so only for the rare formats that need it and under a lock."""
+    """Pillow's decompression-bomb check off (ours replaces it): a module-wide setting, so under a lock and only
+    for the formats that need it."""
     with _PILLOW_CHECK_LOCK:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
@@ -188,19 +177,16 @@ def _pillow_check_off() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-# Opened through the plugin class, these formats see no decompression-bomb check
-# (``Image.open`` runs it), nor does their decoder.
-_PLUGINS = ((b"\x89PNG\r\n\x1a\n", PngImagePlugin.PngImageFile),
-            (b"\xff\xd8\xff", JpegImagePlugin.JpegImageFile),
-            (b"BM", BmpImagePlugin.BmpImageFile))
+# Opened through the plugin class, these formats see no decompression-bomb check (``Image.open`` runs it); only
+# Pillow's TIFF decoder runs it again.
+_PLUGINS = ((b"\x89PNG\r\n\x1a\n", PngImagePlugin.PngImageFile), (b"\xff\xd8\xff", JpegImagePlugin.JpegImageFile),
+            (b"BM", BmpImagePlugin.BmpImageFile), *((magic, TiffImagePlugin.TiffImageFile) for magic in _TIFF_MAGIC))
 
 
 def _open_pillow(path: str, head: bytes) -> Image.Image:
     for magic, plugin in _PLUGINS:
         if head.startswith(magic):
             return plugin(path)
-    if head.startswith(_TIFF_MAGIC):
-        return TiffImagePlugin.TiffImageFile(path)
     with _pillow_check_off():
         return Image.open(path)
 
@@ -221,8 +207,7 @@ def _pillow_samples(im: Image.Image, path: str) -> tuple[np.ndarray, int]:
     rawmode = im.tile[0].args if im.format == "PNG" and im.tile else None
     if rawmode in png16.COLOUR_RAWMODES:
         return png16.read_png16_colour(path, rawmode), 16
-    if isinstance(im, (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile,
-                       BmpImagePlugin.BmpImageFile)):
+    if isinstance(im, (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile, BmpImagePlugin.BmpImageFile)):
         im.load()
     else:  # TIFF and other decoders run the bomb check again while loading
         with _pillow_check_off():
@@ -252,15 +237,18 @@ def _read_pillow(path: str, head: bytes, limit: int | None, header_only: bool) -
     with _open_pillow(path, head) as im:
         width, height = im.size
         _check_size(height, width, limit)
-        # The base class reads EXIF (and XMP) from what the header parse found; the
-        # PNG plugin's own getexif would decode the whole image to look further.
+        # The base class's getexif reads EXIF (or XMP) from what the header parse found; the PNG plugin's own
+        # would decode the image to look further. Pillow turns TIFFs upright itself (below).
         tiff = isinstance(im, TiffImagePlugin.TiffImageFile)
-        orientation = 1 if tiff else Image.Image.getexif(im).get(_ORIENTATION_TAG, 1)
+        try:
+            orientation = 1 if tiff else Image.Image.getexif(im).get(_ORIENTATION_TAG, 1)
+        except Exception:  # broken EXIF: the pixels are still fine, and viewers show them as stored
+            orientation = 1
         header = _Decoded(height, width, orientation, im.info.get("icc_profile") or None)
         if header_only:
             return header
         samples, bit_depth = _pillow_samples(im, path)
-        if tiff:  # Pillow turns TIFFs upright while loading (its size is the upright one) and drops the tag
+        if tiff:  # Pillow turned it upright while loading (its size is the upright one) and dropped the tag
             header = header._replace(orientation=im.tag_v2.get(_ORIENTATION_TAG, 1))
     return header._replace(samples=samples, bit_depth=bit_depth)
 
@@ -303,7 +291,7 @@ def _read_tiff(path: str, limit: int | None, header_only: bool) -> _Decoded:
         page = tif.pages.first
         height, width = int(page.imagelength), int(page.imagewidth)
         _check_size(height, width, limit)
-        orientation = int(page.tags.valueof(_ORIENTATION_TAG, default=1))
+        orientation = page.tags.valueof(_ORIENTATION_TAG, default=1)
         profile = page.tags.valueof(_ICC_PROFILE_TAG, default=None)
         header = _Decoded(height, width, orientation, bytes(profile) if profile is not None else None)
         if header_only:
@@ -356,8 +344,9 @@ def _decode_any(path: str, limit: int | None, header_only: bool) -> _Decoded:
             raise tiff_exc from None
 
 
-def _upright(samples: np.ndarray, orientation: int) -> np.ndarray:
-    """A view of (H, W, ...) samples turned as the EXIF orientation says (as ``ImageOps.exif_transpose``)."""
+def _upright(samples: np.ndarray, orientation: object) -> np.ndarray:
+    """A view of (H, W, ...) samples turned as the EXIF orientation says (as ``ImageOps.exif_transpose``; values
+    other than 1..8 leave them as stored)."""
     if orientation in (5, 6, 7, 8):
         samples = np.swapaxes(samples, 0, 1)  # 5 is the plain transpose
         orientation = {5: 1, 6: 2, 7: 3, 8: 4}[orientation]  # then flip as 1..4 do
@@ -376,25 +365,23 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[
     """
     path = os.fspath(path)
     header = _decode(path, pixel_limit(max_pixels), header_only=True)
-    if header.orientation in (5, 6, 7, 8):
-        return header.width, header.height
-    return header.height, header.width
+    height, width = _upright(np.empty((header.height, header.width, 0)), header.orientation).shape[:2]  # no data
+    return height, width
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> LoadedImage:
     """Read a PNG, JPEG, TIFF or BMP file (8 or 16 bit), upright.
 
-    The format is detected from the content, not the extension. Alpha is split off
-    and gray stays one channel (``LoadedImage.mode`` records the stored layout so
-    ``write_image`` can restore it).
+    The format is detected from the content, not the extension. Alpha is split off and gray stays one channel
+    (``LoadedImage.mode`` records the stored layout so ``write_image`` can restore it).
 
     Args:
-      max_pixels: the largest width x height to decode; None for Pillow's default
-        limit (``Image.MAX_IMAGE_PIXELS``, about 89.5 MP), 0 or less for none.
+      max_pixels: the largest width x height to decode; None for Pillow's default limit
+        (``Image.MAX_IMAGE_PIXELS``, about 89.5 MP), 0 or less for none.
 
     Raises:
-      ImageError: for a missing, unreadable, truncated, corrupt, unsupported,
-        zero-size or too large file; the message is one line naming the file.
+      ImageError: for a missing, unreadable, truncated, corrupt, unsupported, zero-size or too large file; the
+        message is one line naming the file.
     """
     path = os.fspath(path)
     decoded = _decode(path, pixel_limit(max_pixels), header_only=False)
@@ -442,8 +429,8 @@ def _encode(f: BinaryIO, samples: np.ndarray, fmt: str, icc_profile: bytes | Non
 
 
 def _at_depth(values: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Samples of ``bit_depth`` bits: integer ones as they are (the other depth converted
-    exactly: x 257, or / 257 rounded), floats in [0, 1] through the one quantiser."""
+    """Samples of ``bit_depth`` bits: integers as they are (the other depth converted exactly: x 257, or / 257
+    rounded), floats in [0, 1] through the one quantiser."""
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     if values.dtype == dtype:
         return values
@@ -470,20 +457,17 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | No
                 alpha: np.ndarray | None = None, icc_profile: bytes | None = None) -> None:
     """Save RGB samples (H, W, 3), atomically; the format comes from the extension.
 
-    ``rgb`` and ``alpha`` are uint8 or uint16 samples, written as they are when
-    their depth is the file's (8 for JPEG and BMP and without ``like``, else
-    ``like.bit_depth``) and converted exactly otherwise, or floats in [0, 1],
-    clipped and rounded half to even (``pixels.quantise``).
+    ``rgb`` and ``alpha`` (H, W) are uint8 or uint16 samples, written as they are when their depth is the file's (8
+    for JPEG and BMP and without ``like``, else ``like.bit_depth``) and converted exactly otherwise, or floats in
+    [0, 1], clipped and rounded half to even (``pixels.quantise``).
 
-    Without ``like`` the file is 8-bit RGB (RGBA with ``alpha``). With ``like`` (the
-    input's LoadedImage) its layout, bit depth and ICC profile are kept: gray
-    inputs are saved gray (mean of the three channels, rounded for integers),
-    16-bit stays 16-bit. ``alpha`` (H, W) is written when given (the caller
-    upsamples the input's alpha); without it the file has no alpha channel.
-    ``icc_profile`` (raw bytes) replaces ``like``'s profile; ``b""`` writes none.
+    Without ``like`` the file is 8-bit RGB (RGBA with ``alpha``). With ``like`` (the input's LoadedImage) its
+    layout, bit depth and ICC profile are kept: gray inputs are saved gray (the mean of the three channels, rounded
+    for integers), 16-bit stays 16-bit. ``alpha`` is written when given (the caller upsamples the input's alpha);
+    without it the file has no alpha channel. ``icc_profile`` (raw bytes) replaces ``like``'s; ``b""`` writes none.
 
-    Format limits: JPEG and BMP are 8-bit only; JPEG drops alpha; BMP stores
-    gray+alpha as RGBA and carries no colour profile.
+    Format limits: JPEG and BMP are 8-bit only; JPEG drops alpha; BMP stores gray+alpha as RGBA, its alpha in a
+    fourth byte that many readers (Pillow among them) ignore, and carries no colour profile.
 
     Raises:
       ValueError: for arrays of the wrong shape or type.

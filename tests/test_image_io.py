@@ -1,4 +1,5 @@
-"""Tests for classsr_jax.image_io: round trips, error handling, atomic writes, overlay."""
+"""Tests for classsr_jax.image_io and png16: round trips, orientation, colour profiles, the pixel limit, integer
+samples, error handling, atomic writes, overlay."""
 
 import errno
 import io
@@ -12,7 +13,7 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms, ImageOps
 
-from classsr_jax import image_io, png16
+from classsr_jax import png16
 from classsr_jax.image_io import (
     ImageError,
     LoadedImage,
@@ -594,7 +595,8 @@ def test_profile_of_another_colour_space_is_dropped(tmp_path):
 # ------------------------------------------------------------------ pixel limit
 
 def _write_each_format(folder, h, w):
-    """The same (h, w) image in every decoder path: Pillow PNG/JPEG/BMP, 16-bit PNG, tifffile, Pillow TIFF."""
+    """The same (h, w) image in every decoder path: Pillow PNG/JPEG/BMP, 16-bit PNG, tifffile, Pillow TIFF, and a
+    format beyond the four (GIF, named .png as browsers' downloads sometimes are) through ``Image.open``."""
     pixels = _u8((h, w, 3))
     paths = {}
     for name in ("a.png", "a.jpg", "a.bmp"):
@@ -606,6 +608,8 @@ def _write_each_format(folder, h, w):
     tifffile.imwrite(paths["a.tif"], pixels, photometric="rgb", metadata=None)
     paths["lzw.tif"] = folder / "lzw.tif"
     Image.fromarray(pixels).save(paths["lzw.tif"], compression="tiff_lzw")
+    paths["gif.png"] = folder / "gif.png"
+    Image.fromarray(pixels).save(paths["gif.png"], format="GIF")
     return paths
 
 
