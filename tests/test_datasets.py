@@ -202,7 +202,53 @@ def test_bundled_photos_are_colour_photos_in_fixed_disjoint_splits():
         assert np.mean(photo[:, :, 0] != photo[:, :, 1]) > 0.3
     with pytest.raises(ValueError) as info:
         bundled.bundled_photos("test")
-    assert str(info.value) == "unknown bundled split 'test'; expected one of ['train', 'validation']"
+    assert str(info.value) == (
+        "unknown bundled split 'test'; expected one of "
+        "['grey', 'train', 'validation', 'validation_hue', 'validation_permuted']"
+    )
+
+
+def test_bundled_grey_split_holds_the_grey_photos_as_rgb():
+    grey = bundled.bundled_photos("grey")
+    assert [n for n, _ in grey] == ["camera", "brick", "coins", "grass", "gravel", "moon", "page", "text"]
+    shapes = {name: photo.shape for name, photo in grey}
+    assert shapes["camera"] == (512, 512, 3) and shapes["coins"] == (303, 384, 3) and shapes["text"] == (172, 448, 3)
+    for name, photo in grey:
+        assert photo.dtype == np.uint8 and photo.std() > 10, name  # a photo, not a flat field
+        np.testing.assert_array_equal(photo[:, :, 0], photo[:, :, 1])
+        np.testing.assert_array_equal(photo[:, :, 0], photo[:, :, 2])
+    names = {n for split in ("train", "grey", "validation") for n, _ in bundled.bundled_photos(split)}
+    assert len(names) == 7 + 8 + 2  # disjoint
+
+
+def test_recoloured_validation_splits_match_an_hsv_reference():
+    skimage_color = pytest.importorskip("skimage.color")
+    plain = dict(bundled.bundled_photos("validation"))
+    permuted = dict(bundled.bundled_photos("validation_permuted"))
+    hue = dict(bundled.bundled_photos("validation_hue"))
+    assert list(permuted) == ["chelsea_bgr", "chelsea_grb", "coffee_bgr", "coffee_grb"]
+    assert list(hue) == ["chelsea_hue90", "chelsea_hue270", "coffee_hue90", "coffee_hue270"]
+    for name, photo in plain.items():
+        np.testing.assert_array_equal(permuted[f"{name}_bgr"], photo[:, :, ::-1])
+        np.testing.assert_array_equal(permuted[f"{name}_grb"], photo[:, :, [1, 0, 2]])
+        for degrees in (90, 270):
+            hsv = skimage_color.rgb2hsv(photo)
+            hsv[:, :, 0] = (hsv[:, :, 0] + degrees / 360) % 1.0
+            reference = skimage_color.hsv2rgb(hsv) * 255
+            ours = hue[f"{name}_hue{degrees}"]
+            # Equal up to rounding: the float values agree to 1e-9, so only exact .5 ties may round apart.
+            assert ours.dtype == np.uint8 and np.abs(ours - reference).max() <= 0.5 + 1e-9
+            assert np.abs(ours.astype(int) - photo).mean() > 20  # really another colour
+    # HSV's turn by 120° is the channel cycle (r, g, b) -> (b, r, g).
+    chelsea = plain["chelsea"]
+    np.testing.assert_array_equal(bundled.rotate_hue(chelsea, 120.0), bundled.permute_channels(chelsea, "brg"))
+    np.testing.assert_array_equal(bundled.rotate_hue(chelsea, 360.0), chelsea)
+    with pytest.raises(ValueError) as info:
+        bundled.permute_channels(chelsea, "rrg")
+    assert str(info.value) == "channel order must be a permutation of 'rgb', got 'rrg'"
+    with pytest.raises(ValueError) as info:
+        bundled.bundled_paths("validation_hue")
+    assert str(info.value) == "bundled split 'validation_hue' is made from the validation photos; read it with bundled_photos"
 
 
 def test_bundled_builder_through_load_dataset(tmp_path):
@@ -213,6 +259,35 @@ def test_bundled_builder_through_load_dataset(tmp_path):
     np.testing.assert_array_equal(examples[0]["hr"], modcrop(chelsea, 4))
     np.testing.assert_array_equal(examples[0]["lr"], bicubic_degrade(modcrop(chelsea, 4), 4))
     assert examples[0]["lr"].shape == (75, 112, 3)
+    permuted = as_examples(datasets.load_dataset("classsr_bundled/x4", "validation_permuted", data_dir=tmp_path))
+    assert [ex["name"] for ex in permuted] == ["chelsea_bgr", "chelsea_grb", "coffee_bgr", "coffee_grb"]
+    chelsea_bgr = modcrop(chelsea[:, :, ::-1], 4)
+    np.testing.assert_array_equal(permuted[0]["hr"], chelsea_bgr)
+    np.testing.assert_array_equal(permuted[0]["lr"], bicubic_degrade(chelsea_bgr, 4))
+    hue = as_examples(datasets.load_dataset("classsr_bundled/x4", "validation_hue", data_dir=tmp_path))
+    coffee_hue270 = modcrop(bundled.rotate_hue(bundled.bundled_photos("validation")[1][1], 270.0), 4)
+    np.testing.assert_array_equal(hue[3]["hr"], coffee_hue270)
+    np.testing.assert_array_equal(hue[3]["lr"], bicubic_degrade(coffee_hue270, 4))
+
+
+def test_bundled_aug_config_scales_train_and_grey_only(tmp_path, monkeypatch):
+    # One small photo per split (the real ones take a minute to scale): 200 px, so the 0.6 copy (120 px) is
+    # under one x4 HR tile (128 px) and skipped.
+    rng = np.random.default_rng(4)
+    photos = {split: [(f"{split}_photo", noise(rng, (200, 200, 3)))] for split in bundled.SPLITS}
+    monkeypatch.setattr("classsr_jax.datasets.builders.bundled_photos", lambda split: photos[split])
+    builder = datasets.ClassSRBundled(config="x4_aug", data_dir=str(tmp_path))
+    builder.download_and_prepare()
+    for split in ("train", "grey"):
+        names = [ex["name"] for ex in as_examples(builder.as_dataset(split=split))]
+        assert names == [f"{f}_{split}_photo" for f in ("1", "0.9", "0.8", "0.7")]
+        skipped = builder.info.metadata["skipped"][split]
+        assert skipped == [[f"0.6_{split}_photo", "120x120 px is smaller than one HR tile (128 px)"]]
+    for split in ("validation", "validation_permuted", "validation_hue"):
+        (example,) = as_examples(builder.as_dataset(split=split))
+        assert example["name"] == f"{split}_photo"
+        np.testing.assert_array_equal(example["hr"], photos[split][0][1])
+    assert str(builder.version) == "1.1.0"
 
 
 def test_load_dataset_rejects_unknown_names(tmp_path):

@@ -31,7 +31,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from classsr_jax.bicubic import bicubic_degrade, modcrop, rescale_uint8
-from classsr_jax.datasets.bundled import bundled_paths
+from classsr_jax.datasets.bundled import SPLITS as BUNDLED_SPLIT_NAMES
+from classsr_jax.datasets.bundled import bundled_photos
 from classsr_jax.datasets.files import (
     DataError,
     SkipReport,
@@ -258,10 +259,27 @@ class ClassSRFolder(_FolderRule):
 
 
 class ClassSRBundled(_ClassSRBuilder):
-    """scikit-image's bundled colour photos as tiny train (7 photos) and validation (2 photos) splits."""
+    """scikit-image's bundled photos: train (7 colour photos), grey (8 grey photos and textures as RGB),
+    validation (2 held-out colour photos) and the held-out photos recoloured (validation_permuted,
+    validation_hue); see `classsr_jax.datasets.bundled`."""
 
     name = "classsr_bundled"
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "Splits grey, validation_permuted and validation_hue; the _aug configs augment grey as train.",
+    }
+    TRAINING_SPLITS = ("train", "grey")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # Nothing to download or place: the photos are inside the installed scikit-image.
-        return {split: self._generate_examples(split, bundled_paths(split)) for split in ("train", "validation")}
+        return {split: self._generate_bundled(split) for split in BUNDLED_SPLIT_NAMES}
+
+    def _augment_factors(self, split: str) -> tuple[float, ...]:
+        return tuple(self.builder_config.augment_factors) if split in self.TRAINING_SPLITS else (1,)
+
+    def _generate_bundled(self, split: str):
+        report = SkipReport()
+        for name, photo in bundled_photos(split):
+            yield from examples_from_photo(name, photo, self.builder_config.scale, self._augment_factors(split), report)
+        self._record_skips(split, report)
