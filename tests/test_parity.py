@@ -123,7 +123,10 @@ def test_composite_checkpoint_routes_like_reference(network):
     # The soft mixture of joint training (branches in eval mode).
     mixed_ref, p_ref = torch_model.forward_train(nchw(x) * scale_in)
     mixed, p = model.apply(variables, x)
-    assert np.abs(np.asarray(mixed) - nhwc(mixed_ref) / scale_in).max() < TOL
+    # RCAN mixes on [0, 255]: its float32 rounding, brought back to [0, 1], is larger, and its size depends on
+    # the CPU's kernels (1.9e-5 on an AMD EPYC with AVX-512, under 1e-5 elsewhere): 0.005 grey levels.
+    mixed_tol = 3 * TOL if network == "rcan" else TOL
+    assert np.abs(np.asarray(mixed) - nhwc(mixed_ref) / scale_in).max() < mixed_tol
     np.testing.assert_allclose(np.asarray(p), p_ref.numpy(), atol=TOL, rtol=0)
 
 
