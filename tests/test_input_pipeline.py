@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from classsr_jax.bicubic import bicubic_degrade, imresize
 from classsr_jax.datasets.division import Division, tile_grid
 from classsr_jax.datasets.files import DataError
-from classsr_jax.input_pipeline import augment_pair, create_train_iterator, shard_indices
+from classsr_jax.input_pipeline import (
+    CHANNEL_PERMUTATIONS,
+    ColourAugment,
+    augment_pair,
+    colour_matrices,
+    create_train_iterator,
+    recolour_pair,
+    shard_indices,
+)
 
 SCALE = 2
 P = 32
@@ -289,3 +298,132 @@ def test_bad_data_is_a_one_line_error():
     with pytest.raises(DataError) as info:
         create_train_iterator(small, batch_size=4, scale=SCALE, seed=0)
     assert str(info.value) == "process 0 of 1 has no usable image (1 skipped)"
+
+
+# ------------------------------------------------------------------------------------------ colour augmentation
+
+COLOURS = ColourAugment(permute_channels=True, hue_degrees=180.0, saturation=0.5)
+
+
+def smooth_colour_photo(seed: int, size: int = 128) -> np.ndarray:
+    """A saturated but smooth uint8 photo with values in [30, 220], so its bicubic LR is never clipped."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(30, 220, size=(size // 16, size // 16, 3))
+    return np.clip(np.rint(imresize(coarse, scale=16)), 30, 220).astype(np.uint8)
+
+
+def colour_dataset():
+    return [(hr, bicubic_degrade(hr, 4)) for hr in (smooth_colour_photo(seed) for seed in range(3))]
+
+
+def rotation_reference(rgb: np.ndarray, degrees: float) -> np.ndarray:
+    """Turns the colour part of rgb (its offset from the channel mean) in the plane orthogonal to grey, written
+    in the orthonormal basis u = (1, −1, 0)/√2, v = (1, 1, −2)/√6 of that plane (u × v points along grey)."""
+    u = np.array([1.0, -1.0, 0.0]) / np.sqrt(2)
+    v = np.array([1.0, 1.0, -2.0]) / np.sqrt(6)
+    mean = rgb.mean(axis=-1, keepdims=True)
+    a, b = (rgb - mean) @ u, (rgb - mean) @ v
+    c, s = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
+    return mean + np.outer(a * c - b * s, u) + np.outer(a * s + b * c, v)
+
+
+def test_colour_matrices_match_numpy_references():
+    rgb = np.random.default_rng(0).uniform(0, 1, size=(50, 3))
+    # Channel orders: output channel c is input channel CHANNEL_PERMUTATIONS[k][c].
+    for k in range(6):
+        m = colour_matrices(np.array([k]), np.zeros(1), np.ones(1))[0]
+        np.testing.assert_array_equal(rgb @ m.T, rgb[:, CHANNEL_PERMUTATIONS[k]])
+    assert CHANNEL_PERMUTATIONS[0].tolist() == [0, 1, 2] and sorted(map(tuple, CHANNEL_PERMUTATIONS.tolist())) == sorted(
+        itertools.permutations(range(3))
+    )
+    for degrees in (-150.0, -20.0, 37.5, 90.0, 179.0):
+        m = colour_matrices(np.zeros(1, int), np.array([degrees]), np.ones(1))[0]
+        np.testing.assert_allclose(rgb @ m.T, rotation_reference(rgb, degrees), atol=1e-12)
+    # A turn by 120° is the cycle red → green → blue; grey stays grey.
+    m = colour_matrices(np.zeros(1, int), np.array([120.0]), np.ones(1))[0]
+    np.testing.assert_allclose(m, [[0, 0, 1], [1, 0, 0], [0, 1, 0]], atol=1e-12)
+    # Saturation scales the offset from the channel mean; the three compose as S · R · P.
+    mean = rgb.mean(axis=1, keepdims=True)
+    m = colour_matrices(np.array([3]), np.array([37.5]), np.array([0.6]))[0]
+    rotated = rotation_reference(rgb[:, CHANNEL_PERMUTATIONS[3]], 37.5)
+    np.testing.assert_allclose(rgb @ m.T, mean + 0.6 * (rotated - mean), atol=1e-12)
+
+
+def test_recolour_pair_pulls_a_pair_back_into_range_by_one_factor():
+    # Saturated red, turned by 60°, leaves [0, 1] (blue would become negative): the pair's colour is scaled
+    # toward grey by the largest t that keeps both tiles in range, the same t for LR and HR.
+    hr = np.zeros((1, 8, 8, 3), np.float32)
+    hr[..., 0] = 0.9
+    hr[..., 1:] = 0.1
+    lr = hr[:, ::4, ::4].copy()
+    lr[0, 0, 0] = [0.5, 0.5, 0.5]  # a grey pixel stays grey
+    m = colour_matrices(np.zeros(1, int), np.array([60.0]), np.ones(1))
+    out_lr, out_hr = recolour_pair(lr, hr, m)
+    turned = rotation_reference(np.array([[0.9, 0.1, 0.1]]), 60.0)[0]
+    mean = np.float64(1.1 / 3)
+    t = min((mean - 0) / (mean - turned.min()), (1 - mean) / (turned.max() - mean), 1.0)
+    assert t < 1
+    np.testing.assert_allclose(out_hr[0, 3, 5], mean + t * (turned - mean), atol=1e-6)
+    np.testing.assert_allclose(out_lr[0, 1, 1], mean + t * (turned - mean), atol=1e-6)
+    np.testing.assert_allclose(out_lr[0, 0, 0], [0.5, 0.5, 0.5], atol=1e-6)
+    assert out_hr.min() < 1e-6  # the bound is reached: blue is at 0
+    # A turn that stays in range is applied as it is.
+    m = colour_matrices(np.array([5]), np.zeros(1), np.ones(1))
+    out_lr, out_hr = recolour_pair(lr, hr, m)
+    np.testing.assert_array_equal(out_hr, hr[..., CHANNEL_PERMUTATIONS[5]])
+    np.testing.assert_array_equal(out_lr, lr[..., CHANNEL_PERMUTATIONS[5]])
+
+
+def test_recoloured_lr_is_the_bicubic_of_the_recoloured_hr():
+    # Every tile is a whole 128x128 photo (lr_patch 32 at x4), so the MATLAB bicubic of the pipeline's HR tile
+    # must give its LR tile, up to the LR's original rounding to uint8 (0.5 level, times the matrix's gain).
+    data = colour_dataset()
+    plain = take(create_train_iterator(data, batch_size=16, scale=4, seed=5), 4)
+    coloured = take(create_train_iterator(data, batch_size=16, scale=4, seed=5, colour=COLOURS), 4)
+    pulled = changed = 0
+    for off, on in zip(plain, coloured):
+        for k in range(16):
+            lr, hr = on["lr"][k].astype(np.float64) * 255, on["hr"][k].astype(np.float64) * 255
+            assert np.abs(imresize(hr, scale=1 / 4) - lr).max() <= 1.0
+            # The same crop and flips as without colours: the channel mean of every pixel is kept.
+            np.testing.assert_allclose(on["hr"][k].mean(axis=-1), off["hr"][k].mean(axis=-1), atol=2e-6)
+            np.testing.assert_allclose(on["lr"][k].mean(axis=-1), off["lr"][k].mean(axis=-1), atol=2e-6)
+            changed += np.abs(on["hr"][k] - off["hr"][k]).max() > 20 / 255
+            # Sources stay in [30, 220]: only a pulled pair lands on 0 or 255 (up to float rounding).
+            pulled += hr.min() < 1e-3 or hr.max() > 255 - 1e-3
+    assert changed > 48 and pulled > 0
+
+
+def test_colour_augmentation_is_deterministic_per_seed():
+    data = colour_dataset()
+    first = take(create_train_iterator(data, batch_size=8, scale=4, seed=11, colour=COLOURS, prefetch=0), 3)
+    second = take(create_train_iterator(data, batch_size=8, scale=4, seed=11, colour=COLOURS, prefetch=2), 3)
+    other = take(create_train_iterator(data, batch_size=8, scale=4, seed=12, colour=COLOURS), 3)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a["lr"], b["lr"])
+        np.testing.assert_array_equal(a["hr"], b["hr"])
+    assert not any(np.array_equal(a["hr"], c["hr"]) for a, c in zip(first, other))
+
+
+def test_colour_augmentation_is_off_by_default():
+    assert not ColourAugment().enabled
+    data = colour_dataset()
+    default = take(create_train_iterator(data, batch_size=8, scale=4, seed=3), 2)
+    off = take(create_train_iterator(data, batch_size=8, scale=4, seed=3, colour=ColourAugment()), 2)
+    for a, b in zip(default, off):
+        np.testing.assert_array_equal(a["hr"], b["hr"])
+        # Not recoloured: exactly the photo's uint8 values / 255.
+        np.testing.assert_array_equal(a["hr"], np.rint(a["hr"] * 255).astype(np.float32) / np.float32(255))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"hue_degrees": 200.0}, "hue jitter must be in [0, 180] degrees, got 200.0"),
+        ({"saturation": -0.1}, "saturation jitter must be in [0, 1], got -0.1"),
+    ],
+)
+def test_bad_colour_settings_are_one_line_errors(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        ColourAugment(**kwargs)
+    assert str(info.value) == message
