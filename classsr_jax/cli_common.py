@@ -1,55 +1,49 @@
-"""Small helpers the command-line tools share: one-line errors, atomic JSON, checkpoint → Upscaler."""
+"""What the `upscale` and `evaluate` commands share: the model and routing flags, and checkpoint → Upscaler.
+
+Multi-word flags are spelled with dashes (--force-class, --max-pixels); read them as `fv["force-class"].value`.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import tempfile
-from typing import Any
+from absl import flags
+
+from classsr_jax import checkpointing
+from classsr_jax.cli import UsageError
+from classsr_jax.image_io import pixel_limit
+from classsr_jax.inference import DTYPES, Upscaler
+from classsr_jax.workdir import resolve_model_dir
 
 
-def fail(message: str, code: int = 1) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
+def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
+    flags.DEFINE_string("checkpoint", None, "A converted checkpoint, an exported model or a training workdir.",
+                        flag_values=fv)
+    flags.DEFINE_enum("protocol", default_protocol, ["full", "paper"],
+                      "full: every pixel, overlaps blended; paper: the original's test pipeline.", flag_values=fv)
+    flags.DEFINE_integer("force-class", None, "Send every tile to branch K (1 = simplest; the last is the -O network).",
+                         flag_values=fv)
+    flags.DEFINE_float("budget", None, "Aim at this fraction of the -O network's FLOPs by shifting the logits.",
+                       flag_values=fv)
+    flags.DEFINE_enum("dtype", "float32", list(DTYPES),
+                      "Compute dtype of parameters and activations; bfloat16 for accelerators.", flag_values=fv)
+    flags.DEFINE_integer("max-pixels", None,
+                         f"Refuse images with more pixels than this (default {pixel_limit():,}, Pillow's; 0: no limit).",
+                         flag_values=fv)
+    flags.DEFINE_string("report", None, "Write the report as JSON here.", flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace existing outputs (by default they are kept).", flag_values=fv)
 
 
-def write_json_atomic(path: str, data: Any) -> None:
-    """Writes JSON to a temp file beside `path`, then renames it into place."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def add_routing_flags(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="converted checkpoint, exported model or training workdir")
-    parser.add_argument("--force-class", type=int, default=None, metavar="K",
-                        help="send every tile to branch K (1 = simplest; the last branch is the -O network)")
-    parser.add_argument("--budget", type=float, default=None, metavar="F",
-                        help="aim at this fraction of the -O network's FLOPs by shifting the classifier's logits")
-    parser.add_argument("--report", default=None, metavar="R.json", help="write the report as JSON")
-
-
-def make_upscaler(args, protocol: str):
-    """Opens the checkpoint and builds the Upscaler the flags ask for (ValueErrors carry one-line messages)."""
-    from classsr_jax.checkpointing import load_model
-    from classsr_jax.inference import Upscaler
-
-    loaded = load_model(args.checkpoint)
-    force = None
-    if args.force_class is not None:
-        if not 1 <= args.force_class <= loaded.spec.num_branches:
-            raise ValueError(
-                f"--force-class {args.force_class} is out of range: the model has branches 1–{loaded.spec.num_branches}"
-            )
-        force = args.force_class - 1
-    return loaded, Upscaler(loaded.spec, loaded.variables, protocol=protocol, force_class=force, budget=args.budget)
+def make_upscaler(fv: flags.FlagValues, **kw) -> tuple[checkpointing.LoadedModel, Upscaler]:
+    """Opens --checkpoint and builds the Upscaler the flags ask for."""
+    loaded = checkpointing.load_model(resolve_model_dir(fv.checkpoint))
+    force = fv["force-class"].value
+    if force is not None:
+        if not 1 <= force <= loaded.spec.num_branches:
+            raise UsageError(f"--force-class {force} is out of range: the model has branches 1–{loaded.spec.num_branches}")
+        force -= 1
+    if fv.budget is not None and not fv.budget > 0:
+        raise UsageError(f"--budget must be a positive fraction of the -O FLOPs, got {fv.budget}")
+    if fv.budget is not None and loaded.spec.kind != "classsr":
+        raise UsageError(f"--budget needs a ClassSR model; {fv.checkpoint} is a single network")
+    upscaler = Upscaler(loaded.spec, loaded.variables, protocol=fv.protocol, force_class=force, budget=fv.budget,
+                        dtype=fv.dtype, **kw)
+    return loaded, upscaler

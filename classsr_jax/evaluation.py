@@ -5,79 +5,141 @@ bicubic baseline, and the paper's tables. Shared by the `evaluate` command, trai
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from classsr_jax import flops as flops_lib
 from classsr_jax import metrics, tiling
 from classsr_jax.bicubic import imresize
-from classsr_jax.pixels import to_uint8
+from classsr_jax.errors import DataError, UserError
 from classsr_jax.inference import UpscaleResult, Upscaler
+from classsr_jax.pixels import to_uint8
 
 
-def image_metrics(result: UpscaleResult, hr_uint8: np.ndarray, scale: int) -> dict[str, float]:
-    """PSNR (RGB), PSNR-Y and SSIM-Y with a scale-px border crop (spec §5 step 6).
+@dataclasses.dataclass
+class Pair:
+    """An LR image and its ground truth (integer samples or floats on [0, 255]), and how long reading took."""
+
+    name: str
+    lr: np.ndarray
+    hr: np.ndarray
+    read_s: float = 0.0
+
+
+def check_pair_shapes(name: str, lr_hw: tuple[int, int], hr_hw: tuple[int, int], scale: int) -> None:
+    """DataError unless the HR, cropped to a multiple of `scale` as the LR was made, is exactly scale × the LR."""
+    (lh, lw), (hh, hw) = lr_hw, hr_hw
+    want = (scale * lh, scale * lw)
+    cropped = (hh - hh % scale, hw - hw % scale)
+    if cropped == want:
+        return
+    if hh < want[0] or hw < want[1]:
+        raise DataError(f"{name}: HR is {hh}x{hw}, smaller than {scale} × its {lh}x{lw} LR ({want[0]}x{want[1]})")
+    raise DataError(
+        f"{name}: HR is {hh}x{hw}, not {scale} × its {lh}x{lw} LR ({want[0]}x{want[1]} after cropping the HR "
+        f"to a multiple of {scale}): wrong scale or a mismatched pair"
+    )
+
+
+def _values_255(pixels: np.ndarray) -> np.ndarray:
+    """Samples on the 0–255 scale as float64 (16-bit ground truth divided by 257)."""
+    values = np.asarray(pixels)
+    return values.astype(np.float64) / 257.0 if values.dtype == np.uint16 else values.astype(np.float64)
+
+
+def image_metrics(result: UpscaleResult, hr: np.ndarray, scale: int) -> dict[str, float]:
+    """PSNR (RGB), PSNR-Y and SSIM-Y with a scale-px border crop, as the original's test does.
 
     Paper protocol: the float merge against the GT cropped to the covered area, exactly as the original.
     Full protocol: the uint8 image a user gets against the GT cropped to scale × the LR size.
     """
     h, w = result.sr.shape[:2]
-    if hr_uint8.shape[0] < h or hr_uint8.shape[1] < w:
-        raise ValueError(f"ground truth is {hr_uint8.shape[0]}x{hr_uint8.shape[1]}, smaller than the {h}x{w} output")
-    hr = hr_uint8[:h, :w, :3].astype(np.float64)
-    if result.sr_255 is not None:
-        sr = result.sr_255.astype(np.float64)
-    else:
-        sr = to_uint8(result.sr).astype(np.float64)
+    if hr.shape[0] < h or hr.shape[1] < w:
+        raise DataError(f"ground truth is {hr.shape[0]}x{hr.shape[1]}, smaller than the {h}x{w} output")
+    gt = _values_255(hr[:h, :w, :3])
+    sr = result.sr_255.astype(np.float64) if result.sr_255 is not None else _values_255(result.sr)
     return {
-        "psnr": metrics.psnr(sr, hr, crop_border=scale),
-        "psnr_y": metrics.psnr_y(sr, hr, crop_border=scale),
-        "ssim_y": metrics.ssim_y(sr, hr, crop_border=scale),
+        "psnr": metrics.psnr(sr, gt, crop_border=scale),
+        "psnr_y": metrics.psnr_y(sr, gt, crop_border=scale),
+        "ssim_y": metrics.ssim_y(sr, gt, crop_border=scale),
     }
 
 
-def evaluate_pairs(
-    upscaler: Upscaler,
-    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
-    variables=None,
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Upscales every (name, lr_uint8, hr_uint8) pair and reports per-image and dataset numbers.
-
-    The dataset FLOPs figure uses the summed class counts of all tiles, as the original does.
-    """
-    if variables is not None:
-        upscaler.set_variables(variables)
-    scale = upscaler.spec.scale
-    pairs = list(pairs)
-    if progress:
-        from tqdm import tqdm
-
-        pairs = tqdm(pairs, desc="evaluate", unit="image")
-    images = []
-    total_counts = np.zeros(upscaler.spec.num_branches, np.int64)
-    for name, lr, hr in pairs:
-        result = upscaler.upscale(np.asarray(lr, np.float32) / 255.0)
-        entry = {"name": name, **image_metrics(result, np.asarray(hr), scale), **result.report(scale)}
-        images.append(entry)
-        total_counts += result.class_counts
-    if not images:
-        raise ValueError("no image pairs to evaluate")
-    figure = flops_lib.paper_flops_figure(total_counts, upscaler.flops, upscaler.spec.network)
-    average = {
-        "psnr": float(np.mean([i["psnr"] for i in images])),
-        "psnr_y": float(np.mean([i["psnr_y"] for i in images])),
-        "ssim_y": float(np.mean([i["ssim_y"] for i in images])),
+def dataset_average(images: list[dict[str, Any]], upscaler: Upscaler) -> dict[str, Any]:
+    """Dataset numbers; the FLOPs figure uses the summed class counts of all tiles, as the original does."""
+    counts = np.sum([i["class_counts"] for i in images], axis=0).astype(np.int64)
+    figure = flops_lib.paper_flops_figure(counts, upscaler.flops, upscaler.spec.network)
+    mean = lambda key: float(np.mean([i[key] for i in images]))
+    timing = lambda key: float(np.mean([i["timing"].get(key, 0.0) for i in images]))
+    return {
+        "psnr": mean("psnr"),
+        "psnr_y": mean("psnr_y"),
+        "ssim_y": mean("ssim_y"),
         "flops": figure,
         "flops_percent": 100.0 * figure / upscaler.flops.original,
-        "class_counts": [int(c) for c in total_counts],
-        "class_ratio": [float(c) / max(1, int(total_counts.sum())) for c in total_counts],
+        "class_counts": [int(c) for c in counts],
+        "class_ratio": [float(c) / max(1, int(counts.sum())) for c in counts],
         "executed_flops": float(sum(i["executed_flops"] for i in images)),
-        "inference_s": float(np.mean([i["timing"]["inference_s"] for i in images])),
+        "inference_s": timing("inference_s"),
+        "read_s": timing("read_s"),
         "compile_s": float(sum(i["timing"]["compile_s"] for i in images)),
     }
-    return {"images": images, "average": average}
+
+
+def evaluate_models(
+    upscalers: dict[str, Upscaler],
+    pairs: Iterable[Pair | tuple[str, np.ndarray, np.ndarray]],
+    *,
+    progress: bool = False,
+    total: int | None = None,
+    on_error: Callable[[str, Exception], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Upscales every pair with every model, reading each pair once; {model: {"images", "average"}}.
+
+    A pair whose shapes do not fit (`check_pair_shapes`) or that a model cannot upscale (an image smaller than
+    a tile under the paper protocol) goes to `on_error(name, error)` and is left out of every model's numbers;
+    without `on_error` it raises.
+    """
+    scale = next(iter(upscalers.values())).spec.scale
+    items = tqdm(pairs, desc="evaluate", unit="image", total=total) if progress else pairs
+    images: dict[str, list] = {key: [] for key in upscalers}
+    for item in items:
+        pair = item if isinstance(item, Pair) else Pair(*item)
+        try:
+            check_pair_shapes(pair.name, pair.lr.shape[:2], pair.hr.shape[:2], scale)
+            lr = pair.lr if pair.lr.dtype.kind in "ui" else np.asarray(pair.lr, np.float32) / np.float32(255.0)
+            entries = {}
+            for key, upscaler in upscalers.items():
+                result = upscaler.upscale(lr)
+                entry = {"name": pair.name, **image_metrics(result, pair.hr, scale), **result.report(scale)}
+                entry["timing"]["read_s"] = pair.read_s
+                entries[key] = entry
+        except (UserError, ValueError) as e:
+            if on_error is None:
+                raise
+            on_error(pair.name, e)
+            continue
+        for key, entry in entries.items():
+            images[key].append(entry)
+    out = {}
+    for key, upscaler in upscalers.items():
+        if images[key]:
+            out[key] = {"images": images[key], "average": dataset_average(images[key], upscaler)}
+    return out
+
+
+def evaluate_pairs(upscaler: Upscaler, pairs, variables=None, progress: bool = False) -> dict[str, Any]:
+    """`evaluate_models` for one model: {"images", "average"}."""
+    if variables is not None:
+        upscaler.set_variables(variables)
+    results = evaluate_models({"model": upscaler}, pairs, progress=progress)
+    if "model" not in results:
+        raise DataError("no image pairs to evaluate")
+    return results["model"]
 
 
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:

@@ -78,3 +78,28 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Indented JSON with a final newline."""
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when both paths name one file: the same path, a symlink to it, or a hard link (same inode)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they would resolve
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_path(path: str | os.PathLike, inputs=(), *, overwrite: bool = False, what: str = "output") -> None:
+    """Raises WriteError unless `path` can be written without harm, before any work is done:
+    it must not be any of `inputs` (by path, symlink or hard link), not be a folder, lie in an existing
+    folder, and not exist unless `overwrite`."""
+    path = os.fspath(path)
+    for source in inputs:
+        if same_file(path, source):
+            raise WriteError(f"{what} {path} is the input {source}; inputs are never written, choose another path")
+    if os.path.isdir(path):
+        raise WriteError(f"{what} {path} is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise WriteError(f"cannot write {what} {path}: folder {folder} does not exist")
+    if os.path.lexists(path) and not overwrite:
+        raise WriteError(f"{what} {path} exists; --overwrite replaces it")

@@ -131,7 +131,6 @@ def paper_flops_figure(class_counts, flops: ModelFlops, network: str) -> float:
     return mean + (flops.classifier if network == "fsrcnn" else 0.0)
 
 
-def executed_flops(class_counts, flops: ModelFlops, padded_counts, classified_tiles: int) -> float:
+def executed_flops(flops: ModelFlops, padded_counts, classified_tiles: int) -> float:
     """FLOPs actually computed for an image: every bucket's padded tiles and the classifier on every tile."""
-    del class_counts
     return sum(n * f for n, f in zip(padded_counts, flops.branches)) + classified_tiles * flops.classifier

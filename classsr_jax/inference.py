@@ -1,8 +1,11 @@
-"""Whole-image ClassSR inference: tile, classify, route, merge; budgets, reports and evaluation.
+"""Whole-image ClassSR inference: the `Upscaler`, its results and the FLOPs budget.
 
-`Upscaler` is the library entry point that `upscale`, `evaluate`, training validation and the notebooks
-share. Tiles are processed in chunks whose sizes come from a short list (`default_chunk_sizes`), so images of any
-size reuse the same few compiled programs, and the HR canvas is merged incrementally chunk by chunk.
+`Upscaler` is the library entry point that `upscale`, `evaluate`, training validation and the notebooks share.
+The device does all the pixel work (engine.py): for each band of tile rows one compiled program cuts the
+tiles, classifies and routes them, merges them and returns finished uint8 rows. The host cuts the image into
+bands, uploads them, and copies the finished rows into the output; it dispatches the next band before it
+waits for the previous one, so the device never waits for the host. Band shapes come from a short list, so
+images of any size reuse a few compiled programs.
 """
 
 from __future__ import annotations
@@ -12,31 +15,20 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from classsr_jax import engine, tiling
 from classsr_jax import flops as flops_lib
-from classsr_jax import tiling
 from classsr_jax.models.registry import ModelSpec
 from classsr_jax.routing import Buckets, RoutedModel
 
-# Tiles per device call (before rounding up to a multiple of the device count). A chunk of n tiles uses the
-# smallest size ≥ n; bigger images are cut into chunks of the largest size. On a CPU every padded tile costs
-# its classifier pass and a slice of a freshly allocated output buffer, and bigger calls gain nothing, so the
-# sizes are small (with the CPU buckets, a 256×256 image's 121 tiles ran ClassSR-FSRCNN 1.32× faster as one chunk of
-# 128 than with the accelerator sizes, BENCHMARKS.md); accelerators want big calls.
-CPU_CHUNK_SIZES = (32, 128)
-ACCELERATOR_CHUNK_SIZES = (64, 256, 1024)
-
-
-def default_chunk_sizes(platform: str | None = None) -> tuple[int, ...]:
-    """The chunk sizes for a JAX platform ('cpu', 'gpu', 'tpu'; default: the default backend's)."""
-    platform = platform or jax.default_backend()
-    return CPU_CHUNK_SIZES if platform == "cpu" else ACCELERATOR_CHUNK_SIZES
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
 class UpscaleResult:
-    sr: np.ndarray  # float32 (scale·H, scale·W, 3) in [0, 1] (paper protocol: the covered area)
+    sr: np.ndarray  # uint8 (or uint16) (scale·H, scale·W, 3) (paper protocol: the covered area)
     sr_255: np.ndarray | None  # paper protocol: the original's float merge on [0, 255]
     grid: tiling.TileGrid
     classes: np.ndarray  # (tiles,) branch of every tile
@@ -46,7 +38,8 @@ class UpscaleResult:
     executed_flops: float  # computed for this image: bucket padding, widened branches and the classifier included
     logit_offsets: list[float]
     compile_s: float
-    inference_s: float
+    inference_s: float  # the device path: upload, programs, download, without compilation
+    host_s: float  # the part of inference_s the host spent preparing bands and storing rows
 
     def report(self, scale: int) -> dict[str, Any]:
         return {
@@ -61,7 +54,7 @@ class UpscaleResult:
             "flops_percent": self.flops_percent,
             "executed_flops": self.executed_flops,
             "logit_offsets": self.logit_offsets,
-            "timing": {"compile_s": self.compile_s, "inference_s": self.inference_s},
+            "timing": {"compile_s": self.compile_s, "inference_s": self.inference_s, "host_s": self.host_s},
         }
 
 
@@ -94,11 +87,13 @@ def budget_offsets(logits: np.ndarray, branch_flops, budget: float) -> np.ndarra
 class Upscaler:
     """Routed ClassSR (or single-network) inference for whole images of any size.
 
-    protocol: 'full' (default; output exactly scale·H × scale·W, blended overlaps) or 'paper' (spec §5: 32/28
-    grid, no border tiles, uint8-rounded tiles averaged, output cropped to the covered area).
+    protocol: 'full' (default; output exactly scale·H × scale·W, overlaps blended) or 'paper' (the original's
+    test: 32/28 grid, no border tiles, uint8-rounded tiles averaged, output cropped to the covered area).
     force_class: send every tile to this branch (0-based). budget: fraction of the -O FLOPs to aim at.
-    buckets, chunk_sizes: default to the measured best for the backend (`default_buckets`,
-    `default_chunk_sizes`): small on a CPU, big on GPUs and TPUs.
+    buckets: tiles per branch call (default: measured best for the backend, `routing.default_buckets`).
+    band_tiles: tiles per band program (default `engine.default_band_tiles`). dtype: 'float32' or
+    'bfloat16' (parameters and activations; the merge and the quantisation stay float32). mesh: the local
+    devices to spread each band's tiles over (default: all of them).
     """
 
     def __init__(
@@ -113,7 +108,9 @@ class Upscaler:
         force_class: int | None = None,
         budget: float | None = None,
         buckets: Buckets | None = None,
-        chunk_sizes: tuple[int, ...] | None = None,
+        band_tiles: int | None = None,
+        dtype: str = "float32",
+        mesh: jax.sharding.Mesh | None = None,
     ):
         if protocol not in ("full", "paper"):
             raise ValueError(f"unknown protocol {protocol!r}: use 'full' or 'paper'")
@@ -123,96 +120,138 @@ class Upscaler:
             raise ValueError(f"--budget must be a positive fraction of the -O FLOPs, got {budget}")
         if budget is not None and spec.kind != "classsr":
             raise ValueError("--budget needs a ClassSR model; this checkpoint is a single network")
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         self.spec = spec
-        self.protocol, self.tile, self.step, self.overlap = protocol, tile, step, overlap
+        self.protocol, self.tile, self.overlap = protocol, tile, overlap
+        self.step = step if protocol == "paper" else tile - overlap
         self.force_class, self.budget = force_class, budget
-        self.routed = RoutedModel(spec, buckets)  # resolves the default buckets for the backend
+        self.dtype = dtype
+        self.routed = RoutedModel(spec, buckets, mesh=mesh, dtype=DTYPES[dtype])  # resolves the default buckets for the backend
         self.buckets = self.routed.buckets
-        chunk_sizes = chunk_sizes or default_chunk_sizes()
-        devices = self.routed.num_devices
-        self.chunk_sizes = tuple(sorted({-(-c // devices) * devices for c in chunk_sizes}))
+        self.band_tiles = band_tiles or engine.default_band_tiles()
+        self.programs = engine.BandPrograms(self.routed)
         self.flops = flops_lib.model_flops(spec, tile)
         # What the device computes: branches widened for speed (`RoutedModel.compute_spec`) cost their wide FLOPs.
         self.computed_flops = flops_lib.model_flops(self.routed.compute_spec, tile)
-        self._variables = None
         self._placed = None
         if variables is not None:
             self.set_variables(variables)
 
     @property
     def num_compilations(self) -> int:
-        return self.routed.num_compilations
+        """Routing programs compiled so far (the budget's classify programs are not counted)."""
+        return len(self.programs.route_programs)
 
     def set_variables(self, variables) -> None:
         """New weights (e.g. during training) reuse the compiled programs."""
-        self._variables = variables
         self._placed = self.routed.place_variables(variables)
 
-    def _chunks(self, n: int):
-        """(start, stop, padded size) of each chunk of n tiles."""
-        largest = self.chunk_sizes[-1]
-        start = 0
-        while start < n:
-            stop = min(n, start + largest)
-            size = next(c for c in self.chunk_sizes if c >= stop - start)
-            yield start, stop, size
-            start = stop
+    def band_shape(self, grid: tiling.TileGrid) -> engine.BandShape:
+        return engine.band_shape(
+            grid.grid_shape[1], tile=self.tile, step=self.step, scale=self.spec.scale, band_tiles=self.band_tiles,
+            max_rows=engine.MAX_BAND_ROWS, devices=self.routed.num_devices,
+        )
 
-    def _padded_tiles(self, image, grid, start, stop, size):
-        tiles = np.zeros((size, self.tile, self.tile, 3), np.float32)
-        tiles[: stop - start] = tiling.extract_tiles(image, grid, np.arange(start, stop))
-        valid = np.arange(size) < stop - start
-        return tiles, valid
+    def _output_format(self, bit_depth: int, float_merge: bool) -> engine.OutputFormat:
+        merge = "paper" if self.protocol == "paper" else "blend"
+        return engine.OutputFormat(merge, self.overlap, bit_depth, float_merge)
 
-    def upscale(self, lr: np.ndarray, variables=None) -> UpscaleResult:
-        """lr: float (H, W, 3) in [0, 1], any size from 1×1 (paper protocol: at least one tile)."""
+    def _budget_offsets(self, program, image, grid, shape, bands) -> np.ndarray:
+        """The budget's first pass: every tile's logits, then the offsets that meet the budget for this image."""
+        pending = []
+        for band in bands:
+            inputs = engine.band_inputs(image, grid, band, shape, self.routed.num_devices)
+            pending.append((inputs.slot_of_tile, program(self._placed, *self.programs.put(inputs)[:2])))
+        logits = np.concatenate([np.asarray(out)[slots] for slots, out in pending])
+        return budget_offsets(logits, self.flops.branches, self.budget)
+
+    def upscale(self, lr: np.ndarray, variables=None, *, bit_depth: int = 8, float_merge: bool | None = None) -> UpscaleResult:
+        """lr: (H, W, 3) uint8, uint16 or float in [0, 1], any size from 1×1 (paper protocol: at least one tile).
+
+        bit_depth: 8 or 16, the quantised output. float_merge: also keep the paper protocol's float merge
+        (`sr_255`, what its PSNR is computed on); default: for the paper protocol.
+        """
         if variables is not None:
             self.set_variables(variables)
         if self._placed is None:
             raise ValueError("no variables: pass them to Upscaler(...) or upscale(..., variables=...)")
-        lr = np.asarray(lr, np.float32)
-        if lr.ndim != 3 or lr.shape[-1] != 3:
-            raise ValueError(f"expected an RGB image of shape (H, W, 3), got {lr.shape}")
-        compile_before = self.routed.compile_seconds
+        image = np.asarray(lr)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
+        if image.dtype not in (np.uint8, np.uint16):
+            image = image.astype(np.float32, copy=False)
+        if bit_depth not in (8, 16):
+            raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+        float_merge = self.protocol == "paper" if float_merge is None else float_merge
+        grid = tiling.make_grid(image.shape[0], image.shape[1], self.protocol, self.tile, self.step, self.overlap)
+        shape = self.band_shape(grid)
+        fmt = self._output_format(bit_depth, float_merge)
+        compile_before = self.programs.compile_seconds
+        program = self.programs.route(self._placed, shape, image.dtype, fmt)
+        with_budget = self.budget is not None and self.force_class is None
+        if with_budget:
+            classify = self.programs.classify(self._placed, shape, image.dtype)
         t0 = time.perf_counter()
-        grid = tiling.make_grid(lr.shape[0], lr.shape[1], self.protocol, self.tile, self.step, self.overlap)
-        merger = tiling.TileMerger(grid, self.spec.scale)
+        image = engine.padded_image(image, grid)
+        bands = engine.plan_bands(grid, shape.rows)
         k = self.spec.num_branches
         offsets = np.zeros(k, np.float32)
-        if self.budget is not None and self.force_class is None:
-            logits = []
-            for start, stop, size in self._chunks(grid.num_tiles):
-                tiles, _ = self._padded_tiles(lr, grid, start, stop, size)
-                logits.append(np.asarray(self.routed.classify(self._placed, tiles))[: stop - start])
-            offsets = budget_offsets(np.concatenate(logits), self.flops.branches, self.budget)
-        force = -1 if self.force_class is None else self.force_class
+        if with_budget:
+            offsets = self._budget_offsets(classify, image, grid, shape, bands)
+        scale = self.spec.scale
+        out_hw = (grid.covered_hw[0] * scale, grid.covered_hw[1] * scale)
+        sr = np.empty(out_hw + (3,), np.uint8 if bit_depth == 8 else np.uint16)
+        sr_255 = np.empty(out_hw + (3,), np.float32) if float_merge else None
         classes = np.zeros(grid.num_tiles, np.int32)
         counts = np.zeros(k, np.int64)
         padded = np.zeros(k, np.int64)
-        classified = 0
-        pending = None  # overlap the host's tile cutting and merging with the device's routing
+        host_s = 0.0
+        cols = grid.grid_shape[1]
+        put = self.programs.put_replicated
+        put_offsets = put(offsets, np.float32)
+        put_force = put(-1 if self.force_class is None else self.force_class)
+        carry = self.programs.empty_carry(shape)
+        band_rows = shape.lr_hw[0] * scale
+        row_weights = engine.axis_weights(grid, fmt, scale, 0, grid.padded_hw[0] * scale + band_rows)
+        col_weights = put(engine.axis_weights(grid, fmt, scale, 1, shape.lr_hw[1] * scale), np.float32)
 
-        def collect(item):
-            nonlocal classified
-            (start, stop, size), (sr, cls, _logits, dev_counts) = item
-            merger.add(np.arange(start, stop), np.asarray(sr)[: stop - start])
-            classes[start:stop] = np.asarray(cls)[: stop - start]
-            per_device = np.asarray(dev_counts)
+        def store(band, inputs, outputs):
+            rows, merged, _, band_classes, device_counts = outputs
+            rows = np.asarray(rows)  # waits for the device
+            t = time.perf_counter()
+            top = band.base * scale
+            n = min(band.finished * scale, out_hw[0] - top)
+            sr[top : top + n] = rows[:n, : out_hw[1]]
+            if merged is not None:
+                sr_255[top : top + n] = np.asarray(merged)[:n, : out_hw[1]]
+            classes[band.first_row * cols : band.stop_row * cols] = np.asarray(band_classes)[inputs.slot_of_tile]
+            per_device = np.asarray(device_counts)
             counts[:] += per_device.sum(0)
             padded[:] += [sum(self.buckets.padded(int(c)) for c in per_device[:, j]) for j in range(k)]
-            classified += size if self.spec.kind == "classsr" else 0
+            return time.perf_counter() - t
 
-        for chunk in self._chunks(grid.num_tiles):
-            tiles, valid = self._padded_tiles(lr, grid, *chunk)
-            result = self.routed.route(self._placed, tiles, valid, offsets, force)
+        pending = None
+        for band in bands:
+            t = time.perf_counter()
+            inputs = engine.band_inputs(image, grid, band, shape, self.routed.num_devices)
+            lr_band, positions, valid = self.programs.put(inputs)
+            next_base = put(band.next_base - band.base if band.next_base else 0)
+            top = band.base * scale
+            band_weights = put(row_weights[top : top + band_rows], np.float32)
+            host_s += time.perf_counter() - t
+            outputs = program(
+                self._placed, lr_band, positions, valid, carry, next_base, band_weights, col_weights, put_offsets,
+                put_force,
+            )
+            carry = outputs[2]
             if pending is not None:
-                collect(pending)
-            pending = (chunk, result)
-        collect(pending)
-        sr_255 = merger.result_255() if self.protocol == "paper" else None
-        sr = merger.result()
+                host_s += store(*pending)
+            pending = (band, inputs, outputs)
+        host_s += store(*pending)
         elapsed = time.perf_counter() - t0
-        compile_s = self.routed.compile_seconds - compile_before
+        compile_s = self.programs.compile_seconds - compile_before
+        classified = shape.slots * len(bands) if self.spec.kind == "classsr" else 0
         figure = flops_lib.paper_flops_figure(counts, self.flops, self.spec.network)
         return UpscaleResult(
             sr=sr,
@@ -222,8 +261,9 @@ class Upscaler:
             class_counts=[int(c) for c in counts],
             flops=figure,
             flops_percent=100.0 * figure / self.flops.original,
-            executed_flops=flops_lib.executed_flops(counts, self.computed_flops, padded, classified),
+            executed_flops=flops_lib.executed_flops(self.computed_flops, padded, classified),
             logit_offsets=[float(o) for o in offsets],
             compile_s=compile_s,
-            inference_s=elapsed - compile_s,
+            inference_s=elapsed,
+            host_s=host_s,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any
 
 import jax
@@ -53,17 +54,25 @@ class Buckets:
 # in the L2 cache; with chunks of 128 they ran ClassSR-SRResNet 1.3x and ClassSR-CARN 1.7x faster than the
 # accelerator sizes (buckets of 32, chunks of 256), and 1.1-1.2x faster than buckets of 8; a remainder
 # bucket of 1 wastes no work. FSRCNN's tiles cost ~30x less, so its calls need 8 tiles to amortise their fixed
-# cost. GPUs and TPUs want big batches to fill their cores.
+# cost. GPUs want big batches to fill their cores.
 CPU_BUCKETS = Buckets(big=4, small=1)
 CPU_BUCKETS_CHEAP_NETWORK = Buckets(big=8, small=2)
-ACCELERATOR_BUCKETS = Buckets(big=32, small=8)
+GPU_BUCKETS = Buckets(big=32, small=8)
+# TPUs: XLA pads a convolution's feature dimension to a multiple of 128 unless the module's most common
+# convolution batch is at least 64, and then pads the features to 8 and the batch to 128 instead (Cloud TPU
+# performance guide). With batches of 32 and 8 the 36-, 50- and 52-wide branches would cost about as much as
+# the 64-wide one and ClassSR would save nothing, so every TPU call carries at least 64 tiles and the bulk
+# 128. Not measured yet (no TPU run; BENCHMARKS.md).
+TPU_BUCKETS = Buckets(big=128, small=64)
 
 
 def default_buckets(spec: ModelSpec | None = None, platform: str | None = None) -> Buckets:
     """The bucket sizes for a model on a JAX platform ('cpu', 'gpu', 'tpu'; default: the default backend's)."""
     platform = platform or jax.default_backend()
+    if platform == "tpu":
+        return TPU_BUCKETS
     if platform != "cpu":
-        return ACCELERATOR_BUCKETS
+        return GPU_BUCKETS
     return CPU_BUCKETS_CHEAP_NETWORK if spec is not None and spec.network == "fsrcnn" else CPU_BUCKETS
 
 
@@ -158,6 +167,7 @@ class RoutedModel:
         self.spec = spec
         buckets = buckets or default_buckets(spec)
         self.compute_spec = widen.wider_spec(spec, compute_widths or default_compute_widths(spec))
+        self.dtype = dtype
         self.model = self.compute_spec.build(dtype=dtype)
         self.has_classifier = spec.kind == "classsr"
         self.num_branches = spec.num_branches
@@ -208,14 +218,18 @@ class RoutedModel:
         return len(self._route_programs)
 
     def place_variables(self, variables):
-        """The checkpoint's variables, widened to the compute widths and replicated on every device."""
+        """The checkpoint's variables, widened to the compute widths, cast to the compute dtype (bfloat16
+        parameters with bfloat16 activations) and replicated on every device."""
         _, variables = widen.widen(self.spec, variables, self.compute_spec.widths)
+        if self.dtype != jnp.float32:
+            variables = jax.tree_util.tree_map(
+                lambda a: np.asarray(a).astype(self.dtype) if np.issubdtype(np.asarray(a).dtype, np.floating) else a,
+                variables,
+            )
         return jax.device_put(variables, self.replicated)
 
     def _compiled(self, cache, fn, n, *example):
         if n not in cache:
-            import time
-
             t0 = time.perf_counter()
             cache[n] = fn.lower(*example).compile()
             self.compile_seconds += time.perf_counter() - t0

@@ -202,13 +202,13 @@ def extract_tiles(image: np.ndarray, grid: TileGrid,
     return image[rows[:, :, None], cols[:, None, :]]
 
 
-def blend_window(size: int, overlap: int) -> np.ndarray:
-    """Separable (size, size) float32 blending window, strictly positive.
+def blend_profile(size: int, overlap: int) -> np.ndarray:
+    """The 1-D factor (size,) float64 of the blending window, strictly positive.
 
-    Each axis is flat 1 in the middle with raised-cosine ramps of width
-    ``min(overlap, size // 2)`` at both ends, sampled at pixel centres, so the
-    ramp never reaches 0 (every pixel keeps some weight) and a rising ramp plus
-    the falling ramp of a neighbour offset by exactly ``overlap`` sum to 1.
+    Flat 1 in the middle with raised-cosine ramps of width ``min(overlap, size // 2)``
+    at both ends, sampled at pixel centres, so the ramp never reaches 0 (every pixel
+    keeps some weight) and a rising ramp plus the falling ramp of a neighbour offset
+    by exactly ``overlap`` sum to 1.
     """
     size = _check_size("size", size)
     overlap = _check_size("overlap", overlap, minimum=0)
@@ -219,7 +219,25 @@ def blend_window(size: int, overlap: int) -> np.ndarray:
         ramp = 0.5 - 0.5 * np.cos(np.pi * t)
         profile[:ramp_width] = ramp
         profile[size - ramp_width:] = ramp[::-1]
+    return profile
+
+
+def blend_window(size: int, overlap: int) -> np.ndarray:
+    """Separable (size, size) float32 blending window: the outer product of ``blend_profile``."""
+    profile = blend_profile(size, overlap)
     return np.outer(profile, profile).astype(np.float32)
+
+
+def weight_sums(starts: np.ndarray, profile: np.ndarray, length: int) -> np.ndarray:
+    """Σ over tiles of their 1-D profile, placed at `starts`, on an axis of `length` pixels (float64).
+
+    The window is separable and tiles sit on a grid (every row of tiles has the same columns), so the
+    total weight at (y, x) is ``weight_sums(rows)[y] * weight_sums(cols)[x]``; no weight canvas is needed.
+    """
+    sums = np.zeros(max(length, int(np.max(starts)) + profile.size), np.float64)
+    for start in np.asarray(starts, np.int64):
+        sums[start : start + profile.size] += profile
+    return sums[:length]
 
 
 class TileMerger:

@@ -12,45 +12,12 @@ from classsr_jax.inference import Upscaler, budget_offsets
 from classsr_jax.models import ModelSpec
 from classsr_jax.routing import Buckets, RoutedModel
 
-SPEC = ModelSpec("classsr", "fsrcnn", (16, 36, 56))
-
-
-def spread_classifier(variables, seed=0):
-    """Random weights send every tile to one branch. Re-fit the last layer on pooled features of varied
-    tiles (their top principal directions, standardised) so the argmax spreads tiles over all branches."""
-    variables = jax.tree_util.tree_map(np.array, variables)
-    model = SPEC.build()
-    rng = np.random.default_rng(seed)
-    tiles = np.concatenate([rng.random((64, 32, 32, 3)), textured_tiles(64, rng)]).astype(np.float32)
-    _, state = model.apply(variables, tiles, method=model.classify, capture_intermediates=True)
-    feats = np.asarray(state["intermediates"]["classifier"]["conv4"]["__call__"][0]).mean(axis=(1, 2))
-    centred = feats - feats.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    proj = centred @ vt[:3].T
-    kernel = vt[:3].T / proj.std(0)
-    fc = variables["params"]["classifier"]["fc"]
-    fc["kernel"] = kernel.astype(np.float32)
-    fc["bias"] = (-(feats.mean(0) @ kernel)).astype(np.float32)
-    return variables
-
-
-def textured_tiles(n, rng):
-    ramps = np.linspace(0, 1, 32, dtype=np.float32)[None, None, :, None] * rng.random((n, 1, 1, 3))
-    return np.broadcast_to(ramps, (n, 32, 32, 3)) + 0.02 * rng.normal(size=(n, 32, 32, 3))
+from routing_fixtures import SPEC, spread_classifier, textured_image, textured_tiles
 
 
 @pytest.fixture(scope="module")
 def variables():
     return spread_classifier(init_variables(SPEC, seed=1))
-
-
-def textured_image(h, w, seed=0):
-    """Flat regions and noisy regions, so the classifier has something to tell apart."""
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w, 3), 0.5, np.float32)
-    img[:, w // 2 :] = rng.random((h, w - w // 2, 3))
-    img[h // 2 :, : w // 2] = np.linspace(0, 1, w // 2)[None, :, None]
-    return img
 
 
 def test_eight_devices_are_used():
@@ -98,17 +65,18 @@ def test_bucket_accounting():
 
 def test_executed_flops_count_bucket_padding_and_classifier(variables):
     buckets = Buckets(big=8, small=4)
-    up = Upscaler(SPEC, variables, buckets=buckets, chunk_sizes=(64,))
-    result = up.upscale(textured_image(80, 80))  # full grid: positions 0, 24, 48 per axis, one chunk of 64
+    up = Upscaler(SPEC, variables, buckets=buckets, band_tiles=64)
+    result = up.upscale(textured_image(80, 80))  # full grid: positions 0, 24, 48 per axis
     assert result.grid.num_tiles == 9
-    per_device_padded = 0.0
-    # The padding is per device: recompute from the classes each device saw (8 tiles per device).
-    classes = np.full(64, -1)
-    classes[:9] = result.classes
-    for device_tiles in classes.reshape(8, 8):
-        for k in range(3):
-            per_device_padded += buckets.padded(int((device_tiles == k).sum())) * up.flops.branches[k]
-    assert result.executed_flops == pytest.approx(per_device_padded + 64 * up.flops.classifier)
+    shape = up.band_shape(result.grid)
+    assert (shape.rows, shape.cols, shape.slots) == (4, 16, 64)  # one band: 64 slots, 8 per device
+    # The 9 tiles are dealt out over the 8 devices, 2 to the first and 1 to each other, in grid order; the
+    # bucket padding is per device.
+    per_device = [result.classes[:2]] + [result.classes[i : i + 1] for i in range(2, 9)]
+    padded = sum(
+        buckets.padded(int((tiles == k).sum())) * up.flops.branches[k] for tiles in per_device for k in range(3)
+    )
+    assert result.executed_flops == pytest.approx(padded + 64 * up.flops.classifier)
     counts = np.bincount(result.classes, minlength=3)
     assert result.class_counts == counts.tolist()
     expected_figure = (counts @ np.array(up.flops.branches)) / 9 + up.flops.classifier  # FSRCNN adds the classifier
@@ -160,9 +128,9 @@ def test_single_network_checkpoint_upscales_through_the_same_tiling():
     variables = jax.tree_util.tree_map(np.zeros_like, init_variables(spec))
     up = Upscaler(spec, variables)
     # All convs zero: the network is its bilinear base, exact on constants, so a constant stays constant.
-    result = up.upscale(np.full((45, 70, 3), 0.3, np.float32))
+    result = up.upscale(np.full((45, 70, 3), 0.3, np.float32), float_merge=True)
     assert result.sr.shape == (90, 140, 3)
-    np.testing.assert_allclose(result.sr, 0.3, atol=1e-6)
+    np.testing.assert_allclose(result.sr_255 / 255.0, 0.3, atol=1e-6)
     assert result.class_counts == [result.grid.num_tiles] and result.flops_percent == 100.0
 
 
@@ -215,10 +183,10 @@ def test_full_protocol_has_no_seams_on_smooth_input():
     spec = ModelSpec("network", "srresnet", (8,), 4, {"nb": 1})
     variables = jax.tree_util.tree_map(np.zeros_like, init_variables(spec))
     lr = np.tile(np.linspace(0.1, 0.9, 100, dtype=np.float32)[None, :, None], (60, 1, 3))
-    result = Upscaler(spec, variables).upscale(lr)
+    result = Upscaler(spec, variables).upscale(lr, float_merge=True)
     whole = np.asarray(jax.image.resize(lr, (240, 400, 3), "bilinear"))
     # Away from the image border (where tile padding differs from the whole-image edge handling) they agree.
-    np.testing.assert_allclose(result.sr[:, 8:-8], whole[:, 8:-8], atol=1e-5)
+    np.testing.assert_allclose(result.sr_255[:, 8:-8] / 255.0, whole[:, 8:-8], atol=1e-5)
 
 
 def test_errors_are_one_line(variables):
@@ -231,16 +199,17 @@ def test_errors_are_one_line(variables):
 
 
 def test_default_sizes_depend_on_the_backend():
-    from classsr_jax.inference import default_chunk_sizes
+    from classsr_jax.engine import default_band_tiles
     from classsr_jax.routing import default_buckets
 
     srresnet = ModelSpec("classsr", "srresnet", (36, 52, 64))
     assert default_buckets(srresnet, "cpu") == Buckets(4, 1)
     assert default_buckets(SPEC, "cpu") == Buckets(8, 2)  # FSRCNN: cheap tiles, bigger calls
-    assert default_buckets(SPEC, "gpu") == default_buckets(srresnet, "tpu") == Buckets(32, 8)
-    assert default_chunk_sizes("cpu") == (32, 128)
-    assert default_chunk_sizes("gpu") == default_chunk_sizes("tpu") == (64, 256, 1024)
-    # This test session runs on the CPU backend: the Upscaler picks the CPU sizes (rounded to 8 devices).
+    assert default_buckets(SPEC, "gpu") == default_buckets(srresnet, "gpu") == Buckets(32, 8)
+    # TPUs: calls of at least 64 tiles, so XLA pads the features to 8 and not to 128.
+    assert default_buckets(srresnet, "tpu") == Buckets(128, 64)
+    assert default_band_tiles("cpu") < default_band_tiles("gpu") == default_band_tiles("tpu")
+    # This test session runs on the CPU backend: the Upscaler picks the CPU sizes.
     up = Upscaler(srresnet, None)
-    assert up.buckets == Buckets(4, 1) and up.chunk_sizes == (32, 128)
+    assert up.buckets == Buckets(4, 1) and up.band_tiles == default_band_tiles("cpu")
     assert up.routed.compute_spec.widths == (36, 64, 64)
