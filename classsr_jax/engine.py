@@ -23,8 +23,10 @@ are dealt out so that each device's share starts with its valid tiles, which bou
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import json
 import time
 from typing import Any
 
@@ -297,16 +299,41 @@ def _classify_program(routed: RoutedModel, shape: BandShape):
     return jax.jit(sharded)
 
 
+# Compiled programs, shared by every Upscaler of the process with the same model description, routing, dtype
+# and devices: the variables are an argument, so new weights (training validation, --with-original, the
+# notebooks' sweeps) reuse them. Least recently used programs are dropped beyond this many.
+MAX_CACHED_PROGRAMS = 32
+_programs: collections.OrderedDict = collections.OrderedDict()
+
+
 class BandPrograms:
-    """Compiled band programs of one model, ahead of time and cached by (shape, input dtype, format)."""
+    """Compiled band programs of one routed model, compiled ahead of time on first use and cached by (model,
+    shape, input dtype, format). `route_programs`/`classify_programs`: the keys this instance has used."""
 
     def __init__(self, routed: RoutedModel):
         self.routed = routed
         self.compile_seconds = 0.0
-        self.route_programs: dict[Any, Any] = {}
-        self.classify_programs: dict[Any, Any] = {}
+        self.route_programs: set = set()
+        self.classify_programs: set = set()
         self._replicated = routed.replicated
         self._sharded = routed.data_sharding
+        self._model_key = (
+            json.dumps(routed.compute_spec.to_dict(), sort_keys=True), routed.buckets, np.dtype(routed.dtype).name,
+            tuple(d.id for d in routed.mesh.devices.flat),
+        )
+
+    def _cached(self, key, build):
+        key = (self._model_key, *key)
+        if key in _programs:
+            _programs.move_to_end(key)
+            return _programs[key]
+        t0 = time.perf_counter()
+        program = build()
+        self.compile_seconds += time.perf_counter() - t0
+        _programs[key] = program
+        while len(_programs) > MAX_CACHED_PROGRAMS:
+            _programs.popitem(last=False)
+        return program
 
     def _abstract(self, shape: BandShape, dtype, channels: int):
         lr_h, lr_w = shape.lr_hw
@@ -322,30 +349,20 @@ class BandPrograms:
             col_weights=jax.ShapeDtypeStruct((lr_w * shape.scale,), jnp.float32, sharding=self._replicated),
         )
 
-    def _compile(self, jitted, *args):
-        t0 = time.perf_counter()
-        program = jitted.lower(*args).compile()
-        self.compile_seconds += time.perf_counter() - t0
-        return program
-
     def route(self, variables, shape: BandShape, dtype, fmt: OutputFormat):
-        key = (shape, np.dtype(dtype).name, fmt)
-        if key not in self.route_programs:
-            a = self._abstract(shape, dtype, 3)
-            self.route_programs[key] = self._compile(
-                _band_program(self.routed, shape, fmt), variables, a["lr"], a["positions"], a["valid"], a["carry"],
-                a["scalar"], a["row_weights"], a["col_weights"], a["offsets"], a["scalar"],
-            )
-        return self.route_programs[key]
+        key = ("route", shape, np.dtype(dtype).name, fmt)
+        self.route_programs.add(key)
+        a = self._abstract(shape, dtype, 3)
+        return self._cached(key, lambda: _band_program(self.routed, shape, fmt).lower(
+            variables, a["lr"], a["positions"], a["valid"], a["carry"], a["scalar"], a["row_weights"],
+            a["col_weights"], a["offsets"], a["scalar"]).compile())
 
     def classify(self, variables, shape: BandShape, dtype):
-        key = (shape, np.dtype(dtype).name)
-        if key not in self.classify_programs:
-            a = self._abstract(shape, dtype, 3)
-            self.classify_programs[key] = self._compile(
-                _classify_program(self.routed, shape), variables, a["lr"], a["positions"]
-            )
-        return self.classify_programs[key]
+        key = ("classify", shape, np.dtype(dtype).name)
+        self.classify_programs.add(key)
+        a = self._abstract(shape, dtype, 3)
+        return self._cached(key, lambda: _classify_program(self.routed, shape).lower(
+            variables, a["lr"], a["positions"]).compile())
 
     def empty_carry(self, shape: BandShape) -> jax.Array:
         rows = shape.carry_lr_rows * shape.scale

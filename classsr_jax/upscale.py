@@ -30,7 +30,7 @@ from classsr_jax import cli, fileio
 from classsr_jax.background import BackgroundWriter, prefetched
 from classsr_jax.class_map import class_map_overlay
 from classsr_jax.cli_common import define_model_flags, make_upscaler
-from classsr_jax.errors import UserError
+from classsr_jax.errors import UserError, WriteError
 from classsr_jax.image_io import IMAGE_EXTENSIONS, LoadedImage, list_images, read_image, write_image
 from classsr_jax.inference import UpscaleResult, Upscaler
 from classsr_jax.pixels import to_uint8
@@ -129,7 +129,7 @@ def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int]:
         mask = os.path.join(fv.mask, os.path.splitext(name)[0] + "_mask.png") if fv.mask else None
         for target in (output, mask):
             if target and any(fileio.same_file(target, source) for source in inputs):
-                raise cli.UsageError(f"{target} would overwrite an input image; inputs are never written, choose another folder")
+                raise WriteError(f"{target} would overwrite an input image; inputs are never written, choose another folder")
         if not fv.overwrite and (os.path.lexists(output) or (mask is not None and os.path.lexists(mask))):
             kept.append(output)
         else:

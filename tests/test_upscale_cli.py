@@ -165,3 +165,154 @@ def test_evaluate_unmatched_names(checkpoint, tmp_path):
     write_image(str(tmp_path / "HR" / "b.png"), photo(128, 128))
     rc = evaluate.main(["--checkpoint", checkpoint, "--lr-dir", str(tmp_path / "LR"), "--hr-dir", str(tmp_path / "HR")])
     assert rc == 1
+
+
+# ------------------------------------------------------------------------------- inputs are never written
+
+
+def test_an_output_that_is_the_input_is_refused_before_any_work(checkpoint, tmp_path):
+    src = tmp_path / "in.png"
+    write_image(str(src), photo(20, 24))
+    before = src.read_bytes()
+    os.symlink(src, tmp_path / "link.png")
+    os.link(src, tmp_path / "hard.png")
+    for output in (src, tmp_path / "link.png", tmp_path / "hard.png"):
+        r = run_cli("classsr_jax.upscale", "--checkpoint", checkpoint, "--input", str(src), "--output", str(output),
+                    "--overwrite")
+        assert r.returncode == 1
+        assert r.stderr.strip() == (
+            f"error: output {output} is the input {src}; inputs are never written, choose another path"
+        )
+    assert src.read_bytes() == before
+    # Folder mode: the input folder as output folder would replace every photo.
+    rc = upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path), "--output", str(tmp_path), "--overwrite"])
+    assert rc == 1 and src.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["hard.png", "in.png", "link.png"]
+
+
+def test_existing_outputs_are_kept_unless_overwrite(checkpoint, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(str(src / "a.png"), photo(20, 24, 1))
+    write_image(str(src / "b.png"), photo(20, 24, 2))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"mine")
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(out)]) == 0
+    assert (out / "a.png").read_bytes() == b"mine" and read_image(str(out / "b.png")).pixels.shape == (80, 96, 3)
+    assert "upscaled 1 of 2 images" in capsys.readouterr().out
+    # A rerun (as after a crash) continues where it stopped: nothing is left to do.
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "upscaled 0 of 2 images" in printed and "2 kept because their outputs exist" in printed
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(out), "--overwrite"]) == 0
+    assert read_image(str(out / "a.png")).pixels.shape == (80, 96, 3)
+    # A single file: an existing output is an error unless --overwrite.
+    before = (out / "b.png").read_bytes()
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(src / "b.png"), "--output", str(out / "b.png")]) == 1
+    assert (out / "b.png").read_bytes() == before
+
+
+def test_output_file_in_folder_mode_and_report_in_a_missing_folder_fail_before_any_work(checkpoint, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(str(src / "a.png"), photo(20, 24))
+    (tmp_path / "taken.png").write_bytes(b"x")
+    r = run_cli("classsr_jax.upscale", "--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / "taken.png"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: --output {tmp_path / 'taken.png'} is a file, but --input {src} is a folder: give a folder"
+    r = run_cli("classsr_jax.upscale", "--checkpoint", checkpoint, "--input", str(src / "a.png"), "--output",
+                str(tmp_path / "a4.png"), "--report", str(tmp_path / "nowhere" / "r.json"))
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"error: cannot write report {tmp_path / 'nowhere' / 'r.json'}: folder {tmp_path / 'nowhere'} does not exist"
+    assert not (tmp_path / "a4.png").exists()
+
+
+def test_a_write_that_fails_half_way_leaves_nothing(checkpoint, tmp_path, monkeypatch):
+    import errno
+
+    from classsr_jax import image_io
+
+    def half_then_full(f, *args, **kwargs):
+        f.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write_image(str(tmp_path / "in.png"), photo(20, 24))
+    monkeypatch.setattr(image_io, "_encode", half_then_full)
+    rc = upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "in.png"), "--output", str(tmp_path / "o.png")])
+    assert rc == 1
+    assert sorted(os.listdir(tmp_path)) == ["in.png"]
+
+
+def test_upright_and_colour_profile_through_upscale(checkpoint, tmp_path):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    stored = (photo(24, 40) * 255).astype(np.uint8)  # stored 24 high, 40 wide; orientation 6 turns it upright
+    exif = Image.Exif()
+    exif[274] = 6
+    Image.fromarray(stored).save(tmp_path / "cam.jpg", quality=95, exif=exif, icc_profile=icc)
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "cam.jpg"),
+                         "--output", str(tmp_path / "cam4.png")]) == 0
+    with Image.open(tmp_path / "cam4.png") as out:
+        assert out.size == (4 * 24, 4 * 40)  # (width, height): upright, 40 high
+        assert out.info.get("icc_profile") == icc
+        assert 274 not in out.getexif()
+
+
+def test_budget_through_the_commands(checkpoint, tmp_path):
+    src = tmp_path / "in.png"
+    write_image(str(src), photo(120, 120, seed=5))
+    reports = {}
+    for budget in ("0.45", "0.9"):
+        report = tmp_path / f"r{budget}.json"
+        assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / f"o{budget}.png"),
+                             "--budget", budget, "--report", str(report)]) == 0
+        reports[budget] = json.loads(report.read_text())
+    classifier_percent = 7.4 / 467.9 * 100  # FSRCNN's figure includes the Class-Module
+    for budget, r in reports.items():
+        assert any(o != 0 for o in r["logit_offsets"])
+        assert abs(r["flops_percent"] - classifier_percent - 100 * float(budget)) < 8.0, (budget, r["flops_percent"])
+    assert reports["0.45"]["class_counts"] != reports["0.9"]["class_counts"]
+    lr_dir, hr_dir = tmp_path / "LR", tmp_path / "HR"
+    lr_dir.mkdir(), hr_dir.mkdir()
+    hr = photo(400, 400, seed=6)
+    write_image(str(hr_dir / "x.png"), hr)
+    write_image(str(lr_dir / "x.png"), hr.reshape(100, 4, 100, 4, 3).mean(axis=(1, 3)))
+    flops = {}
+    for budget in ("0.45", "0.9"):
+        report = tmp_path / f"e{budget}.json"
+        assert evaluate.main(["--checkpoint", checkpoint, "--lr-dir", str(lr_dir), "--hr-dir", str(hr_dir),
+                              "--protocol", "full", "--budget", budget, "--report", str(report)]) == 0
+        flops[budget] = json.loads(report.read_text())["average"]["flops_percent"] - classifier_percent
+    assert abs(flops["0.45"] - 45) < 10 and abs(flops["0.9"] - 90) < 10
+
+
+def test_evaluate_names_and_skips_bad_pairs(checkpoint, tmp_path, capsys):
+    lr_dir, hr_dir = tmp_path / "LR", tmp_path / "HR"
+    lr_dir.mkdir(), hr_dir.mkdir()
+    for name in ("a", "b", "c", "d", "0801"):
+        write_image(str(lr_dir / f"{name}.png"), photo(40, 40, seed=len(name)))
+    write_image(str(hr_dir / "a.png"), photo(160, 160))  # good
+    write_image(str(hr_dir / "b.png"), photo(100, 100))  # too small
+    write_image(str(hr_dir / "c.png"), photo(400, 400))  # not 4 x the LR
+    write_image(str(hr_dir / "0801.png"), photo(160, 160))  # two HR files for one name
+    write_image(str(hr_dir / "0801.jpg"), photo(160, 160))
+    report = tmp_path / "r.json"
+    rc = evaluate.main(["--checkpoint", checkpoint, "--lr-dir", str(lr_dir), "--hr-dir", str(hr_dir),
+                        "--report", str(report)])
+    assert rc == 1
+    r = json.loads(report.read_text())
+    assert [i["name"] for i in r["images"]] == ["a"]
+    failed = {f["name"]: f["error"] for f in r["failed"]}
+    assert set(failed) == {"0801", "b", "c", "d"}
+    assert failed["0801"] == f"0801: several HR files could be the partner of {lr_dir / '0801.png'}: 0801.jpg, 0801.png"
+    assert failed["b"] == "b (b.png, b.png): HR is 100x100, smaller than 4 × its 40x40 LR (160x160)"
+    assert failed["c"] == (
+        "c (c.png, c.png): HR is 400x400, not 4 × its 40x40 LR (160x160 after cropping the HR to a multiple of 4): "
+        "wrong scale or a mismatched pair"
+    )
+    assert failed["d"] == f"d: no HR image in {hr_dir} for {lr_dir / 'd.png'} (looked for d and d)"
+    err = capsys.readouterr().err
+    for message in failed.values():
+        assert f"error: {message}\n" in err
