@@ -1,4 +1,4 @@
-"""The losses of ClassSR training (spec §3), with the original's normalisers.
+"""The losses of ClassSR training, with the original's normalisers.
 
 - `l1_loss`: mean absolute error over every element (`nn.L1Loss()`), optionally on a [0, pixel_range] scale
   (RCAN's L1 is taken on [0, 255]).
@@ -14,14 +14,52 @@ of per-sample terms, so the device means, averaged (`pmean`), are the global mea
 gradients. Average-Loss is not: it needs the class mass of the whole batch. With `axis_name`, the value is
 computed from the `psum` of the device masses, and the gradient flows through a per-device surrogate whose
 gradients, averaged over the devices, are exactly the global loss's gradient.
+
+`Objective` says which of these a training stage minimises, with which weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import jax
 import jax.numpy as jnp
+
+
+OBJECTIVE_LOSSES = ("l1", "classsr")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a train step minimises.
+
+    loss 'l1': l1_weight·L1 of one SR network (the -O network, a branch); BatchNorm in train mode when the
+      network has it.
+    loss 'classsr': l1_weight·L1(Σ_k p_k·SR_k) + class_loss_weight·Class-Loss + average_loss_weight·Average-Loss
+      of a ClassSR model.
+    pixel_range: the scale the L1 is taken on (255 for RCAN, whose original data is on [0, 255]).
+    """
+
+    loss: str = "l1"
+    l1_weight: float = 1.0
+    class_loss_weight: float = 0.0
+    average_loss_weight: float = 0.0
+    pixel_range: float = 1.0
+
+    def __post_init__(self):
+        if self.loss not in OBJECTIVE_LOSSES:
+            raise ValueError(f"unknown objective loss {self.loss!r}: use one of {', '.join(OBJECTIVE_LOSSES)}")
+
+    @property
+    def is_classsr(self) -> bool:
+        return self.loss == "classsr"
+
+    def total(self, l1, class_loss=0.0, average_loss=0.0):
+        """The weighted sum of the terms (for 'l1' the class terms are absent and weigh nothing)."""
+        if not self.is_classsr:
+            return self.l1_weight * l1
+        return self.l1_weight * l1 + self.class_loss_weight * class_loss + self.average_loss_weight * average_loss
 
 
 @jax.custom_jvp

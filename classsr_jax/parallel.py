@@ -6,6 +6,10 @@ inside `jax.jit`: the train state is replicated (`P()`), the batch split along i
 (`P('data')`). Each process feeds only its own share of the global batch; `global_batch` assembles the
 shares into one global array without moving data between hosts.
 
+With several processes, every process runs the same program; `is_primary_process` picks the one that writes
+shared files, `sync_processes` waits for all of them, and `process0_value` gives every process process 0's
+answer to a question whose answer could differ between processes (e.g. whether a file exists yet).
+
 The mesh axis is `AxisType.Auto`: pixel shuffle's reshapes raise ShardingTypeError under Explicit axes.
 """
 
@@ -16,6 +20,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -30,6 +35,29 @@ def create_mesh(devices=None) -> Mesh:
 def local_mesh() -> Mesh:
     """A 1-D `'data'` mesh over this process's devices only (work that each process does on its own)."""
     return create_mesh(jax.local_devices())
+
+
+def is_primary_process() -> bool:
+    """Whether this is process 0, the one that writes files every process shares."""
+    return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+    """Waits until every process has reached the barrier `name` (a no-op with one process)."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def process0_value(value: int | bool) -> int | bool:
+    """Process 0's `value` on every process (an int or a bool).
+
+    Processes must take the same branch wherever they meet in collectives, but a file that process 0 is writing
+    may be visible to one process and not yet to another: each asks, and all follow process 0's answer.
+    """
+    if jax.process_count() == 1:
+        return value
+    agreed = int(multihost_utils.broadcast_one_to_all(np.int32(int(value))))
+    return bool(agreed) if isinstance(value, bool) else agreed
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

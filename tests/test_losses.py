@@ -1,4 +1,4 @@
-"""The losses of spec §3 against hand-computed values and independent numpy references, incl. data parallel."""
+"""The losses of ClassSR training against hand-computed values and independent numpy references, incl. data parallel."""
 
 import itertools
 
