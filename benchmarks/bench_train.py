@@ -11,7 +11,6 @@ steps each.
 
 import argparse
 import functools
-import importlib.util
 import os
 import statistics
 import time
@@ -21,30 +20,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from classsr_jax import checkpointing, parallel, train
+from classsr_jax.configuration import load_config, model_spec
+from classsr_jax.losses import Objective
 from benchmarks.machine import cpu_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-
-
 def bench(name: str, batch: str, steps: int, blocks: int, half_precision: bool):
-    config = load_config(name)
-    spec = train.model_spec(config)
+    config = load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    spec = model_spec(config)
     mesh = parallel.create_mesh()
     devices = mesh.devices.size
     global_batch = config.joint.batch_size if batch == "paper" else int(batch)
     global_batch = -(-global_batch // devices) * devices
     model = spec.build(dtype=jnp.bfloat16 if half_precision else jnp.float32)
     tx = train.make_optimizer(config.joint, config.optimizer)
-    objective = train.Objective(
+    objective = Objective(
         "classsr",
         l1_weight=config.joint.l1_weight,
         class_loss_weight=config.joint.class_loss_weight,

@@ -3,14 +3,16 @@
 A model checkpoint is a self-describing directory with two items:
 - `variables`: the Flax variables (`params`, and `batch_stats` for CARN), float32;
 - `model`: JSON with the format marker and the `ModelSpec` that rebuilds the module.
-Every command opens one with `--checkpoint DIR` and nothing else. DIR may also be an export folder or a
-training workdir, which means its `export/classsr` model.
+`load_model` opens one from its directory (`workdir.resolve_model_dir` turns a training workdir into its
+exported model). A model with a non-finite parameter is never written and never opened: it would upscale
+to black images.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import glob
+import hashlib
 import os
 import shutil
 import uuid
@@ -22,12 +24,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict
 
+from classsr_jax import parallel
 from classsr_jax.errors import CheckpointError
 from classsr_jax.models.registry import ModelSpec
 
 FORMAT = "classsr_jax.model"
 FORMAT_VERSION = 1
-EXPORT_DIR = "export"
 
 
 @dataclasses.dataclass
@@ -37,8 +39,10 @@ class LoadedModel:
     metadata: dict[str, Any]
     path: str
 
-    def build(self, **kw):
-        return self.spec.build(**kw)
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 def abstract_variables(spec: ModelSpec, tile: int = 32, scan: bool = True) -> dict[str, Any]:
@@ -52,6 +56,29 @@ def init_variables(spec: ModelSpec, seed: int = 0, tile: int = 32) -> dict[str, 
     model = spec.build()
     variables = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, tile, tile, 3), jnp.float32))
     return jax.tree_util.tree_map(np.asarray, dict(variables))
+
+
+def count_params(variables: dict[str, Any]) -> int:
+    """The number of parameters (BatchNorm statistics are not parameters); works on shapes too."""
+    return int(sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(variables["params"])))
+
+
+def first_non_finite(variables: dict[str, Any]) -> str | None:
+    """The path ('params/net1/…/kernel') of the first array, in sorted order, holding a NaN or an infinity."""
+    for key, value in sorted(flatten_dict(dict(variables)).items()):
+        if not np.all(np.isfinite(np.asarray(value))):
+            return "/".join(key)
+    return None
+
+
+def variables_digest(variables: dict[str, Any]) -> str:
+    """sha256 of every array's path, dtype, shape and bytes: equal digests, equal models."""
+    digest = hashlib.sha256()
+    for key, value in sorted(flatten_dict(dict(variables)).items()):
+        value = np.ascontiguousarray(np.asarray(value))
+        digest.update(f"{'/'.join(key)}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def check_variables(spec: ModelSpec, variables: dict[str, Any], where: str) -> None:
@@ -88,6 +115,30 @@ def _atomic_replace_dir(tmp: str, final: str) -> None:
         os.replace(tmp, final)
 
 
+def _model_items(directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None, where: str):
+    """Checks what is about to be written (shapes, finite values); returns the float32 variables and the
+    description JSON."""
+    check_variables(spec, variables, where)
+    bad = first_non_finite(variables)
+    if bad is not None:
+        raise CheckpointError(f"refusing to write {directory}: parameter {bad} is not finite (NaN or infinity)")
+    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), dict(variables))
+    variables.setdefault("batch_stats", {})
+    description = {"format": FORMAT, "version": FORMAT_VERSION, "model": spec.to_dict(), "metadata": metadata or {}}
+    return ocp.args.Composite(variables=ocp.args.StandardSave(variables), model=ocp.args.JsonSave(description))
+
+
+def _write_model(tmp: str, directory: str, items) -> None:
+    """Orbax writes the model into `tmp`; any failure (a full disk) is one line naming `directory`."""
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            ckptr.save(tmp, items)
+    except Exception as e:  # Orbax and the file system raise many types; the user needs one line.
+        for leftover in glob.glob(glob.escape(tmp) + "*"):  # Orbax's own temporary folder of the failed write
+            shutil.rmtree(leftover, ignore_errors=True)
+        raise CheckpointError(f"cannot write model {directory}: {_one_line(e)}") from e
+
+
 def save_model(
     directory: str,
     spec: ModelSpec,
@@ -99,66 +150,45 @@ def save_model(
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and not overwrite:
         raise CheckpointError(f"output {directory} exists already; choose another directory or remove it")
-    check_variables(spec, variables, "the variables to save")
+    items = _model_items(directory, spec, variables, metadata, "the variables to save")
     os.makedirs(os.path.dirname(directory), exist_ok=True)
-    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), dict(variables))
-    variables.setdefault("batch_stats", {})
     tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
-    description = {"format": FORMAT, "version": FORMAT_VERSION, "model": spec.to_dict(), "metadata": metadata or {}}
     try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            ckptr.save(
-                tmp,
-                ocp.args.Composite(variables=ocp.args.StandardSave(variables), model=ocp.args.JsonSave(description)),
-            )
+        _write_model(tmp, directory, items)
         _atomic_replace_dir(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
 
 
-def resolve_model_dir(path: str) -> str:
-    """A model checkpoint, or a training workdir (→ its export/classsr)."""
-    if os.path.isfile(os.path.join(path, "model", "metadata")) or os.path.isdir(os.path.join(path, "model")):
-        return path
-    exported = os.path.join(path, EXPORT_DIR, "classsr")
-    if os.path.isdir(exported):
-        return exported
-    return path
-
-
-def load_model(path: str) -> LoadedModel:
-    """Opens a converted checkpoint, an exported model or a training workdir."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    model_dir = resolve_model_dir(os.path.abspath(path))
-    if not os.path.isdir(os.path.join(model_dir, "model")) or not os.path.isdir(os.path.join(model_dir, "variables")):
-        raise CheckpointError(
-            f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no export/classsr)"
-        )
+def load_model(model_dir: str) -> LoadedModel:
+    """Opens the model checkpoint in `model_dir` (a converted checkpoint or an exported model)."""
+    if not os.path.exists(model_dir):
+        raise CheckpointError(f"checkpoint {model_dir} does not exist")
+    path = os.path.abspath(model_dir)
+    if not os.path.isdir(os.path.join(path, "model")) or not os.path.isdir(os.path.join(path, "variables")):
+        raise CheckpointError(f"{model_dir} is not a classsr_jax checkpoint (no model/ and variables/ inside)")
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             restored = ckptr.restore(
-                model_dir, ocp.args.Composite(variables=ocp.args.StandardRestore(), model=ocp.args.JsonRestore())
+                path, ocp.args.Composite(variables=ocp.args.StandardRestore(), model=ocp.args.JsonRestore())
             )
     except Exception as e:  # Orbax raises many types; the user needs one line.
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"cannot read checkpoint {model_dir}: {_one_line(e)}") from e
     description = restored["model"]
     if not isinstance(description, dict) or description.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a classsr_jax model checkpoint (format marker missing)")
+        raise CheckpointError(f"{model_dir} is not a classsr_jax model checkpoint (format marker missing)")
     try:
         spec = ModelSpec.from_dict(description["model"])
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} has a bad model description: {e}") from e
+        raise CheckpointError(f"{model_dir} has a bad model description: {e}") from e
     variables = jax.tree_util.tree_map(np.asarray, dict(restored["variables"]))
     variables = {k: v for k, v in variables.items() if v or k == "params"}
-    check_variables(spec, variables, f"checkpoint {path}")
-    return LoadedModel(spec, variables, description.get("metadata", {}), model_dir)
-
-
-def read_json(path: str) -> dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
+    check_variables(spec, variables, f"checkpoint {model_dir}")
+    bad = first_non_finite(variables)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {model_dir} has non-finite values (NaN or infinity) in {bad}; it cannot be used")
+    return LoadedModel(spec, variables, description.get("metadata", {}), path)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -173,22 +203,16 @@ PROGRESS_ITEM = "progress"
 BEST_METRIC = "psnr"
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
-def read_model_spec(path: str) -> ModelSpec:
-    """The ModelSpec of a model checkpoint (or export, or workdir) without reading its arrays."""
-    model_dir = resolve_model_dir(os.path.abspath(path))
+def read_model_spec(model_dir: str) -> ModelSpec:
+    """The ModelSpec of the model checkpoint in `model_dir`, without reading its arrays."""
     if not os.path.isdir(os.path.join(model_dir, "model")):
-        raise CheckpointError(f"{path} is not a classsr_jax checkpoint (no model/ inside, and no export/classsr)")
+        raise CheckpointError(f"{model_dir} is not a classsr_jax checkpoint (no model/ inside)")
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            description = ckptr.restore(model_dir, ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+            description = ckptr.restore(os.path.abspath(model_dir), ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
         return ModelSpec.from_dict(description["model"])
     except (ValueError, KeyError, TypeError, OSError) as e:
-        raise CheckpointError(f"cannot read the model description of {path}: {_one_line(e)}") from e
+        raise CheckpointError(f"cannot read the model description of {model_dir}: {_one_line(e)}") from e
 
 
 def export_model(directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None = None) -> str:
@@ -197,29 +221,21 @@ def export_model(directory: str, spec: ModelSpec, variables: dict[str, Any], met
     into place and the others wait for it."""
     if jax.process_count() == 1:
         return save_model(directory, spec, variables, metadata, overwrite=True)
-    from jax.experimental import multihost_utils
-
     directory = os.path.abspath(directory)
-    check_variables(spec, variables, "the variables to export")
-    variables = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), dict(variables))
-    variables.setdefault("batch_stats", {})
-    token = int(multihost_utils.broadcast_one_to_all(np.int32(uuid.uuid4().int % (1 << 31))))
+    items = _model_items(directory, spec, variables, metadata, "the variables to export")
+    token = parallel.process0_value(uuid.uuid4().int % (1 << 31))
     tmp = f"{directory}.tmp-{token:08x}"
-    description = {"format": FORMAT, "version": FORMAT_VERSION, "model": spec.to_dict(), "metadata": metadata or {}}
-    if jax.process_index() == 0:
+    if parallel.is_primary_process():
         os.makedirs(os.path.dirname(directory), exist_ok=True)
-    multihost_utils.sync_global_devices(f"export_model:start:{directory}")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(
-            tmp, ocp.args.Composite(variables=ocp.args.StandardSave(variables), model=ocp.args.JsonSave(description))
-        )
-    multihost_utils.sync_global_devices(f"export_model:saved:{directory}")
-    if jax.process_index() == 0:
+    parallel.sync_processes(f"export_model:start:{directory}")
+    _write_model(tmp, directory, items)
+    parallel.sync_processes(f"export_model:saved:{directory}")
+    if parallel.is_primary_process():
         try:
             _atomic_replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    multihost_utils.sync_global_devices(f"export_model:done:{directory}")
+    parallel.sync_processes(f"export_model:done:{directory}")
     return directory
 
 
@@ -286,15 +302,30 @@ def save_train_state(
     metrics: dict[str, float] | None = None,
     force: bool = False,
 ) -> bool:
-    """Starts saving `state` at `step` (in the background when asynchronous); False if the interval says no."""
-    return manager.save(
-        int(step),
-        args=ocp.args.Composite(
-            **{STATE_ITEM: ocp.args.StandardSave(state), PROGRESS_ITEM: ocp.args.JsonSave(progress)}
-        ),
-        metrics=metrics,
-        force=force,
-    )
+    """Starts saving `state` at `step` (in the background when asynchronous); False if the interval says no.
+
+    A failed save (a full disk) is a one-line CheckpointError naming the directory: this save's, or an earlier
+    background save's, which Orbax reports here.
+    """
+    try:
+        return manager.save(
+            int(step),
+            args=ocp.args.Composite(
+                **{STATE_ITEM: ocp.args.StandardSave(state), PROGRESS_ITEM: ocp.args.JsonSave(progress)}
+            ),
+            metrics=metrics,
+            force=force,
+        )
+    except Exception as e:  # Orbax and the file system raise many types; the user needs one line.
+        raise CheckpointError(f"cannot save the training checkpoint of step {step} in {manager.directory}: {_one_line(e)}") from e
+
+
+def wait_for_train_saves(manager: ocp.CheckpointManager) -> None:
+    """Waits for the background saves; one that failed is a one-line CheckpointError naming the directory."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # Orbax and the file system raise many types; the user needs one line.
+        raise CheckpointError(f"cannot save a training checkpoint in {manager.directory}: {_one_line(e)}") from e
 
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:

@@ -1,16 +1,16 @@
 """What the Colab notebooks (colab/*.ipynb) compute, so that the notebooks themselves are only calls.
 
 - Training (colab/train_tpu.ipynb): `training_setup` picks the config, data source and workdir (the tiny
-  smoke run on the bundled photos, or a configs/*.py recipe on DIV2K from a Drive manual dir or the TFDS
-  catalogue); `training_curves` / `curves_figure` read the TensorBoard event files back into a plot;
+  smoke run, configs/smoke.py:bundled, on the bundled photos, or a configs/*.py recipe on DIV2K from a Drive
+  manual dir or the TFDS catalogue); `training_curves` / `curves_figure` read the TensorBoard event files back into a plot;
   `exported_models` lists the Orbax models a run exported.
 - Upscaling demo (colab/upscale_demo.ipynb): `smoke_checkpoint` / `open_checkpoint` (converting an official
   .pth on first use), `demo_pair` (HR photo → the paper's bicubic LR), `compare` / `comparison_figure`
   (LR, bicubic, ClassSR and the class map side by side, with the FLOPs saved) and `budget_sweep` /
   `budget_figure` (FLOPs and PSNR against the `budget` setting).
 
-Nothing here reads environment variables: each notebook reads its smoke switch (`CLASSSR_SMOKE=1`, see
-`SMOKE_ENV`) once, in its first cell, and passes `smoke=` on. Figures are `matplotlib.figure.Figure`s made
+Nothing here reads environment variables: each notebook reads its smoke switch (`CLASSSR_SMOKE=1`) once, in
+its first cell, and passes `smoke=` on. Figures are `matplotlib.figure.Figure`s made
 without pyplot, so they render the same under any backend (Agg in the tests, inline in Colab); `show`
 displays one as a PNG.
 """
@@ -18,100 +18,27 @@ displays one as a PNG.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import os
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-# The notebooks' smoke switch: with CLASSSR_SMOKE=1 they run top to bottom on a CPU in minutes.
-SMOKE_ENV = "CLASSSR_SMOKE"
+from classsr_jax import checkpointing
+from classsr_jax.configuration import apply_overrides, load_config, validate_config
+from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
+from classsr_jax.workdir import EXPORT_DIR, Workdir, resolve_model_dir
+
 DATA_SOURCES = ("drive", "catalogue")
 DEFAULT_BUDGETS = (0.4, 0.6, 0.8, 1.0)
 DEFAULT_CURVE_TAGS = ("train/loss", "val/psnr")
 
 
 # ---------------------------------------------------------------------------------------------- configs
-
-
-def _repo_roots() -> list[Path]:
-    """Where configs/ may live: the working directory, then the checkout this package was imported from."""
-    roots = [Path.cwd()]
-    package_parent = Path(__file__).resolve().parents[1]
-    if package_parent not in roots:
-        roots.append(package_parent)
-    return roots
-
-
-def find_config(name: str) -> str:
-    """The path of a config: a .py file, or a bare name such as 'fsrcnn' looked up as configs/<name>.py."""
-    if name.endswith(".py"):
-        if os.path.isfile(name):
-            return os.path.abspath(name)
-        raise FileNotFoundError(f"config file {name} does not exist")
-    for root in _repo_roots():
-        path = root / "configs" / f"{name}.py"
-        if path.is_file():
-            return str(path)
-    available = sorted({p.stem for r in _repo_roots() for p in (r / "configs").glob("*.py") if p.stem != "__init__"})
-    where = " or ".join(str(r / "configs") for r in _repo_roots())
-    raise FileNotFoundError(
-        f"no config {name!r} in {where}; available: {', '.join(available) or 'none (run from a checkout of the repository)'}"
-    )
-
-
-def load_config(name: str):
-    """`get_config()` of configs/<name>.py (or of a .py path); the repository root goes on sys.path first,
-    because the configs import each other (`from configs import fsrcnn`)."""
-    path = find_config(name)
-    root = os.path.dirname(os.path.dirname(path))
-    if os.path.basename(os.path.dirname(path)) == "configs" and root not in sys.path:
-        sys.path.insert(0, root)
-    spec = importlib.util.spec_from_file_location(f"_classsr_config_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def apply_overrides(config, overrides: dict[str, Any] | None):
-    """Sets dotted fields, e.g. {'original.num_steps': 1000, 'half_precision': True}; unknown fields fail."""
-    for key, value in (overrides or {}).items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            if part not in node:
-                raise KeyError(f"unknown config field {key!r} (no {part!r})")
-            node = node[part]
-        if last not in node:
-            raise KeyError(f"unknown config field {key!r}")
-        node[last] = value
-    return config
-
-
-def smoke_training_config(data_dir: str):
-    """The quickstart recipe (ClassSR-FSRCNN ×4 on the bundled photos) shrunk to a CPU smoke run: widths
-    4/6/8, 4 steps per stage with batch 8 (divisible by 1, 2, 4 or 8 devices), 16 validation tiles."""
-    config = load_config("quickstart")
-    from configs import fsrcnn  # load_config has put the repository root on sys.path
-
-    config.model.widths = (4, 6, 8)
-    config.model.extra = {"s": 4, "m": 1}
-    config.data.data_dir = data_dir
-    # The plain photos: preparing the quickstart's 0.9…0.6 scale copies would take most of a smoke run.
-    config.data.dataset = "classsr_bundled/x4"
-    config.data.train_split = "train"
-    config.data.prefetch = 1
-    for name in ("original", "branches", "joint", "finetune"):
-        for key, value in fsrcnn.stage(8, 4, 1e-3, 1e-7, 100, log_every=2, eval_every=4, checkpoint_every=4).items():
-            config[name][key] = value
-    config.division.batch_size = 16
-    config.validation.num_tiles = 16
-    config.validation.batch_size = 8
-    return config
 
 
 def training_config(name: str, *, data: str, manual_dir: str = "", data_dir: str = "", overrides=None):
@@ -124,7 +51,7 @@ def training_config(name: str, *, data: str, manual_dir: str = "", data_dir: str
     """
     if data not in DATA_SOURCES:
         raise ValueError(f"unknown data source {data!r}: use one of {', '.join(DATA_SOURCES)}")
-    config = load_config(name)
+    config = load_config(name)  # configs/<name>.py
     if data == "drive":
         if not manual_dir:
             raise ValueError("data='drive' needs manual_dir: the folder holding DIV2K's HR PNGs 0001.png … 0900.png")
@@ -152,12 +79,13 @@ def training_setup(
     overrides=None,
 ):
     """(config, workdir) for the training notebook. Smoke mode ignores the other arguments: the tiny
-    quickstart-like config on the bundled photos, with TFDS data and the workdir in a new temporary folder."""
+    quickstart-like config (configs/smoke.py:bundled) on the bundled photos, with TFDS data and the workdir in a
+    new temporary folder."""
     if smoke:
         root = tempfile.mkdtemp(prefix="classsr_smoke_")
         tfds_dir = os.path.join(root, "tensorflow_datasets")
         os.makedirs(tfds_dir)
-        cfg = smoke_training_config(tfds_dir)
+        cfg = load_config("smoke:bundled", {"data.data_dir": tfds_dir})
         work = os.path.join(root, "workdir")
         print(f"smoke mode: a tiny ClassSR-FSRCNN on the bundled photos in {root} (instead of {config!r} on {data})")
     else:
@@ -165,9 +93,7 @@ def training_setup(
             raise ValueError("give a workdir (e.g. a folder on Drive, so that a disconnected run resumes)")
         cfg = training_config(config, data=data, manual_dir=manual_dir, data_dir=data_dir, overrides=overrides)
         work = workdir
-    from classsr_jax import train
-
-    train.validate_config(cfg)
+    validate_config(cfg)
     return cfg, os.path.abspath(os.path.expanduser(work))
 
 
@@ -175,7 +101,7 @@ def evaluation_table(results: dict[str, Any] | None, workdir: str) -> str:
     """The paper's table of a run: from train_and_evaluate's results, or the one a finished run saved."""
     if results and results.get("evaluation"):
         return results["evaluation"]["table"]
-    path = os.path.join(workdir, "evaluation", "table.md")
+    path = Workdir(workdir).table_md
     if os.path.isfile(path):
         with open(path) as f:
             return f.read().strip()
@@ -262,26 +188,16 @@ def curves_figure(curves: dict[str, dict[str, tuple[list[int], list[float]]]], t
 
 def exported_models(workdir: str) -> list[dict[str, Any]]:
     """[{name, path, model, params}] of the Orbax models under WORKDIR/export (classsr, original)."""
-    from classsr_jax import checkpointing
-
-    root = os.path.join(workdir, checkpointing.EXPORT_DIR)
+    root = os.path.join(workdir, EXPORT_DIR)
     out = []
     for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         path = os.path.join(root, name)
         if not os.path.isdir(path) or ".tmp-" in name or ".old-" in name:
             continue
         loaded = checkpointing.load_model(path)
-        params = int(sum(np.size(v) for v in _leaves(loaded.variables.get("params", {}))))
+        params = checkpointing.count_params(loaded.variables)
         out.append({"name": name, "path": path, "model": checkpointing.describe(loaded.spec), "params": params})
     return out
-
-
-def _leaves(tree) -> Iterable[np.ndarray]:
-    if isinstance(tree, dict):
-        for value in tree.values():
-            yield from _leaves(value)
-    else:
-        yield tree
 
 
 def format_exports(exports: list[dict[str, Any]]) -> str:
@@ -299,12 +215,6 @@ def smoke_checkpoint(directory: str, network: str = "fsrcnn", scale: int = 4, se
     The initialisation draws its random numbers with the 'rbg' generator: on a CPU, XLA compiles the default
     threefry generator for every parameter of ClassSR-FSRCNN in about 20 s, rbg in about 5 s.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from classsr_jax import checkpointing
-    from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
-
     spec = ModelSpec("classsr", network, PAPER_WIDTHS[network], scale)
     key = jax.random.key(seed, impl="rbg")
     variables = jax.jit(spec.build().init)(key, jnp.zeros((1, 32, 32, 3), jnp.float32))
@@ -326,8 +236,6 @@ def open_checkpoint(path: str, official_pth: str | None = None, network: str | N
     """A LoadedModel from a converted or exported checkpoint or a training workdir. With `official_pth`
     (an official ClassSR / branch .pth; needs torch), it is converted into `path` first, unless `path`
     already holds a checkpoint."""
-    from classsr_jax import checkpointing
-
     if official_pth and not os.path.exists(path):
         from classsr_jax import convert
 
@@ -336,7 +244,7 @@ def open_checkpoint(path: str, official_pth: str | None = None, network: str | N
         state_dict = convert.load_torch_state_dict(official_pth)
         spec, variables = convert.convert_state_dict(network, state_dict, official_pth, scale=scale)
         checkpointing.save_model(path, spec, variables, metadata={"converted_from": official_pth})
-    return checkpointing.load_model(path)
+    return checkpointing.load_model(resolve_model_dir(path))
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -390,7 +298,8 @@ def compare(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, name: str = "i
     """Upscales `lr_uint8` with `upscaler` (an inference.Upscaler) and with bicubic; PSNR against the HR."""
     from classsr_jax import metrics
     from classsr_jax.bicubic import imresize
-    from classsr_jax.image_io import class_map_overlay, to_uint8
+    from classsr_jax.class_map import class_map_overlay
+    from classsr_jax.pixels import to_uint8
     from classsr_jax.evaluation import image_metrics
 
     scale = upscaler.spec.scale

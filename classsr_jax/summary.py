@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-import jax
-import numpy as np
-
-from classsr_jax.checkpointing import abstract_variables
+from classsr_jax.checkpointing import abstract_variables, count_params
 from classsr_jax.flops import format_flops, model_flops
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec
 
@@ -21,7 +18,7 @@ def summary_rows(scale: int = 4):
         params = abstract_variables(spec)["params"]
         paper, true = model_flops(spec), model_flops(spec, convention="true")
         for k, width in enumerate(widths):
-            count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(params[f"net{k + 1}"]))
+            count = count_params({"params": params[f"net{k + 1}"]})
             yield network, k + 1, width, count, paper.branches[k], true.branches[k]
 
 

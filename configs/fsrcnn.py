@@ -1,4 +1,4 @@
-r"""ClassSR-FSRCNN ×4 with the paper's recipe (spec §3, §4) on DIV2K. Run from the repository root:
+r"""ClassSR-FSRCNN ×4 with the paper's recipe on DIV2K. Run from the repository root:
 
   python -m classsr_jax.main --config configs/fsrcnn.py --workdir runs/classsr_fsrcnn \
       --config.data.manual_dir=/data/DIV2K_HR

@@ -6,7 +6,7 @@ r"""ClassSR-RCAN ×4 (10 groups x 20 blocks) with the paper's recipe. Run from t
 Differs from configs/fsrcnn.py where the ymls differ:
 - widths 36/50/64 (50, not 52);
 - branches (train_RCAN.yml): lr 2e-4 for 1,000,000 iterations on a 500k cosine. The original crashes at
-  iteration 500,001 (T_period too short, spec Q9); here the cosine restarts at 500k with weight 1, which is
+  iteration 500,001 (its T_period is too short); here the cosine restarts at 500k with weight 1, which is
   what its restart list asks for;
 - joint (train_ClassSR_RCAN.yml): batch 60, lr 3e-5 to 2e-6 on a 500k cosine stopped at 200k;
 - RCAN's data and L1 are on [0, 255] (pixel_range 255; the module keeps its [0, 255] convention inside).

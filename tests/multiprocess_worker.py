@@ -2,11 +2,10 @@
 
   python tests/multiprocess_worker.py PROCESS_ID NUM_PROCESSES PORT WORKDIR PHOTOS TFDS_DIR OUT_NPZ
 
-Starts jax.distributed exactly as `classsr_jax.main` does, trains stage `original` of tests/tiny_config.py for
+Starts jax.distributed exactly as `classsr_jax.main` does, trains stage `original` of configs/smoke.py for
 2 steps and writes this process's final parameters (its own replica) to OUT_NPZ.
 """
 
-import importlib.util
 import os
 import sys
 
@@ -22,14 +21,10 @@ def main(process_id, num_processes, port, workdir, photos, tfds_dir, out):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{port}", int(num_processes), int(process_id))
     from classsr_jax import train
+    from classsr_jax.configuration import load_config
 
-    spec = importlib.util.spec_from_file_location("tiny_config", os.path.join(HERE, "tiny_config.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.stages = "original"
-    config.original.num_steps = 2
-    config.original.eval_every_steps = 2
+    overrides = {"stages": "original", "original.num_steps": 2, "original.eval_every_steps": 2}
+    config = load_config(os.path.join(os.path.dirname(HERE), "configs", "smoke.py"), overrides)
     config.data.manual_dir = photos
     config.data.data_dir = tfds_dir
     result = train.train_and_evaluate(config, workdir)

@@ -184,7 +184,7 @@ def test_save_and_load_round_trip(tmp_path):
         np.testing.assert_array_equal(getattr(loaded, field), getattr(division, field))
         assert getattr(loaded, field).dtype == getattr(division, field).dtype
     assert loaded.names == division.names and loaded.thresholds == division.thresholds
-    assert (loaded.scale, loaded.lr_tile, loaded.step, loaded.thres) == (2, 32, 16, 12)
+    assert (loaded.scale, loaded.lr_tile, loaded.step, loaded.max_uncovered) == (2, 32, 16, 12)
     assert loaded.skipped == division.skipped and loaded.threshold_rule == "tertiles"
     summary = json.loads(summary_path.read_text())
     assert summary["counts"] == {"simple": 4, "medium": 4, "hard": 1}

@@ -15,6 +15,7 @@ from nbclient import NotebookClient
 
 from classsr_jax import checkpointing
 from classsr_jax.models import ModelSpec
+from classsr_jax.workdir import resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = ("train_tpu", "upscale_demo")
@@ -152,7 +153,7 @@ def test_training_notebook_trains_evaluates_and_exports_in_smoke_mode(kernel_dir
 
     # The exported Orbax checkpoints open, and the workdir itself means its export/classsr.
     assert out["exports"] == ["classsr", "original"]
-    classsr = checkpointing.load_model(workdir)
+    classsr = checkpointing.load_model(resolve_model_dir(workdir))
     assert classsr.path == os.path.join(workdir, "export", "classsr")
     assert classsr.spec == ModelSpec("classsr", "fsrcnn", (4, 6, 8), 4, {"s": 4, "m": 1})
     original = checkpointing.load_model(os.path.join(workdir, "export", "original"))

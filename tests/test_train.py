@@ -1,8 +1,8 @@
-"""Training: schedule, steps (data parallel, frozen branches, BatchNorm), checkpoints, configs, the stages end to
-end on a tiny model, CLI errors, resume after kill -9, and a 2-process run."""
+"""Training: schedule, steps (data parallel, frozen branches, BatchNorm), configs, the stages end to end on a
+tiny model (configs/smoke.py), NaN and failing saves, fresh evaluation results, CLI errors, resume after kill -9
+(also in the middle of a background save), and a 2-process run."""
 
 import functools
-import importlib.util
 import json
 import os
 import signal
@@ -15,23 +15,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
+from orbax_faults import TMP_SUFFIX, DiskFull, faulty_async_save
 from PIL import Image
 
-from classsr_jax import checkpointing, parallel, train
-from classsr_jax.checkpointing import CheckpointError
+from classsr_jax import checkpointing, configuration, parallel, stages, train, validation
+from classsr_jax.errors import CheckpointError, ConfigError, TrainError
+from classsr_jax.losses import Objective
 from classsr_jax.models import ModelSpec
+from classsr_jax.workdir import Workdir, resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EXTRA = {"s": 4, "m": 1}
 
 
 def load_config_file(name):
-    path = os.path.join(REPO, name)
-    spec = importlib.util.spec_from_file_location(os.path.basename(name)[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return configuration.load_config(os.path.join(REPO, name))
 
 
 def tiny_photos(root):
@@ -58,22 +58,15 @@ def data(tmp_path_factory):
 
 
 def tiny_config(data, **overrides):
-    config = load_config_file("tests/tiny_config.py")
-    config.data.manual_dir, config.data.data_dir = data
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
-    return config
+    photos, tfds_dir = data
+    return configuration.load_config("configs/smoke.py", {"data.manual_dir": photos, "data.data_dir": tfds_dir, **overrides})
 
 
 # ------------------------------------------------------------------------------------------------ schedule
 
 
 def test_learning_rate_schedule_is_the_truncated_cosine_of_the_original():
-    # spec §4.4: lr(1) = 2e-4, lr(100k) = 1.8091e-4, lr(200k) = 1.3094e-4; RCAN 2.7326e-5 and 2.0326e-5.
+    # The original's joint schedule: lr(1) = 2e-4, lr(100k) = 1.8091e-4, lr(200k) = 1.3094e-4; RCAN 2.7326e-5 and 2.0326e-5.
     schedule = train.learning_rate_schedule(2e-4, 1e-7, 500_000)
     assert float(schedule(0)) == pytest.approx(2e-4, rel=1e-6)  # optax count 0 is update 1
     assert float(schedule(100_000 - 1)) == pytest.approx(1.8091e-4, rel=1e-4)
@@ -90,10 +83,10 @@ def test_learning_rate_schedule_is_the_truncated_cosine_of_the_original():
 # ------------------------------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("name", ["fsrcnn", "carn", "srresnet", "rcan", "quickstart"])
+@pytest.mark.parametrize("name", ["fsrcnn", "carn", "srresnet", "rcan", "quickstart", "smoke"])
 def test_configs_validate_and_start_with_their_command(name):
     config = load_config_file(f"configs/{name}.py")
-    train.validate_config(config)
+    configuration.validate_config(config)
     doc = open(os.path.join(REPO, "configs", f"{name}.py")).read()
     assert f"python -m classsr_jax.main --config configs/{name}.py --workdir" in doc.split('"""')[1].split("\n\n")[1]
     assert (config.optimizer.b1, config.optimizer.b2) == (0.9, 0.99)
@@ -115,25 +108,51 @@ def test_paper_configs_carry_the_papers_hyperparameters():
 
 
 def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
-    config = tiny_config(data)
-    config.joint.lr = 1.0
-    with pytest.raises(train.TrainError, match=r"^unknown config field\(s\): joint\.lr$"):
-        train.validate_config(config)
+    # The config is the only schema: an override of a field it does not have, or of another type, is refused.
+    with pytest.raises(ConfigError, match=r"^unknown config field\(s\): joint\.lr$"):
+        tiny_config(data, **{"joint.lr": 1.0})
+    with pytest.raises(ConfigError, match=r"^config field joint\.batch_size: .*int"):
+        tiny_config(data, **{"joint.batch_size": "8"})
     config = tiny_config(data)
     del config.evaluate["protocol"]
-    with pytest.raises(train.TrainError, match=r"^config lacks field\(s\): evaluate\.protocol$"):
-        train.validate_config(config)
-    with pytest.raises(train.TrainError, match=r"^config field stages has unknown stage\(s\) jointt: use 'all'"):
-        train.validate_config(tiny_config(data, stages="original,jointt"))
+    with pytest.raises(ConfigError, match=r"^config lacks field\(s\): evaluate\.protocol$"):
+        configuration.validate_config(config)
+    with pytest.raises(ConfigError, match=r"^config field stages has unknown stage\(s\) jointt: use 'all'"):
+        configuration.validate_config(tiny_config(data, stages="original,jointt"))
     config = tiny_config(data)
     del config.joint["batch_size"]
     config.joint.batch_size = "8"
-    with pytest.raises(train.TrainError, match=r"^config field joint.batch_size must be int, got '8'$"):
-        train.validate_config(config)
-    with pytest.raises(train.TrainError, match=r"^config field model.widths needs 3 widths \(simple, medium, hard\), got \(4, 6\)$"):
-        train.validate_config(tiny_config(data, **{"model.widths": (4, 6)}))
-    assert train.selected_stages(tiny_config(data)) == ("original", "divide", "branches", "joint", "evaluate")
-    assert "finetune" in train.selected_stages(tiny_config(data, **{"finetune.enabled": True}))
+    with pytest.raises(ConfigError, match=r"^config field joint.batch_size must be int, got '8'$"):
+        configuration.validate_config(config)
+    with pytest.raises(ConfigError, match=r"^config field joint.num_steps must be positive, got 0$"):
+        configuration.validate_config(tiny_config(data, **{"joint.num_steps": 0}))
+    with pytest.raises(ConfigError, match=r"^config field model.widths needs 3 widths \(simple, medium, hard\), got \(4, 6\)$"):
+        configuration.validate_config(tiny_config(data, **{"model.widths": (4, 6)}))
+    with pytest.raises(ConfigError, match=r"^config field model: unknown field\(s\) for fsrcnn: q$"):
+        configuration.validate_config(tiny_config(data, **{"model.extra": {"q": 1}}))
+    with pytest.raises(ConfigError, match=r"^config field evaluate.datasets: 'div2k' is neither 'validation' nor 'dataset:split'$"):
+        configuration.validate_config(tiny_config(data, **{"evaluate.datasets": "validation,test=div2k"}))
+    assert configuration.selected_stages(tiny_config(data)) == ("original", "divide", "branches", "joint", "evaluate")
+    assert "finetune" in configuration.selected_stages(tiny_config(data, **{"finetune.enabled": True}))
+
+
+def test_load_config_works_from_another_working_directory(tmp_path, monkeypatch):
+    """`from configs import fsrcnn` inside a config needs the folder holding configs/ on sys.path: load_config
+    puts it there, whatever the working directory and sys.path were."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if os.path.abspath(p or ".") != REPO])
+    for name in [m for m in sys.modules if m == "configs" or m.startswith("configs.")]:
+        monkeypatch.delitem(sys.modules, name)
+    config = configuration.load_config(os.path.join(REPO, "configs", "quickstart.py"), {"original.num_steps": 7})
+    assert config.data.dataset == "classsr_bundled/x4_aug" and config.original.num_steps == 7
+    assert sys.path[0] == REPO
+    # By name, from the checkout this package was imported from; 'name:variant' calls get_config(variant).
+    bundled = configuration.load_config("smoke:bundled")
+    assert bundled.data.dataset == "classsr_bundled/x4" and bundled.model.scale == 4
+    with pytest.raises(ConfigError, match=r"^no config 'nope' in .*; available: .*fsrcnn.*smoke"):
+        configuration.load_config("nope")
+    with pytest.raises(ConfigError, match=r"^cannot load config smoke:nope: ValueError: unknown smoke variant 'nope'"):
+        configuration.load_config("smoke:nope")
 
 
 # --------------------------------------------------------------------------------------------------- steps
@@ -173,17 +192,17 @@ def run_steps(mesh, state, batches, step_fn):
     return parallel.host_copy(state), parallel.host_copy(metrics)
 
 
-@pytest.mark.parametrize("kind", ["classsr", "sr"])
+@pytest.mark.parametrize("kind", ["classsr", "l1"])
 def test_eight_devices_equal_one_device_with_the_same_global_batch(kind):
     spec, variables = tiny_classsr()
     tx = optax.adam(1e-2, b1=0.9, b2=0.99)
     if kind == "classsr":
         model, trainable = spec.build(), ("classifier",)
-        objective = train.Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
+        objective = Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
     else:
         spec = spec.branch(2)
         variables = {"params": variables["params"]["net3"]}
-        model, trainable, objective = spec.build(), None, train.Objective("sr")
+        model, trainable, objective = spec.build(), None, Objective("l1")
     state = train.create_train_state(variables, tx, trainable)
     batches = [tiny_batch(16, seed=s) for s in range(3)]
     step_fn = functools.partial(train.train_step, model=model, tx=tx, objective=objective)
@@ -230,7 +249,7 @@ def test_joint_step_differentiates_only_the_classifier():
     backward convs, and the branch parameters come out bit-identical."""
     spec, variables = tiny_classsr()
     model, tx = spec.build(), optax.adam(1e-3)
-    objective = train.Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
+    objective = Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
     batch = tiny_batch(4)
     x = batch["lr"]
 
@@ -250,8 +269,8 @@ def test_joint_step_differentiates_only_the_classifier():
     new_state, metrics = jax.jit(functools.partial(train.train_step, model=model, tx=tx, objective=objective, axis_name=None))(state, batch)
     assert set(new_state.params) == {"classifier"}
     jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.frozen_params, state.frozen_params)
-    assert set(metrics) == {"loss", "l1", "class_loss", "average_loss", "psnr", "prob_mass", "hard_ratio"}
-    assert metrics["prob_mass"].shape == (3,) and float(metrics["hard_ratio"].sum()) == pytest.approx(1.0)
+    assert set(metrics) == {"loss", "l1", "class_loss", "average_loss", "psnr", "prob_mass", "argmax_share", "grad_norm"}
+    assert metrics["prob_mass"].shape == (3,) and float(metrics["argmax_share"].sum()) == pytest.approx(1.0)
 
 
 def test_carn_branches_use_stored_statistics_when_frozen_and_batch_statistics_when_trained():
@@ -261,7 +280,7 @@ def test_carn_branches_use_stored_statistics_when_frozen_and_batch_statistics_wh
     variables = {"params": variables["params"], "batch_stats": stats}
     model, tx = spec.build(), optax.adam(1e-3)
     batch = tiny_batch(4)
-    objective = train.Objective("classsr", l1_weight=1.0, class_loss_weight=0.0, average_loss_weight=0.0)
+    objective = Objective("classsr", l1_weight=1.0, class_loss_weight=0.0, average_loss_weight=0.0)
     state = train.create_train_state(variables, tx, ("classifier",))
     step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, objective=objective, axis_name=None))
     new_state, metrics = step(state, batch)
@@ -272,7 +291,7 @@ def test_carn_branches_use_stored_statistics_when_frozen_and_batch_statistics_wh
     branch_spec = spec.branch(0)
     branch_vars = {"params": variables["params"]["net1"], "batch_stats": stats["net1"]}
     state = train.create_train_state(branch_vars, tx)
-    branch_step = functools.partial(train.train_step, model=branch_spec.build(), tx=tx, objective=train.Objective("sr"), axis_name=None)
+    branch_step = functools.partial(train.train_step, model=branch_spec.build(), tx=tx, objective=Objective("l1"), axis_name=None)
     new_state, _ = jax.jit(branch_step)(state, batch)
     moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), new_state.batch_stats, stats["net1"])
     assert min(jax.tree_util.tree_leaves(moved)) > 0
@@ -281,7 +300,7 @@ def test_carn_branches_use_stored_statistics_when_frozen_and_batch_statistics_wh
 def test_half_precision_computes_in_bfloat16_and_keeps_float32_parameters():
     spec, variables = tiny_classsr()
     tx = optax.adam(1e-3)
-    objective = train.Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
+    objective = Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
     state = train.create_train_state(variables, tx, ("classifier",))
     step = functools.partial(train.train_step, model=spec.build(dtype=jnp.bfloat16), tx=tx, objective=objective, axis_name=None)
     new_state, metrics = jax.jit(step)(state, tiny_batch(8))
@@ -292,7 +311,7 @@ def test_half_precision_computes_in_bfloat16_and_keeps_float32_parameters():
 def test_eval_step_sums_match_numpy_and_ignore_padding():
     spec, variables = tiny_classsr()
     model = spec.build()
-    objective = train.Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
+    objective = Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
     batch = tiny_batch(16, seed=5)
     batch["weight"] = (np.arange(16) < 11).astype(np.float32)
     run = parallel.data_parallel(
@@ -301,46 +320,13 @@ def test_eval_step_sums_match_numpy_and_ignore_padding():
     )
     mesh = parallel.create_mesh()
     sums = parallel.host_copy(run(parallel.replicate(variables, mesh), parallel.global_batch(batch, mesh)))
-    out = train.summarize_eval(sums, objective)
+    out = validation.summarize_eval(sums, objective)
     mixed, probs = (np.asarray(a, np.float64)[:11] for a in model.apply(variables, batch["lr"]))
     hr = batch["hr"][:11]
     assert out["l1"] == pytest.approx(np.mean(np.abs(mixed - hr)), rel=1e-5)
     assert out["prob_mass"] == pytest.approx(probs.mean(0).tolist(), rel=1e-5)
     assert out["average_loss"] == pytest.approx(np.sum(np.abs(probs.sum(0) - 11 / 3)) / (4 * 11 / 3), rel=1e-4, abs=1e-6)
-    assert out["hard_ratio"] == pytest.approx(np.bincount(probs.argmax(1), minlength=3) / 11)
-
-
-# ------------------------------------------------------------------------------------------------ checkpoints
-
-
-def test_checkpoint_manager_keeps_the_last_n_and_the_best(tmp_path):
-    state = {"w": np.zeros(3, np.float32)}
-    with checkpointing.train_checkpoint_manager(str(tmp_path), keep_last=2, save_every_steps=1, asynchronous=False) as manager:
-        for step, psnr in zip(range(1, 7), [20.0, 25.0, 21.0, 22.0, 23.0, 22.5]):
-            checkpointing.save_train_state(manager, step, {"w": state["w"] + step}, {"stage": "t"}, metrics={"psnr": psnr}, force=True)
-        manager.wait_until_finished()
-        assert list(manager.all_steps()) == [2, 5, 6]
-        assert manager.best_step() == 2
-        restored, progress = checkpointing.restore_train_state(manager, 2, {"w": jax.ShapeDtypeStruct((3,), np.float32)})
-    np.testing.assert_array_equal(restored["w"], np.full(3, 2, np.float32))
-    assert progress == {"stage": "t"}
-    assert checkpointing.latest_train_step(str(tmp_path)) == 6
-    assert checkpointing.read_train_progress(str(tmp_path)) == {"stage": "t"}
-
-
-def test_restoring_another_architecture_is_a_one_line_error(tmp_path):
-    tx = optax.adam(1e-3)
-    spec = ModelSpec("classsr", "fsrcnn", (4, 6, 8), 2, TINY_EXTRA)
-    zeros = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), checkpointing.abstract_variables(spec))
-    state = train.create_train_state(zeros, tx, ("classifier",))
-    with checkpointing.train_checkpoint_manager(str(tmp_path), asynchronous=False) as manager:
-        checkpointing.save_train_state(manager, 1, state, {"stage": "joint"}, force=True)
-    other = ModelSpec("classsr", "srresnet", (4, 4, 8), 2, {"nb": 1})
-    abstract = train._abstract_state(other, tx, None, parallel.create_mesh(), 32)
-    with checkpointing.train_checkpoint_manager(str(tmp_path), asynchronous=False) as manager:
-        with pytest.raises(CheckpointError) as err:
-            checkpointing.restore_train_state(manager, 1, abstract)
-    assert "does not fit this run" in str(err.value) and "\n" not in str(err.value)
+    assert out["argmax_share"] == pytest.approx(np.bincount(probs.argmax(1), minlength=3) / 11)
 
 
 # ------------------------------------------------------------------------------------------- whole recipe
@@ -354,8 +340,8 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
                  "evaluation/results.json", "evaluation/table.md", "stages/branch3/model", "stages/finetune/model"):
         assert os.path.exists(os.path.join(workdir, path)), path
     assert os.listdir(os.path.join(workdir, "tensorboard", "joint"))
-    exported = checkpointing.load_model(workdir)  # a workdir means its export/classsr
-    assert exported.spec == train.model_spec(tiny_config(data))
+    exported = checkpointing.load_model(resolve_model_dir(workdir))  # a workdir means its export/classsr
+    assert exported.spec == configuration.model_spec(tiny_config(data))
     assert exported.metadata["stage"] == "finetune"
     np.testing.assert_array_equal(exported.variables["params"]["classifier"]["fc"]["kernel"], result["variables"]["finetune"]["params"]["classifier"]["fc"]["kernel"])
     original = checkpointing.load_model(os.path.join(workdir, "export", "original"))
@@ -373,11 +359,22 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
     progress = checkpointing.read_train_progress(os.path.join(workdir, "stages", "joint", "checkpoints"))
     assert (progress["stage"], progress["step"]) == ("joint", 4)
 
-    # A rerun skips every finished stage and trains nothing.
+    # The table says what it was computed from: the finetuned export, not the joint model it started from.
+    computed = evaluation["computed_from"]
+    assert computed["models"] == {
+        "original": checkpointing.variables_digest(original.variables),
+        "classsr": checkpointing.variables_digest(exported.variables),
+    }
+    joint = checkpointing.load_model(os.path.join(workdir, "stages", "joint", "model"))
+    assert checkpointing.variables_digest(joint.variables) != computed["models"]["classsr"]
+
+    # A rerun skips every finished stage, trains nothing and keeps the table.
     before = checkpointing.latest_train_step(os.path.join(workdir, "stages", "joint", "checkpoints"))
+    results_mtime = os.stat(os.path.join(workdir, "evaluation", "results.json")).st_mtime_ns
     again = train.train_and_evaluate(tiny_config(data, **{"finetune.enabled": True}), workdir)
     assert again["evaluation"]["table"] == evaluation["table"]
     assert checkpointing.latest_train_step(os.path.join(workdir, "stages", "joint", "checkpoints")) == before
+    assert os.stat(os.path.join(workdir, "evaluation", "results.json")).st_mtime_ns == results_mtime
 
     # Converted branch checkpoints instead of stages (a)-(c): straight to joint training and evaluation.
     branches = ",".join(os.path.join(workdir, "stages", f"branch{k}", "model") for k in (1, 2, 3))
@@ -396,18 +393,138 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
 
 def test_missing_inputs_fail_before_the_workdir_is_touched(data, tmp_path):
     workdir = str(tmp_path / "never")
-    with pytest.raises(train.TrainError, match=r"^data dir /nonexistent/photos does not exist \(config\.data\.manual_dir\)"):
+    with pytest.raises(TrainError, match=r"^data dir /nonexistent/photos does not exist \(config\.data\.manual_dir\)"):
         train.train_and_evaluate(tiny_config(data, **{"data.manual_dir": "/nonexistent/photos"}), workdir)
-    with pytest.raises(train.TrainError, match=r"^stage joint needs trained branches: run stage branches"):
+    with pytest.raises(TrainError, match=r"^stage joint needs trained branches: run stage branches"):
         train.train_and_evaluate(tiny_config(data, stages="joint"), workdir)
     assert not os.path.exists(os.path.join(workdir, "stages"))
+
+
+def test_a_batch_that_does_not_split_over_the_devices_fails_before_any_data_is_prepared(tmp_path):
+    tfds_dir = tmp_path / "tfds"
+    os.makedirs(tfds_dir)
+    config = configuration.load_config("rcan", {"data.data_dir": str(tfds_dir), "data.manual_dir": str(tmp_path)})
+    with pytest.raises(ConfigError) as err:
+        train.train_and_evaluate(config, str(tmp_path / "w"))
+    assert str(err.value) == (
+        "config field joint.batch_size is 60, which does not split evenly over 8 devices; "
+        "use a multiple of 8, e.g. --config.joint.batch_size=64"
+    )
+    assert os.listdir(tfds_dir) == [] and not os.path.exists(tmp_path / "w")
+
+
+class PoisonedBatches:
+    """Training batches with a NaN in the first LR pixel of batch `bad` (1-based)."""
+
+    def __init__(self, inner, bad):
+        self.inner, self.bad, self.count = inner, bad, 0
+
+    def __next__(self):
+        batch = next(self.inner)
+        self.count += 1
+        if self.count == self.bad:
+            batch = {**batch, "lr": np.array(batch["lr"], copy=True)}
+            batch["lr"][0, 0, 0, 0] = np.nan
+        return batch
+
+    def close(self):
+        self.inner.close()
+
+
+def test_a_nan_in_a_training_batch_stops_the_stage_at_that_step_and_writes_no_model(data, tmp_path, monkeypatch):
+    create = stages.create_train_iterator
+    monkeypatch.setattr(stages, "create_train_iterator", lambda *a, **k: PoisonedBatches(create(*a, **k), bad=3))
+    workdir = tmp_path / "nan"
+    config = tiny_config(data, stages="original", **{"original.num_steps": 6, "original.checkpoint_every_steps": 2})
+    with pytest.raises(TrainError) as err:
+        train.train_and_evaluate(config, str(workdir))
+    assert str(err.value) == (
+        "stage original: the loss or gradient norm is not finite at step 3 (loss nan, gradient norm nan); "
+        "training stopped and its latest checkpoint is step 2: lower the learning rate or check the data"
+    )
+    checkpoints = workdir / "stages" / "original" / "checkpoints"
+    assert checkpointing.latest_train_step(str(checkpoints)) == 2
+    with ocp.PyTreeCheckpointer() as reader:
+        state = reader.restore(str(checkpoints / "2" / "state"))
+    assert all(np.all(np.isfinite(a)) for a in jax.tree_util.tree_leaves(state))
+    assert not (workdir / "stages" / "original" / "model").exists()
+    assert not (workdir / "export").exists()
+
+
+@pytest.mark.parametrize("failing", ["checkpoint", "model"])
+def test_a_full_disk_during_training_is_one_line_naming_the_folder(data, tmp_path, monkeypatch, failing):
+    if failing == "checkpoint":  # the background write of the second checkpoint (step 4, the last)
+        fault = faulty_async_save(DiskFull, skip=1, where=lambda d: ".tmp-" not in d)
+    else:  # the stage's model, written after the last checkpoint
+        fault = faulty_async_save(DiskFull, where=lambda d: ".tmp-" in d)
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", fault)
+    workdir = tmp_path / "full"
+    with pytest.raises(CheckpointError) as err:
+        train.train_and_evaluate(tiny_config(data, stages="original"), str(workdir))
+    checkpoints = workdir / "stages" / "original" / "checkpoints"
+    where = f"a training checkpoint in {checkpoints}" if failing == "checkpoint" else f"model {workdir / 'stages' / 'original' / 'model'}"
+    verb = "save" if failing == "checkpoint" else "write"
+    assert str(err.value) == f"cannot {verb} {where}: OSError: [Errno 28] No space left on device"
+    assert checkpointing.latest_train_step(str(checkpoints)) == (2 if failing == "checkpoint" else 4)
+    assert not (workdir / "stages" / "original" / "model").exists()
+    assert [n for n in os.listdir(workdir / "stages" / "original") if n != "checkpoints"] == []
+
+
+def test_evaluation_is_computed_again_when_its_models_datasets_or_protocol_change(data, tmp_path, monkeypatch):
+    spec = configuration.model_spec(tiny_config(data))
+    first_model, second_model = (
+        checkpointing.save_model(str(tmp_path / name), spec, _variables(spec) if seed == 1 else
+                                 jax.tree_util.tree_map(lambda a: 0.9 * a, _variables(spec)))
+        for name, seed in (("a", 1), ("b", 2))
+    )
+    calls = []
+    real = stages.evaluate_pairs
+    monkeypatch.setattr(stages, "evaluate_pairs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    workdir = tmp_path / "eval"
+    results_json = workdir / "evaluation" / "results.json"
+
+    def evaluate(**overrides):
+        calls.clear()
+        config = tiny_config(data, stages="evaluate", **{"pretrained.classsr": first_model, **overrides})
+        return train.train_and_evaluate(config, str(workdir))["evaluation"], len(calls)
+
+    first, evaluated = evaluate()
+    assert evaluated == 1  # one model on one dataset
+    pairs = stages.dataset_pairs(stages.StageContext(tiny_config(data), None, None, None, None).dataset("classsr_folder/x2", "validation"))
+    assert first["computed_from"] == {
+        "models": {"classsr": checkpointing.variables_digest(checkpointing.load_model(first_model).variables)},
+        "datasets": {"validation": {"source": "classsr_folder/x2:validation", "images": 1, "digest": stages.pairs_digest(pairs)}},
+        "protocol": "full",
+        "scale": 2,
+        "tiles": {"tile": 32, "step": 28, "overlap": 8},
+    }
+    with open(results_json) as f:
+        assert json.load(f) == first
+    mtime = os.stat(results_json).st_mtime_ns
+
+    same, evaluated = evaluate()  # nothing changed: the saved results
+    assert evaluated == 0 and same == first and os.stat(results_json).st_mtime_ns == mtime
+
+    other, evaluated = evaluate(**{"pretrained.classsr": second_model})  # another model (e.g. after finetune)
+    assert evaluated == 1
+    assert other["computed_from"]["models"]["classsr"] != first["computed_from"]["models"]["classsr"]
+    assert other["computed_from"]["datasets"] == first["computed_from"]["datasets"]
+
+    more, evaluated = evaluate(**{"evaluate.datasets": "validation,train=classsr_folder/x2:train"})
+    assert evaluated == 2 and list(more["datasets"]) == ["validation", "train"]
+    assert more["computed_from"]["datasets"]["train"]["images"] == 4
+
+    paper, evaluated = evaluate(**{"evaluate.protocol": "paper"})
+    assert evaluated == 1 and paper["computed_from"]["protocol"] == "paper"
+    with open(results_json) as f:
+        assert json.load(f) == paper
 
 
 # ---------------------------------------------------------------------------------------------- processes
 
 
-def cli(*args, cwd=REPO, **kwargs):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+def cli(*args, cwd=REPO, env=None, **kwargs):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **(env or {})}
     return subprocess.run([sys.executable, "-m", "classsr_jax.main", *args], cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
 
 
@@ -421,7 +538,7 @@ def snapshot(root):
 
 def test_cli_one_line_errors_and_an_incompatible_workdir_is_left_untouched(data, tmp_path):
     photos, tfds_dir = data
-    common = ["--config", "tests/tiny_config.py", f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}"]
+    common = ["--config", "configs/smoke.py", f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}"]
     bad = cli(*common, "--workdir", str(tmp_path / "w"), "--config.joint.lr=1")
     assert bad.returncode != 0
     assert error_lines(bad.stderr) == [bad.stderr.strip().splitlines()[-1]]
@@ -442,6 +559,21 @@ def test_cli_one_line_errors_and_an_incompatible_workdir_is_left_untouched(data,
     assert snapshot(workdir) == before
 
 
+def test_the_command_runs_from_another_working_directory(data, tmp_path):
+    """Neither the working directory nor PYTHONPATH holds the repository: the configs' `from configs import
+    fsrcnn` works because main puts the config's repository root on sys.path (as for an installed command)."""
+    site = tmp_path / "site"
+    os.makedirs(site)
+    os.symlink(os.path.join(REPO, "classsr_jax"), site / "classsr_jax")
+    out = cli("--config", os.path.join(REPO, "configs", "smoke.py"), "--workdir", str(tmp_path / "w"),
+              "--config.stages=jointt", cwd=str(tmp_path), env={"PYTHONPATH": str(site)})
+    assert out.returncode == 1
+    assert error_lines(out.stderr) == [
+        "error: config field stages has unknown stage(s) jointt: use 'all' or some of original, divide, branches, "
+        "joint, finetune, evaluate"
+    ]
+
+
 def finished_steps(directory):
     if not os.path.isdir(directory):
         return []
@@ -452,7 +584,7 @@ def test_kill_9_after_the_first_checkpoint_then_the_same_command_resumes_and_fin
     photos, tfds_dir = data
     workdir = tmp_path / "resume"
     args = [
-        "--config", "tests/tiny_config.py", "--workdir", str(workdir), "--config.stages=original",
+        "--config", "configs/smoke.py", "--workdir", str(workdir), "--config.stages=original",
         f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}",
         "--config.original.num_steps=300", "--config.original.checkpoint_every_steps=10",
         "--config.original.eval_every_steps=1000", "--config.original.log_every_steps=50",
@@ -484,6 +616,46 @@ def test_kill_9_after_the_first_checkpoint_then_the_same_command_resumes_and_fin
     assert checkpointing.load_model(str(workdir / "export" / "original")).metadata == {"stage": "original", "steps": 300}
 
 
+def test_kill_9_during_a_background_save_then_the_rerun_resumes_from_the_last_complete_checkpoint(data, tmp_path):
+    photos, tfds_dir = data
+    workdir = tmp_path / "killed"
+    args = [
+        "--config", "configs/smoke.py", "--workdir", str(workdir), "--config.stages=original",
+        f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}",
+        "--config.original.num_steps=40", "--config.original.checkpoint_every_steps=5",
+        "--config.original.eval_every_steps=1000", "--config.original.log_every_steps=5",
+        "--config.checkpoint.keep_last=100",
+    ]
+    # The same command on a slow disk: every checkpoint's arrays take 3 s to commit in the background.
+    slow_main = tmp_path / "slow_disk_main.py"
+    slow_main.write_text(
+        f"import sys\nsys.path[:0] = [{os.path.join(REPO, 'tests')!r}, {REPO!r}]\nimport orbax_faults\n"
+        "orbax_faults.install(lambda: orbax_faults.SlowDisk(3.0))\n"
+        "from classsr_jax import main\nsys.exit(main.main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    checkpoints = workdir / "stages" / "original" / "checkpoints"
+    process = subprocess.Popen([sys.executable, str(slow_main), *args], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    in_progress = lambda: [n for n in os.listdir(checkpoints) if TMP_SUFFIX in n] if checkpoints.is_dir() else []
+    deadline = time.time() + 180
+    while not (finished_steps(checkpoints) and in_progress()) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert in_progress(), "killed while a checkpoint was being written"
+    saved = checkpointing.latest_train_step(str(checkpoints))
+    assert saved is not None and saved % 5 == 0 and saved < 40, saved
+
+    second = cli(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"stage original: resuming from step {saved} of 40" in second.stderr
+    assert checkpointing.latest_train_step(str(checkpoints)) == 40
+    assert in_progress() == []  # the half-written checkpoint was cleaned up
+    assert checkpointing.load_model(str(workdir / "stages" / "original" / "model")).metadata["steps"] == 40
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -493,7 +665,7 @@ def free_port():
 def test_two_processes_train_two_steps_and_end_with_identical_parameters(data, tmp_path):
     photos, tfds_dir = data
     # Prepare the dataset once beforehand, as a shared data dir would be on a cluster.
-    train.Run(tiny_config(data), train.Workdir(str(tmp_path)), None, None, None).train_dataset()
+    stages.StageContext(tiny_config(data), Workdir(str(tmp_path)), None, None, None).train_dataset()
     port, workdir = free_port(), str(tmp_path / "two")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     workers = [

@@ -1,4 +1,5 @@
-"""Class division of the training tiles by how well a reference SR network restores them (spec §4.1 steps 3–4).
+"""Class division of the training tiles by how well a reference SR network restores them (the original's data
+preparation, before the branches are trained).
 
 The original cuts every LR training image into 32x32 tiles on a fixed grid (step 16, plus a last tile flush with
 the border when more than 12 px would be left over), runs a pre-trained MSRResNet on each tile, and sorts the
@@ -16,43 +17,43 @@ measured PSNRs. Without a reference network, `bicubic_sr_fn` gives a MATLAB-bicu
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from classsr_jax import fileio
 from classsr_jax.bicubic import imresize
-from classsr_jax.datasets.files import DataError
+from classsr_jax.errors import DataError
 
 PAPER_THRESHOLDS: tuple[float, float] = (27.16882, 35.149761)
 CLASS_NAMES: tuple[str, str, str] = ("simple", "medium", "hard")
-# The paper's LR training grid (extract_subimages_train.py, LR side): crop 32, step 16, threshold 12.
-LR_TILE, GRID_STEP, GRID_THRES = 32, 16, 12
+# The paper's LR training grid (extract_subimages_train.py, LR side): crop 32, step 16, and a last tile flush
+# with the border when more than 12 px would stay uncovered (its `thres_sz`).
+LR_TILE, GRID_STEP, GRID_MAX_UNCOVERED = 32, 16, 12
 ZERO_MSE_PSNR = 80.0  # What the original reports for identical images.
 FORMAT_VERSION = 1
 
 SRFunction = Callable[[np.ndarray], Any]
 
 
-def grid_positions(length: int, crop: int = LR_TILE, step: int = GRID_STEP, thres: int = GRID_THRES) -> list[int]:
+def grid_positions(length: int, crop: int = LR_TILE, step: int = GRID_STEP, max_uncovered: int = GRID_MAX_UNCOVERED) -> list[int]:
     """Tile starts along one axis: 0, step, … while start + crop ≤ length, then length − crop if the leftover
-    length − (last + crop) exceeds `thres`. Empty when the axis is shorter than one tile."""
+    length − (last + crop) exceeds `max_uncovered`. Empty when the axis is shorter than one tile."""
     if length < crop:
         return []
     positions = list(range(0, length - crop + 1, step))
-    if length - (positions[-1] + crop) > thres:
+    if length - (positions[-1] + crop) > max_uncovered:
         positions.append(length - crop)
     return positions
 
 
-def tile_grid(height: int, width: int, crop: int = LR_TILE, step: int = GRID_STEP, thres: int = GRID_THRES) -> np.ndarray:
+def tile_grid(height: int, width: int, crop: int = LR_TILE, step: int = GRID_STEP, max_uncovered: int = GRID_MAX_UNCOVERED) -> np.ndarray:
     """(n, 2) int32 array of (y, x) tile corners, row-major (the original's `_s001`, `_s002`, … order)."""
-    ys, xs = grid_positions(height, crop, step, thres), grid_positions(width, crop, step, thres)
+    ys, xs = grid_positions(height, crop, step, max_uncovered), grid_positions(width, crop, step, max_uncovered)
     if not ys or not xs:
         return np.zeros((0, 2), dtype=np.int32)
     yy, xx = np.meshgrid(np.asarray(ys, np.int32), np.asarray(xs, np.int32), indexing="ij")
@@ -121,7 +122,7 @@ class Division:
     scale: int
     lr_tile: int = LR_TILE
     step: int = GRID_STEP
-    thres: int = GRID_THRES
+    max_uncovered: int = GRID_MAX_UNCOVERED  # border pixels left without a tile before a flush tile is added
     threshold_rule: str = "tertiles"
     skipped: tuple[tuple[str, str], ...] = ()
 
@@ -152,7 +153,7 @@ class Division:
         return {
             "format_version": FORMAT_VERSION,
             "scale": self.scale,
-            "grid": {"lr_tile": self.lr_tile, "step": self.step, "thres": self.thres},
+            "grid": {"lr_tile": self.lr_tile, "step": self.step, "max_uncovered": self.max_uncovered},
             "threshold_rule": self.threshold_rule,
             "thresholds": [float(self.thresholds[0]), float(self.thresholds[1])],
             "num_images": len(self.names),
@@ -233,7 +234,7 @@ def divide(
     batch_size: int = 64,
     lr_tile: int = LR_TILE,
     step: int = GRID_STEP,
-    thres: int = GRID_THRES,
+    max_uncovered: int = GRID_MAX_UNCOVERED,
 ) -> Division:
     """Scores every grid tile of every example with `sr_fn` and splits them into three classes.
 
@@ -272,7 +273,7 @@ def divide(
     for image, (name, hr, lr) in enumerate(iter_pairs(dataset_examples)):
         names.append(name)
         check_pair(name, hr, lr, scale)
-        grid = tile_grid(lr.shape[0], lr.shape[1], lr_tile, step, thres)
+        grid = tile_grid(lr.shape[0], lr.shape[1], lr_tile, step, max_uncovered)
         if grid.shape[0] == 0:
             skipped.append((name, f"LR {lr.shape[0]}x{lr.shape[1]} px holds no {lr_tile} px tile"))
             continue
@@ -311,7 +312,7 @@ def divide(
         scale=int(scale),
         lr_tile=lr_tile,
         step=step,
-        thres=thres,
+        max_uncovered=max_uncovered,
         threshold_rule=rule,
         skipped=tuple(skipped),
     )
@@ -325,21 +326,9 @@ def division_files(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     return path, path.with_suffix(".json"), path.with_name(path.stem + "_hist.png")
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _histogram_png(division: Division, handle: Any) -> None:
-    # Figure + Agg canvas directly: no pyplot, so no global backend switch for the rest of the program.
+    # Figure + Agg canvas directly: no pyplot, so no global backend switch for the rest of the program. Imported
+    # here: matplotlib (slow to import) is needed only when a division is saved, not to read one or to train.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -379,15 +368,15 @@ def save_division(division: Division, path: str | os.PathLike[str]) -> tuple[Pat
         "psnr": division.psnr.astype(np.float32),
         "label": division.label.astype(np.int8),
         "thresholds": np.asarray(division.thresholds, np.float64),
-        "grid": np.asarray([division.scale, division.lr_tile, division.step, division.thres], np.int32),
+        "grid": np.asarray([division.scale, division.lr_tile, division.step, division.max_uncovered], np.int32),
         "threshold_rule": np.asarray(division.threshold_rule),
         "skipped_names": np.asarray([n for n, _ in division.skipped], dtype=np.str_).reshape(-1),
         "skipped_reasons": np.asarray([r for _, r in division.skipped], dtype=np.str_).reshape(-1),
     }
-    _atomic_write(npz_path, lambda handle: np.savez_compressed(handle, **arrays))
-    summary = json.dumps(division.summary(), indent=2).encode("utf-8")
-    _atomic_write(json_path, lambda handle: handle.write(summary))
-    _atomic_write(png_path, lambda handle: _histogram_png(division, handle))
+    npz_path.parent.mkdir(parents=True, exist_ok=True)
+    fileio.atomic_write(npz_path, lambda handle: np.savez_compressed(handle, **arrays))
+    fileio.write_json(json_path, division.summary())
+    fileio.atomic_write(png_path, lambda handle: _histogram_png(division, handle))
     return npz_path, json_path, png_path
 
 
@@ -409,7 +398,7 @@ def load_division(path: str | os.PathLike[str]) -> Division:
         raise
     except (OSError, ValueError, EOFError) as err:  # np.load's errors for non-npz or truncated files.
         raise DataError(f"cannot read division file {path}: {str(err).splitlines()[0]}") from None
-    scale, lr_tile, step, thres = (int(v) for v in arrays["grid"])
+    scale, lr_tile, step, max_uncovered = (int(v) for v in arrays["grid"])
     sizes = {key: arrays[key].shape[0] for key in ("image_index", "y", "x", "psnr", "label")}
     if len(set(sizes.values())) != 1:
         raise DataError(f"{path} is damaged: per-tile arrays differ in length {sizes}")
@@ -426,7 +415,7 @@ def load_division(path: str | os.PathLike[str]) -> Division:
         scale=scale,
         lr_tile=lr_tile,
         step=step,
-        thres=thres,
+        max_uncovered=max_uncovered,
         threshold_rule=str(arrays.get("threshold_rule", "given")),
         skipped=tuple(zip((str(n) for n in skipped_names), (str(r) for r in skipped_reasons))),
     )

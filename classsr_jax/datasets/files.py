@@ -10,13 +10,13 @@ import dataclasses
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from classsr_jax import fileio
 from classsr_jax.errors import DataError, UnreadableImageError
 
 logger = logging.getLogger(__name__)
@@ -120,18 +120,11 @@ def check_folder(folder: str | os.PathLike[str] | None, flag: str, what: str) ->
 
 
 def write_png_atomic(path: str | os.PathLike[str], image: np.ndarray, compress_level: int = 3) -> None:
-    """Writes a uint8 HxW(x3) PNG through a temporary file in the same folder and a rename (no half files).
+    """Writes a uint8 HxW(x3) PNG through `fileio.atomic_write` (no half files), creating its folder.
 
     compress_level 3 is what the original's sub-image extraction uses (cv2.IMWRITE_PNG_COMPRESSION 3).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(np.asarray(image, dtype=np.uint8)).save(handle, format="PNG", compress_level=compress_level)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    pixels = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    fileio.atomic_write(path, lambda handle: pixels.save(handle, format="PNG", compress_level=compress_level))

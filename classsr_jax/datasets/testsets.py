@@ -4,13 +4,13 @@ Layout (what the evaluate command reads; names as in the original's test ymls):
 
     OUT/Test2K/HR/X4/1201.png   OUT/Test2K/LR/X4/1201.png   (same file name in HR and LR)
 
-What "downsampled to 2K / 4K" means here (spec §4.1 step 6 leaves it open; the authors answered in the ClassSR
+What "downsampled to 2K / 4K" means here (the paper leaves it open; the authors answered in the ClassSR
 GitHub issues #5, #18 and #20 that Test2K is DIV8K downsampled ×4 with generate_mod_LR_bic.py):
   * Test2K: DIV8K 1201–1300, each modcropped to a multiple of 4, MATLAB-bicubic ×1/4, rounded to uint8;
   * Test4K: DIV8K 1301–1400, modcropped to a multiple of 2, MATLAB-bicubic ×1/2, rounded to uint8;
   * Test8K: DIV8K 1401–1500 as they are.
 So "2K" and "4K" are 8K divided by 4 and by 2 (a ~7680-px-wide photo becomes ~1920 and ~3840 px), not a fixed
-long side; this matches the ~123 LR patches per Test2K image in the third-party logs (spec §5.6). Then, for
+long side; this matches the ~123 LR patches per Test2K image in third-party training logs. Then, for
 every set, HR = modcrop(·, scale) and LR = bicubic_degrade(HR, scale), so HR is exactly scale × LR.
 val_10 is DIV2K 0801–0810 treated the same way (no downsampling).
 """
@@ -76,12 +76,6 @@ def downscale(photo: np.ndarray, factor: int) -> np.ndarray:
     cropped = modcrop(photo, factor)
     out_shape = (cropped.shape[0] // factor, cropped.shape[1] // factor)
     return to_uint8(imresize(cropped, scale=1.0 / factor, output_shape=out_shape), 255.0)
-
-
-def make_pair(photo: np.ndarray, scale: int, factor: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(HR, LR) for evaluation: HR = modcrop(downscale(photo, factor), scale), LR = bicubic_degrade(HR, scale)."""
-    hr = modcrop(downscale(photo, factor), scale)
-    return hr, bicubic_degrade(hr, scale)
 
 
 def pair_folders(output: str | os.PathLike[str], set_name: str, scale: int) -> tuple[Path, Path]:

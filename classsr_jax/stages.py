@@ -1,0 +1,471 @@
+"""The stages of the recipe: what each trains, from which weights, on which tiles, and what it exports (one
+table, `RECIPES`), and the two stages that train nothing: `divide` and `evaluate`.
+
+  original  the -O network (the widest branch) trained on all tiles: the paper's baseline and the division's
+            reference network;
+  divide    every training tile scored by that network (PSNR) and split into simple / medium / hard;
+  branches  branch k trained on the tiles of class k (one sub-stage per branch: branch1, branch2, branch3);
+  joint     the Class-Module trained with the branches frozen: L1 of the softmax-mixed output + Class-Loss +
+            Average-Loss;
+  finetune  optional (`config.finetune.enabled`, or named in `config.stages`): everything trained together;
+  evaluate  ClassSR against -O and bicubic on the validation (or test) sets: the paper's table, saved as JSON
+            with what it was computed from, and computed again when any of that changes.
+
+Converted official weights (`config.pretrained`) start the stage that makes that network (original from
+pretrained.original, branch k from pretrained.branches[k]) and stand in for a stage's output that the workdir
+lacks (the -O network for the division and the table; the branches for joint training, also taken from
+pretrained.classsr; the ClassSR model for finetune and evaluate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from classsr_jax import checkpointing, configuration, fileio, parallel
+from classsr_jax.datasets import division as division_lib
+from classsr_jax.datasets import load_dataset
+from classsr_jax.errors import DataError, TrainError
+from classsr_jax.evaluation import bicubic_average, evaluate_pairs, format_results_table
+from classsr_jax.inference import Upscaler
+from classsr_jax.input_pipeline import create_train_iterator
+from classsr_jax.losses import Objective
+from classsr_jax.models.registry import ModelSpec
+from classsr_jax.workdir import (
+    CLASSSR_EXPORT,
+    ORIGINAL_EXPORT,
+    Workdir,
+    branch_stages,
+    branch_variables,
+    classsr_source,
+    load_variables,
+    original_source,
+    pretrained_branches,
+)
+
+
+# ------------------------------------------------------------------------------------------ what stages share
+
+
+@dataclasses.dataclass
+class StageContext:
+    """What every stage gets: the config, the workdir, the model, the device mesh, and the datasets (opened
+    once, on first use)."""
+
+    config: Any
+    workdir: Workdir
+    spec: ModelSpec
+    mesh: jax.sharding.Mesh
+    compute_dtype: Any
+    datasets: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _validation_pairs: list | None = None
+
+    @property
+    def lr_patch(self) -> int:
+        return int(self.config.data.lr_patch)
+
+    @property
+    def data_dir(self) -> str:
+        return os.path.expanduser(self.config.data.data_dir or "~/tensorflow_datasets")
+
+    def dataset(self, name: str, split: str):
+        """A TFDS dataset (prepared on first use; with several processes, process 0 prepares it first)."""
+        key = f"{name}:{split}"
+        if key not in self.datasets:
+            manual = self.config.data.manual_dir or None
+
+            def load():
+                try:
+                    return load_dataset(name, split, self.data_dir, manual)
+                except (DataError, TrainError):
+                    raise
+                except Exception as e:  # TFDS raises many types with long messages; the user needs one line.
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    raise DataError(f"cannot load dataset {name} split {split!r} from {self.data_dir}: {type(e).__name__}: {first}") from e
+
+            if not parallel.is_primary_process():
+                parallel.sync_processes(f"dataset:{key}")
+            self.datasets[key] = load()
+            if parallel.is_primary_process():
+                parallel.sync_processes(f"dataset:{key}")
+        return self.datasets[key]
+
+    def train_dataset(self):
+        return self.dataset(self.config.data.dataset, self.config.data.train_split)
+
+    def validation_pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """(name, lr uint8, hr uint8) of the validation set, read once."""
+        if self._validation_pairs is None:
+            ds = self.dataset(self.config.data.validation_dataset, self.config.data.validation_split)
+            self._validation_pairs = dataset_pairs(ds)
+            if not self._validation_pairs:
+                raise DataError(f"validation set {self.config.data.validation_dataset} {self.config.data.validation_split!r} is empty")
+        return self._validation_pairs
+
+
+def dataset_pairs(ds) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    pairs = []
+    for ex in ds.as_numpy_iterator():
+        name = ex["name"].decode() if isinstance(ex["name"], bytes) else str(ex["name"])
+        pairs.append((name, np.asarray(ex["lr"]), np.asarray(ex["hr"])))
+    return pairs
+
+
+def _load_division(ctx: StageContext, stage: str):
+    if not os.path.isfile(ctx.workdir.division):
+        raise TrainError(f"stage {stage} needs the class division {ctx.workdir.division}: run stage divide first")
+    return division_lib.load_division(ctx.workdir.division)
+
+
+# ------------------------------------------------------------------------------------------ training stages
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingStage:
+    """One stage for `train.train_stage`: what to train, from what, on what data, and where to export it."""
+
+    name: str  # also its folder under stages/ and tensorboard/
+    settings: Any  # its config section: batch, steps, learning rate (and loss weights)
+    spec: ModelSpec
+    objective: Objective
+    trainable: tuple[str, ...] | None  # the parameter groups the optimiser updates; None: all
+    initial_variables: Callable[[], dict[str, Any]]
+    make_iterator: Callable[[int], Iterator[dict[str, np.ndarray]]]  # data seed → training batches
+    export_to: str | None = None  # an export folder that receives the stage's model
+
+
+def objective_for(config, section: str, spec: ModelSpec) -> Objective:
+    """L1 for a single network; the ClassSR loss with the section's weights for a ClassSR model."""
+    if spec.kind != "classsr":
+        return Objective("l1", pixel_range=config.loss.pixel_range)
+    settings = config[section]
+    return Objective(
+        "classsr",
+        l1_weight=settings.l1_weight,
+        class_loss_weight=settings.class_loss_weight,
+        average_loss_weight=settings.average_loss_weight,
+        pixel_range=config.loss.pixel_range,
+    )
+
+
+def _fresh_variables(ctx: StageContext, spec: ModelSpec, seed: int) -> dict[str, Any]:
+    return checkpointing.init_variables(spec, seed=seed, tile=ctx.lr_patch)
+
+
+def _start_original(ctx: StageContext, spec: ModelSpec, k: int | None) -> dict[str, Any]:
+    pretrained = ctx.config.pretrained.original
+    if pretrained:
+        logging.info("stage original: starting from %s", pretrained)
+        return load_variables(pretrained)
+    return _fresh_variables(ctx, spec, ctx.config.seed)
+
+
+def _start_branch(ctx: StageContext, spec: ModelSpec, k: int) -> dict[str, Any]:
+    name = branch_stages(ctx.spec.num_branches)[k]
+    pretrained = pretrained_branches(ctx.config)
+    if pretrained:
+        logging.info("stage %s: starting from %s", name, pretrained[k])
+        return load_variables(pretrained[k])
+    source = original_source(ctx.config, ctx.workdir)
+    if ctx.config.branches.init_from_original and source and spec.widths == ctx.spec.branch(ctx.spec.num_branches - 1).widths:
+        logging.info("stage %s: starting from the -O network %s", name, source)
+        return load_variables(source)
+    return _fresh_variables(ctx, spec, ctx.config.seed + k + 1)
+
+
+def _start_joint(ctx: StageContext, spec: ModelSpec, k: int | None) -> dict[str, Any]:
+    """A fresh Class-Module with the trained branches."""
+    variables = _fresh_variables(ctx, spec, ctx.config.seed)
+    params = dict(variables["params"])
+    stats = dict(variables.get("batch_stats", {}) or {})
+    for k in range(spec.num_branches):
+        branch = branch_variables(ctx.config, ctx.workdir, k)
+        if branch is None:
+            raise TrainError(
+                "stage joint needs trained branches: run stage branches, or give "
+                "--config.pretrained.branches=b1,b2,b3 or --config.pretrained.classsr"
+            )
+        params[f"net{k + 1}"] = branch["params"]
+        if branch.get("batch_stats"):
+            stats[f"net{k + 1}"] = branch["batch_stats"]
+    merged = {"params": params}
+    if stats:
+        merged["batch_stats"] = stats
+    checkpointing.check_variables(spec, merged, "the joint stage's starting model")
+    return merged
+
+
+def _start_finetune(ctx: StageContext, spec: ModelSpec, k: int | None) -> dict[str, Any]:
+    source = classsr_source(ctx.config, ctx.workdir)
+    if source is None:
+        raise TrainError("stage finetune needs a ClassSR model: run stage joint, or give --config.pretrained.classsr")
+    return load_variables(source)
+
+
+def _iterator_factory(ctx: StageContext, batch_size: int, *, division=None, class_filter: int | None = None):
+    """The one place training batches are made: the data seed → an endless iterator of this process's share."""
+    local = parallel.process_batch_size(batch_size, ctx.mesh)
+
+    def make(seed: int):
+        return create_train_iterator(
+            ctx.train_dataset(),
+            batch_size=local,
+            scale=ctx.spec.scale,
+            lr_patch=ctx.lr_patch,
+            seed=seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            class_filter=class_filter,
+            division=division,
+            prefetch=ctx.config.data.prefetch,
+        )
+
+    return make
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How a training stage is set up.
+
+    model: 'original' (the -O network), 'branch' (each branch in turn, one sub-stage each) or 'classsr'.
+    start: (context, spec, branch index or None) → the variables training starts from.
+    tiles: 'any' (random tiles of the training set), 'class' (the division's tiles of the branch's class) or
+      'grid' (every tile of the division's grid, all classes, when there is a division; else 'any').
+    export: the export folder written with the result; export_when: 'missing' (only if there is none before
+      the stage), 'unless finetuned' (unless stage finetune's model exists) or 'always'.
+    """
+
+    model: str
+    start: Callable[[StageContext, ModelSpec, int | None], dict[str, Any]]
+    trainable: tuple[str, ...] | None  # the parameter groups the optimiser updates; None: all
+    tiles: str
+    export: str | None = None
+    export_when: str = "always"
+
+
+RECIPES = {
+    "original": Recipe("original", _start_original, None, "any", ORIGINAL_EXPORT, "missing"),
+    "branches": Recipe("branch", _start_branch, None, "class"),
+    "joint": Recipe("classsr", _start_joint, ("classifier",), "grid", CLASSSR_EXPORT, "unless finetuned"),
+    "finetune": Recipe("classsr", _start_finetune, None, "grid", CLASSSR_EXPORT, "always"),
+}
+
+
+def _export_to(ctx: StageContext, recipe: Recipe) -> str | None:
+    """Where the stage exports its model, decided before it trains (every process takes process 0's answer)."""
+    if recipe.export is None:
+        return None
+    path = ctx.workdir.export(recipe.export)
+    if recipe.export_when == "missing":
+        wanted = not os.path.isdir(path)
+    elif recipe.export_when == "unless finetuned":
+        wanted = not os.path.isdir(ctx.workdir.model("finetune"))
+    else:
+        wanted = True
+    return path if parallel.process0_value(bool(wanted)) else None
+
+
+def plan_training(ctx: StageContext, stage: str) -> list[TrainingStage]:
+    """The training stages that `stage` stands for: one, or one per branch for 'branches'."""
+    recipe, spec = RECIPES[stage], ctx.spec
+    settings = ctx.config[stage]
+    if recipe.model == "branch":
+        units = [(name, spec.branch(k), k) for k, name in enumerate(branch_stages(spec.num_branches))]
+    elif recipe.model == "original":
+        units = [(stage, spec.branch(spec.num_branches - 1), None)]
+    else:
+        units = [(stage, spec, None)]
+    if recipe.tiles == "class":
+        division = _load_division(ctx, stage)
+    elif recipe.tiles == "grid" and os.path.isfile(ctx.workdir.division):
+        division = _load_division(ctx, stage)  # the original's joint data: every grid tile, all classes
+    else:
+        division = None
+    export_to = _export_to(ctx, recipe)
+    return [
+        TrainingStage(
+            name=name,
+            settings=settings,
+            spec=unit_spec,
+            objective=objective_for(ctx.config, stage, unit_spec),
+            trainable=recipe.trainable,
+            initial_variables=functools.partial(recipe.start, ctx, unit_spec, k),
+            make_iterator=_iterator_factory(ctx, settings.batch_size, division=division, class_filter=k),
+            export_to=export_to,
+        )
+        for name, unit_spec, k in units
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ divide
+
+
+def run_divide(ctx: StageContext) -> None:
+    """Scores every training tile with the -O network (or bicubic) and splits them into three classes."""
+    path = ctx.workdir.division
+    if parallel.process0_value(os.path.isfile(path)):
+        logging.info("stage divide: finished earlier (%s), skipping", path)
+        return
+    cfg, scale, patch = ctx.config.division, ctx.spec.scale, ctx.lr_patch
+    source = original_source(ctx.config, ctx.workdir) if cfg.reference == "original" else None
+    local_devices = len(jax.local_devices())
+    batch = -(-cfg.batch_size // local_devices) * local_devices
+    if source:
+        loaded = checkpointing.load_model(source)
+        model = loaded.spec.build()
+        sr_fn = parallel.local_batch_fn(lambda v, x: model.apply(v, x, False), loaded.variables)
+        reference = f"-O network {source}"
+    else:
+        if cfg.reference == "original":
+            logging.warning("stage divide: no -O network (stage original not run, no pretrained.original); using bicubic")
+        sr_fn = division_lib.bicubic_sr_fn(scale)
+        reference = "bicubic"
+    logging.info("stage divide: scoring the training tiles with %s", reference)
+    counter = {"tiles": 0, "t0": time.perf_counter(), "last": time.perf_counter()}
+
+    def scored(tiles):
+        out = sr_fn(tiles)
+        counter["tiles"] += tiles.shape[0]
+        now = time.perf_counter()
+        if now - counter["last"] > 30:
+            counter["last"] = now
+            logging.info("stage divide: %d tiles scored (%.0f tiles/s)", counter["tiles"], counter["tiles"] / (now - counter["t0"]))
+        return out
+
+    division = division_lib.divide(
+        ctx.train_dataset(),
+        scored,
+        scale,
+        thresholds=configuration.division_thresholds(ctx.config),
+        batch_size=batch,
+        lr_tile=patch,
+        step=patch // 2,
+        max_uncovered=patch * 3 // 8,
+    )
+    if parallel.is_primary_process():
+        division_lib.save_division(division, path)
+    parallel.sync_processes("division")
+    simple, medium, hard = division.counts()
+    logging.info(
+        "stage divide: %d tiles → %d simple / %d medium / %d hard (thresholds %.3f, %.3f dB), saved to %s",
+        division.num_tiles, simple, medium, hard, *division.thresholds, path,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def evaluation_datasets(ctx: StageContext) -> list[tuple[str, str, list]]:
+    """(label, source, pairs) for every entry of config.evaluate.datasets (see configuration.evaluation_sources)."""
+    out = []
+    for label, source in configuration.evaluation_sources(ctx.config):
+        if source == "validation":
+            data = ctx.config.data
+            out.append((label, f"{data.validation_dataset}:{data.validation_split}", ctx.validation_pairs()))
+        else:
+            name, split = source.split(":", 1)
+            out.append((label, source, dataset_pairs(ctx.dataset(name, split))))
+    return out
+
+
+def pairs_digest(pairs) -> str:
+    """sha256 of every pair's name and pixels: equal digests, the same evaluation images."""
+    digest = hashlib.sha256()
+    for name, lr, hr in pairs:
+        for array in (np.ascontiguousarray(lr), np.ascontiguousarray(hr)):
+            digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+            digest.update(array.tobytes())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _display_name(network: str) -> str:
+    return "SRResNet" if network == "srresnet" else network.upper()
+
+
+def _changed_inputs(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    if not isinstance(old, dict):
+        return ["everything (no record of its inputs)"]
+    return [key for key in new if old.get(key) != new[key]]
+
+
+def run_evaluate(ctx: StageContext) -> dict[str, Any]:
+    """ClassSR against -O (and bicubic) on the evaluation sets: the paper's table, printed and saved.
+
+    results.json records what it was computed from (the models' parameter digests, the datasets' sources and
+    pixel digests, the protocol and the tiling); a rerun reuses it only when all of these are unchanged.
+    """
+    cfg, scale, patch = ctx.config.evaluate, ctx.spec.scale, ctx.lr_patch
+    classsr = classsr_source(ctx.config, ctx.workdir)
+    if classsr is None:
+        raise TrainError("stage evaluate needs a ClassSR model: run stage joint, or give --config.pretrained.classsr")
+    original = original_source(ctx.config, ctx.workdir)
+    network = _display_name(ctx.spec.network)
+    models = ([("original", f"{network}-O", original)] if original else []) + [("classsr", f"ClassSR-{network}", classsr)]
+    loaded = {key: checkpointing.load_model(path) for key, _, path in models}
+    datasets = evaluation_datasets(ctx)
+    tiles = {"tile": patch, "step": patch * 7 // 8, "overlap": patch // 4}
+    computed_from = {
+        "models": {key: checkpointing.variables_digest(loaded[key].variables) for key in loaded},
+        "datasets": {label: {"source": source, "images": len(pairs), "digest": pairs_digest(pairs)} for label, source, pairs in datasets},
+        "protocol": cfg.protocol,
+        "scale": scale,
+        "tiles": tiles,
+    }
+    previous = None
+    if os.path.isfile(ctx.workdir.results_json):
+        try:
+            with open(ctx.workdir.results_json) as f:
+                previous = json.load(f)
+        except (OSError, ValueError):
+            previous = None  # unreadable: computed again
+    changed = _changed_inputs(previous.get("computed_from") if isinstance(previous, dict) else None, computed_from)
+    if not parallel.process0_value(bool(changed)):
+        logging.info("stage evaluate: finished earlier from the same models and datasets (%s), skipping", ctx.workdir.results_json)
+        if parallel.is_primary_process():
+            print(previous["table"], flush=True)
+        return previous
+    if previous is not None:
+        logging.info("stage evaluate: %s changed since %s was computed; evaluating again", ", ".join(changed), ctx.workdir.results_json)
+    results: dict[str, Any] = {
+        "protocol": cfg.protocol,
+        "scale": scale,
+        "models": [{"key": "bicubic", "name": "Bicubic", "params": 0}],
+        "datasets": {},
+        "per_image": {},
+        "computed_from": computed_from,
+    }
+    for key, name, path in models:
+        results["models"].append({"key": key, "name": name, "path": path, "params": checkpointing.count_params(loaded[key].variables)})
+    for label, _, pairs in datasets:
+        logging.info("stage evaluate: %s (%d images)", label, len(pairs))
+        row = {"bicubic": bicubic_average(pairs, scale, cfg.protocol, patch)}
+        per_image = {}
+        for key, _, _ in models:
+            upscaler = Upscaler(loaded[key].spec, loaded[key].variables, protocol=cfg.protocol, **tiles)
+            report = evaluate_pairs(upscaler, pairs, progress=False)
+            row[key] = report["average"]
+            per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]} for i in report["images"]]
+        results["datasets"][label] = row
+        results["per_image"][label] = per_image
+    if "original" in loaded:
+        results["models"][1]["flops_note"] = "-O FLOPs are its per-tile cost (100%)"
+    else:
+        logging.warning("stage evaluate: no -O network (stage original not run, no pretrained.original); the table has no -O row")
+    results["table"] = format_results_table(results)
+    if parallel.is_primary_process():
+        os.makedirs(os.path.dirname(ctx.workdir.results_json), exist_ok=True)
+        fileio.write_text(ctx.workdir.table_md, results["table"] + "\n")
+        fileio.write_json(ctx.workdir.results_json, results)
+        print(results["table"], flush=True)
+    parallel.sync_processes("evaluate")
+    return results

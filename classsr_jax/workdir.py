@@ -1,0 +1,221 @@
+"""A training run's workdir: where everything lives, the checks made before anything is written, and where each
+stage's weights come from.
+
+Layout:
+  config.json                    the run's config and model (a later run with another model is refused)
+  stages/<stage>/checkpoints/    Orbax CheckpointManager of the train state (last N + best validation PSNR)
+  stages/<stage>/model/          the stage's finished model; its presence marks the stage done
+  division/division.npz          the class division (+ .json summary, _hist.png)
+  export/original, export/classsr   inference models for `upscale` / `evaluate`
+  evaluation/results.json, table.md
+  tensorboard/<stage>/           clu metric writers' event files
+
+`upscale` and `evaluate` accept a workdir for a model (`resolve_model_dir`), so this module imports no
+TensorFlow, clu or ml_collections: it runs on a bare JAX machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from classsr_jax import checkpointing
+from classsr_jax.configuration import NUM_CLASSES, STAGES
+from classsr_jax.errors import CheckpointError, ConfigError, TrainError
+from classsr_jax.models.registry import ModelSpec
+
+EXPORT_DIR = "export"
+CLASSSR_EXPORT = "classsr"  # what a workdir means as a model: its export/classsr
+ORIGINAL_EXPORT = "original"
+
+
+def resolve_model_dir(path: str) -> str:
+    """The model directory a path names: a model checkpoint itself, or a training workdir's export/classsr.
+
+    A path that is neither is a one-line CheckpointError.
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if os.path.isdir(os.path.join(path, "model")):
+        return path
+    exported = os.path.join(path, EXPORT_DIR, CLASSSR_EXPORT)
+    if os.path.isdir(exported):
+        return exported
+    raise CheckpointError(
+        f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no {EXPORT_DIR}/{CLASSSR_EXPORT})"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    root: str
+
+    @property
+    def config_json(self) -> str:
+        return os.path.join(self.root, "config.json")
+
+    def stage_dir(self, stage: str) -> str:
+        return os.path.join(self.root, "stages", stage)
+
+    def checkpoints(self, stage: str) -> str:
+        return os.path.join(self.stage_dir(stage), "checkpoints")
+
+    def model(self, stage: str) -> str:
+        return os.path.join(self.stage_dir(stage), "model")
+
+    @property
+    def division(self) -> str:
+        return os.path.join(self.root, "division", "division.npz")
+
+    def export(self, name: str) -> str:
+        return os.path.join(self.root, EXPORT_DIR, name)
+
+    @property
+    def results_json(self) -> str:
+        return os.path.join(self.root, "evaluation", "results.json")
+
+    @property
+    def table_md(self) -> str:
+        return os.path.join(self.root, "evaluation", "table.md")
+
+    def tensorboard(self, stage: str) -> str:
+        return os.path.join(self.root, "tensorboard", stage)
+
+
+def branch_stages(num_branches: int = NUM_CLASSES) -> tuple[str, ...]:
+    """The sub-stages of stage 'branches': branch1 (simple) … branchN (hard)."""
+    return tuple(f"branch{k + 1}" for k in range(num_branches))
+
+
+def config_record(config_json: str, spec: ModelSpec) -> str:
+    """What config.json holds: the model, and the config (as the JSON ml_collections writes)."""
+    return json.dumps({"model": spec.to_dict(), "config": json.loads(config_json)}, indent=2) + "\n"
+
+
+# -------------------------------------------------------------------------------------------------- checks
+
+
+def pretrained_branches(config) -> list[str]:
+    paths = [p.strip() for p in config.pretrained.branches.split(",") if p.strip()]
+    if paths and len(paths) != NUM_CLASSES:
+        raise ConfigError(f"config field pretrained.branches needs {NUM_CLASSES} comma-separated checkpoints, got {len(paths)}")
+    return paths
+
+
+def _describe(spec: ModelSpec) -> str:
+    return checkpointing.describe(spec)
+
+
+def _check_pretrained(path: str, expected: ModelSpec, field: str) -> None:
+    if not os.path.exists(path):
+        raise TrainError(f"config field {field}: checkpoint {path} does not exist")
+    found = checkpointing.read_model_spec(resolve_model_dir(path))
+    if found != expected:
+        raise CheckpointError(f"config field {field}: {path} is {_describe(found)}, but this config needs {_describe(expected)}")
+
+
+def check_stage_inputs(config, workdir: Workdir, stages: tuple[str, ...]) -> None:
+    """Each selected stage's inputs come from an earlier selected stage, this workdir, or config.pretrained."""
+    has_model = lambda stage: os.path.isdir(workdir.model(stage))
+    classsr = any(has_model(s) for s in ("joint", "finetune")) or bool(config.pretrained.classsr)
+    if "branches" in stages and "divide" not in stages and not os.path.isfile(workdir.division):
+        raise TrainError(f"stage branches needs the class division {workdir.division}: run stage divide first")
+    if "joint" in stages and "branches" not in stages:
+        if not (all(has_model(b) for b in branch_stages()) or config.pretrained.branches or config.pretrained.classsr):
+            raise TrainError(
+                "stage joint needs trained branches: run stage branches, or give "
+                "--config.pretrained.branches=b1,b2,b3 or --config.pretrained.classsr"
+            )
+    for stage in ("finetune", "evaluate"):
+        if stage in stages and not (classsr or "joint" in stages or (stage == "evaluate" and "finetune" in stages)):
+            raise TrainError(f"stage {stage} needs a ClassSR model: run stage joint, or give --config.pretrained.classsr")
+
+
+def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...] = STAGES) -> None:
+    """Every check that can fail before anything is written: a failing run leaves the workdir untouched."""
+    if os.path.exists(workdir.root) and not os.path.isdir(workdir.root):
+        raise TrainError(f"workdir {workdir.root} exists and is not a directory")
+    if config.data.data_dir and not os.path.isdir(os.path.expanduser(config.data.data_dir)):
+        raise TrainError(f"data dir {config.data.data_dir} does not exist (config.data.data_dir); create it or leave it empty for ~/tensorflow_datasets")
+    if config.data.manual_dir and not os.path.isdir(os.path.expanduser(config.data.manual_dir)):
+        raise TrainError(f"data dir {config.data.manual_dir} does not exist (config.data.manual_dir): put the source photos there")
+    if os.path.isfile(workdir.config_json):
+        try:
+            with open(workdir.config_json) as f:
+                stored = ModelSpec.from_dict(json.load(f)["model"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"workdir {workdir.root} has an unreadable config.json ({type(e).__name__}); use another workdir") from e
+        if stored != spec:
+            raise CheckpointError(f"workdir {workdir.root} holds a {_describe(stored)} run, but this config is {_describe(spec)}; use another --workdir")
+    # Models and checkpoints already in the workdir must fit too (e.g. a workdir copied from another run).
+    expected = {"original": spec.branch(spec.num_branches - 1), "joint": spec, "finetune": spec}
+    expected.update({name: spec.branch(k) for k, name in enumerate(branch_stages(spec.num_branches))})
+    for stage, want in expected.items():
+        if os.path.isdir(workdir.model(stage)):
+            found = checkpointing.read_model_spec(workdir.model(stage))
+            if found != want:
+                raise CheckpointError(f"workdir model {workdir.model(stage)} is {_describe(found)}, but this config needs {_describe(want)}; use another --workdir")
+        progress = checkpointing.read_train_progress(workdir.checkpoints(stage))
+        if progress is not None:
+            found = ModelSpec.from_dict(progress["model"])
+            if found != want:
+                raise CheckpointError(f"workdir checkpoint {workdir.checkpoints(stage)} is {_describe(found)}, but this config needs {_describe(want)}; use another --workdir")
+    for name, want in ((ORIGINAL_EXPORT, spec.branch(spec.num_branches - 1)), (CLASSSR_EXPORT, spec)):
+        if os.path.isdir(workdir.export(name)):
+            found = checkpointing.read_model_spec(workdir.export(name))
+            if found != want:
+                raise CheckpointError(f"workdir export {workdir.export(name)} is {_describe(found)}, but this config needs {_describe(want)}; use another --workdir")
+    if config.pretrained.original:
+        _check_pretrained(config.pretrained.original, spec.branch(spec.num_branches - 1), "pretrained.original")
+    for k, path in enumerate(pretrained_branches(config)):
+        _check_pretrained(path, spec.branch(k), "pretrained.branches")
+    if config.pretrained.classsr:
+        _check_pretrained(config.pretrained.classsr, spec, "pretrained.classsr")
+    check_stage_inputs(config, workdir, stages)
+
+
+# ------------------------------------------------------------------------------------ where weights come from
+
+
+def load_variables(path: str) -> dict[str, Any]:
+    """The variables of a model checkpoint, an export or a workdir (its export/classsr)."""
+    return checkpointing.load_model(resolve_model_dir(path)).variables
+
+
+def original_source(config, workdir: Workdir) -> str | None:
+    """Where the -O network comes from: this workdir's stage, else config.pretrained.original."""
+    if os.path.isdir(workdir.model("original")):
+        return workdir.model("original")
+    return config.pretrained.original or None
+
+
+def classsr_source(config, workdir: Workdir) -> str | None:
+    """The final ClassSR model: finetune, else joint, in this workdir; else config.pretrained.classsr."""
+    for stage in ("finetune", "joint"):
+        if os.path.isdir(workdir.model(stage)):
+            return workdir.model(stage)
+    return config.pretrained.classsr or None
+
+
+def branch_of(variables: dict[str, Any], k: int) -> dict[str, Any]:
+    """Branch k's variables inside a ClassSR model's."""
+    out = {"params": variables["params"][f"net{k + 1}"]}
+    stats = variables.get("batch_stats", {}) or {}
+    if f"net{k + 1}" in stats:
+        out["batch_stats"] = stats[f"net{k + 1}"]
+    return out
+
+
+def branch_variables(config, workdir: Workdir, k: int) -> dict[str, Any] | None:
+    """Branch k's variables: this workdir's stage, else the pretrained branch, else the pretrained ClassSR's."""
+    stage_model = workdir.model(branch_stages()[k])
+    if os.path.isdir(stage_model):
+        return load_variables(stage_model)
+    pretrained = pretrained_branches(config)
+    if pretrained:
+        return load_variables(pretrained[k])
+    if config.pretrained.classsr:
+        return branch_of(load_variables(config.pretrained.classsr), k)
+    return None
