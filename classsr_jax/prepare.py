@@ -4,84 +4,71 @@
     python -m classsr_jax.prepare val10 --div2k DIR --output OUT [--scale 4]      # DIV2K 0801–0810
     python -m classsr_jax.prepare bundled --output OUT [--scale 4]                # no download needed
 
-How each set is made is documented in `classsr_jax.datasets.testsets`. Bad input ends with one line on stderr and
-exit code 2; unreadable source images are skipped and listed in the summary.
+How each set is made is documented in `classsr_jax.datasets.testsets`. Bad input ends with one line on stderr
+(exit code 1; a bad or missing flag, exit code 2); unreadable source images are skipped and listed in the summary.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
-from collections.abc import Sequence
 
-from classsr_jax.datasets.files import DataError
+from absl import flags
+
+from classsr_jax import cli
 from classsr_jax.datasets.testsets import DIV8K_TEST_SETS, build_bundled, build_div8k_test_sets, build_val10
 
+PROGRAM = "classsr_jax.prepare"
+# Each set, and the flags it takes besides --output, --scale and --no-progress.
+SETS = {
+    "testsets": ("div8k", "factor-2k", "factor-4k"),  # Test2K/4K/8K from DIV8K 1201–1500
+    "val10": ("div2k",),  # val_10 from DIV2K 0801–0810
+    "bundled": (),  # the bundled validation photos (no download)
+}
+COMMON = ("output", "scale", "no-progress")
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a single line (the full usage stays available with --help)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_factor(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="python -m classsr_jax.prepare", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_OneLineParser)
-
-    def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--output", required=True, help="folder that receives <set>/HR/X<s> and <set>/LR/X<s>")
-        sub.add_argument("--scale", type=int, default=4, choices=(2, 3, 4), help="SR factor (default 4)")
-        sub.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-    testsets = commands.add_parser("testsets", help="Test2K/4K/8K from DIV8K 1201–1500")
-    testsets.add_argument("--div8k", required=True, help="folder with the DIV8K HR images (1201.png … 1500.png)")
-    testsets.add_argument(
-        "--factor-2k", type=_positive_factor, default=DIV8K_TEST_SETS["Test2K"][2],
-        help="downscale factor from DIV8K to Test2K (default 4)",
-    )
-    testsets.add_argument(
-        "--factor-4k", type=_positive_factor, default=DIV8K_TEST_SETS["Test4K"][2],
-        help="downscale factor from DIV8K to Test4K (default 2)",
-    )
-    common(testsets)
-
-    val10 = commands.add_parser("val10", help="val_10 from DIV2K 0801–0810")
-    val10.add_argument("--div2k", required=True, help="folder with the DIV2K HR images (0801.png … 0810.png)")
-    common(val10)
-
-    bundled = commands.add_parser("bundled", help="the bundled validation photos (no download)")
-    common(bundled)
-    return parser
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("output", None, "Folder that receives <set>/HR/X<s> and <set>/LR/X<s>.", flag_values=FLAGS)
+flags.DEFINE_enum("scale", "4", ["2", "3", "4"], "SR factor.", flag_values=FLAGS)
+flags.DEFINE_boolean("no-progress", False, "Hide the progress bar.", flag_values=FLAGS)
+flags.DEFINE_string("div8k", None, "testsets: folder with the DIV8K HR images (1201.png … 1500.png).", flag_values=FLAGS)
+flags.DEFINE_integer("factor-2k", DIV8K_TEST_SETS["Test2K"][2], "testsets: downscale factor from DIV8K to Test2K.",
+                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("factor-4k", DIV8K_TEST_SETS["Test4K"][2], "testsets: downscale factor from DIV8K to Test4K.",
+                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_string("div2k", None, "val10: folder with the DIV2K HR images (0801.png … 0810.png).", flag_values=FLAGS)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    progress = not args.no_progress
-    try:
-        if args.command == "testsets":
-            factors = {"Test2K": args.factor_2k, "Test4K": args.factor_4k}
-            reports = build_div8k_test_sets(args.div8k, args.output, args.scale, factors, progress=progress)
-        elif args.command == "val10":
-            reports = [build_val10(args.div2k, args.output, args.scale, progress=progress)]
-        else:
-            reports = [build_bundled(args.output, args.scale, progress=progress)]
-    except DataError as err:
-        print(f"prepare: error: {err}", file=sys.stderr)
-        return 2
+def prepare(which: str, flag_values: flags.FlagValues) -> None:
+    given = [name for name in flag_values if flag_values[name].present and name not in COMMON + SETS[which]]
+    if given:
+        raise cli.UsageError(f"--{given[0]} is not a flag of prepare {which}")
+    required = {"testsets": ("div8k",), "val10": ("div2k",)}.get(which, ())
+    cli.require_flags(flag_values, "output", *required)
+    output, scale = flag_values.output, int(flag_values.scale)
+    progress = not flag_values["no-progress"].value
+    if which == "testsets":
+        factors = {"Test2K": flag_values["factor-2k"].value, "Test4K": flag_values["factor-4k"].value}
+        reports = build_div8k_test_sets(flag_values.div8k, output, scale, factors, progress=progress)
+    elif which == "val10":
+        reports = [build_val10(flag_values.div2k, output, scale, progress=progress)]
+    else:
+        reports = [build_bundled(output, scale, progress=progress)]
     for report in reports:
         print(report.line())
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`classsr-prepare SET [flags]`, SET one of testsets, val10, bundled."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    which = argv[0] if argv and not argv[0].startswith("-") else None
+    if which is None and any(a in cli.HELP_FLAGS for a in argv):
+        print(__doc__)
+        return cli.OK
+    if which not in SETS:
+        given = f"unknown set {which!r}" if which else "no set given"
+        return cli.fail(f"{given}: use prepare {{{','.join(SETS)}}} [flags]", cli.USAGE_ERROR)
+    return cli.run(functools.partial(prepare, which), FLAGS, argv[1:], program=f"{PROGRAM} {which}")
 
 
 if __name__ == "__main__":

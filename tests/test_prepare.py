@@ -1,4 +1,5 @@
-"""`python -m classsr_jax.prepare`: Test2K/4K/8K, val_10 and bundled folders on tiny synthetic inputs."""
+"""`python -m classsr_jax.prepare`: Test2K/4K/8K, val_10 and bundled folders on tiny synthetic inputs, and its
+one-line errors (exit code 1 for bad input, 2 for bad flags)."""
 
 import subprocess
 import sys
@@ -127,22 +128,22 @@ def test_bundled_writes_the_validation_photos(tmp_path, capsys):
     [
         (
             ["testsets", "--div8k", "{tmp}/missing", "--output", "{tmp}/out"],
-            "prepare: error: --div8k directory '{tmp}/missing' does not exist; it should hold the DIV8K HR images 1201.png … 1500.png",
+            "error: --div8k directory '{tmp}/missing' does not exist; it should hold the DIV8K HR images 1201.png … 1500.png",
         ),
         (
             ["testsets", "--div8k", "{tmp}/empty", "--output", "{tmp}/out"],
-            "prepare: error: no DIV8K images numbered 1201–1500 (e.g. 1201.png) under {tmp}/empty",
+            "error: no DIV8K images numbered 1201–1500 (e.g. 1201.png) under {tmp}/empty",
         ),
         (
             ["val10", "--div2k", "{tmp}/empty", "--output", "{tmp}/out"],
-            "prepare: error: no DIV2K images numbered 0801–0810 (e.g. 0801.png) under {tmp}/empty",
+            "error: no DIV2K images numbered 0801–0810 (e.g. 0801.png) under {tmp}/empty",
         ),
     ],
 )
-def test_missing_inputs_exit_2_with_one_line(argv, message, tmp_path, capsys):
+def test_missing_inputs_exit_1_with_one_line(argv, message, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, stdout, stderr = run([a.format(tmp=tmp_path) for a in argv], capsys)
-    assert code == 2 and stdout == ""
+    assert code == 1 and stdout == ""
     assert stderr == message.format(tmp=tmp_path) + "\n"
     assert not (tmp_path / "out").exists()  # nothing half-written
 
@@ -150,29 +151,29 @@ def test_missing_inputs_exit_2_with_one_line(argv, message, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["val10", "--output", "x"], "python -m classsr_jax.prepare val10: error: the following arguments are required: --div2k"),
-        (
-            ["bundled", "--output", "x", "--scale", "5"],
-            "python -m classsr_jax.prepare bundled: error: argument --scale: invalid choice: 5 (choose from 2, 3, 4)",
-        ),
+        (["val10", "--output", "x"], "error: --div2k is required"),
+        (["bundled", "--output", "x", "--scale", "5"], "error: flag --scale=5: value should be one of <2|3|4>"),
         (
             ["testsets", "--div8k", "d", "--output", "x", "--factor-2k", "0"],
-            "python -m classsr_jax.prepare testsets: error: argument --factor-2k: expected a positive integer, got '0'",
+            "error: flag --factor-2k=0: 0 is not a positive integer",
         ),
+        (["bundled", "--output", "x", "--div2k", "d"], "error: --div2k is not a flag of prepare bundled"),
+        (["val11", "--output", "x"], "error: unknown set 'val11': use prepare {testsets,val10,bundled} [flags]"),
+        (["--output", "x"], "error: no set given: use prepare {testsets,val10,bundled} [flags]"),
+        (["bundled", "--output", "x", "extra"], "error: unexpected arguments: extra"),
     ],
 )
-def test_usage_errors_are_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        prepare.main(argv)
-    assert info.value.code == 2
-    assert capsys.readouterr().err == message + "\n"
+def test_usage_errors_are_one_line_with_exit_code_2(argv, message, capsys):
+    code, stdout, stderr = run(argv, capsys)
+    assert code == 2 and stdout == ""
+    assert stderr == message + "\n"
 
 
-def test_module_entry_point_exits_2_on_missing_input(tmp_path):
+def test_module_entry_point_exits_1_on_missing_input(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "classsr_jax.prepare", "val10", "--div2k", str(tmp_path / "nope"), "--output", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
-    assert result.returncode == 2
+    assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]  # TensorFlow may log its own start-up lines before ours
-    assert last == f"prepare: error: --div2k directory '{tmp_path / 'nope'}' does not exist; it should hold the DIV2K HR images 0801.png … 0810.png"
+    assert last == f"error: --div2k directory '{tmp_path / 'nope'}' does not exist; it should hold the DIV2K HR images 0801.png … 0810.png"
