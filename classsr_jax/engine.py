@@ -2,7 +2,7 @@
 
 An image's tile grid (tiling.py) is cut into bands of consecutive tile rows. For each band one jitted program
 - takes the band's LR pixels as they were decoded (uint8, uint16 or float) and cuts its tiles with gathers;
-- classifies and routes them (routing.route_tiles: bucketed gather/scatter loops, static shapes);
+- classifies and routes them (routing.route_classes: bucketed gather loops, static shapes);
 - merges the SR tiles into the band's HR rows with a loop of dynamic-update-slices: overlap-add with the
   window weights (full protocol) or the mean of the tiles rounded to uint8 (paper protocol);
 - adds the carry, the partial sums of the rows it shares with the previous band, and hands on the rows it
@@ -38,7 +38,7 @@ from jax.sharding import PartitionSpec as P
 from classsr_jax import tiling
 from classsr_jax.tiling import weight_sums
 from classsr_jax.parallel import DATA_AXIS
-from classsr_jax.routing import RoutedModel, route_tiles
+from classsr_jax.routing import RoutedModel, classify, route_classes
 
 # Tiles per band by backend, and the most tile rows a band may have. A band pays a fixed cost (a call, zeroing
 # its canvas, the carry, a download), so bands should be big; on a CPU the tiles of one call also compete for
@@ -98,13 +98,20 @@ class BandShape:
         return self.tile
 
 
-def band_shape(cols: int, *, tile: int, step: int, scale: int, band_tiles: int, max_rows: int,
+def band_shape(cols: int, rows: int, *, tile: int, step: int, scale: int, band_tiles: int, max_rows: int,
                devices: int) -> BandShape:
-    """The band shape for an image with `cols` tile columns, aiming at `band_tiles` tiles per band."""
+    """The band shape for an image of `rows` × `cols` tiles, aiming at `band_tiles` tiles per band.
+
+    Images of a few tile rows get a band a quarter as tall (a second program per canvas width), so that a
+    small image does not pay for a canvas many times its size.
+    """
     bucket = column_bucket(cols)
-    rows = int(np.clip(band_tiles // bucket, 1, max_rows))
-    slots = -(-rows * bucket // devices) * devices
-    return BandShape(tile, step, scale, rows, bucket, slots)
+    band_rows = int(np.clip(band_tiles // bucket, 1, max_rows))
+    short = -(-band_rows // 4)
+    if rows <= short:
+        band_rows = short
+    slots = -(-band_rows * bucket // devices) * devices
+    return BandShape(tile, step, scale, band_rows, bucket, slots)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,9 +208,9 @@ def cut_tiles(lr: jax.Array, positions: jax.Array, tile: int) -> jax.Array:
     return _to_unit(jax.vmap(cut)(positions))
 
 
-def merge_tiles(canvas: jax.Array, sr: jax.Array, positions: jax.Array, count: jax.Array, scale: int,
+def merge_tiles(canvas: jax.Array, sr: jax.Array, corners: jax.Array, count: jax.Array,
                 profile: np.ndarray | None) -> jax.Array:
-    """Adds the first `count` SR tiles into `canvas` (H, W, 3), each at its HR position.
+    """Adds the first `count` SR tiles into `canvas` (H, W, 3) at their HR `corners` (n, 2).
 
     profile None: the paper's merge, each tile clamped, ×255 and rounded half to even (their mean is taken
     later). Otherwise overlap-add of the clamped tile times the separable window outer(profile, profile).
@@ -214,7 +221,7 @@ def merge_tiles(canvas: jax.Array, sr: jax.Array, positions: jax.Array, count: j
     def add(i, canvas):
         values = jnp.clip(sr[i], 0.0, 1.0)
         values = jnp.round(values * 255.0) if window is None else values * window
-        corner = (positions[i, 0] * scale, positions[i, 1] * scale, 0)
+        corner = (corners[i, 0], corners[i, 1], 0)
         current = jax.lax.dynamic_slice(canvas, corner, (size, size, 3))
         return jax.lax.dynamic_update_slice(canvas, current + values, corner)
 
@@ -260,15 +267,19 @@ def _band_program(routed: RoutedModel, shape: BandShape, fmt: OutputFormat):
     canvas_shape = (shape.canvas_lr_rows * s, shape.lr_hw[1] * s, 3)
     out_rows = shape.lr_hw[0] * s
     carry_rows = shape.carry_lr_rows * s
-    route = functools.partial(
-        route_tiles, routed.model, num_branches=routed.num_branches, scale=s, buckets=routed.buckets,
-        has_classifier=routed.has_classifier,
-    )
+    model = routed.model
+    route = functools.partial(route_classes, model, num_branches=routed.num_branches, buckets=routed.buckets,
+                              has_classifier=routed.has_classifier)
 
     def per_device(variables, lr, positions, valid, carry, next_base, row_weights, col_weights, offsets, force):
         tiles = cut_tiles(lr, positions, shape.tile)
-        sr, classes, _, counts = route(variables, tiles, valid, offsets, force)
-        canvas = merge_tiles(jnp.zeros(canvas_shape, jnp.float32), sr, positions, jnp.sum(valid), s, profile)
+        _, classes = classify(model, variables, tiles, valid, offsets, force, has_classifier=routed.has_classifier)
+        corners = positions * s
+
+        def merge(canvas, sel, count, sr):  # each bucket's SR tiles go straight into the canvas
+            return merge_tiles(canvas, sr, corners[jnp.minimum(sel, corners.shape[0] - 1)], count, profile)
+
+        canvas, counts = route(variables, tiles, classes, jnp.zeros(canvas_shape, jnp.float32), merge)
         if routed.num_devices > 1:
             canvas = jax.lax.psum(canvas, DATA_AXIS)
         canvas = canvas.at[:carry_rows].add(carry)

@@ -148,8 +148,9 @@ class Upscaler:
         self._placed = self.routed.place_variables(variables)
 
     def band_shape(self, grid: tiling.TileGrid) -> engine.BandShape:
+        rows, cols = grid.grid_shape
         return engine.band_shape(
-            grid.grid_shape[1], tile=self.tile, step=self.step, scale=self.spec.scale, band_tiles=self.band_tiles,
+            cols, rows, tile=self.tile, step=self.step, scale=self.spec.scale, band_tiles=self.band_tiles,
             max_rows=engine.MAX_BAND_ROWS, devices=self.routed.num_devices,
         )
 

@@ -54,10 +54,13 @@ class Buckets:
 # in the L2 cache; with chunks of 128 they ran ClassSR-SRResNet 1.3x and ClassSR-CARN 1.7x faster than the
 # accelerator sizes (buckets of 32, chunks of 256), and 1.1-1.2x faster than buckets of 8; a remainder
 # bucket of 1 wastes no work. FSRCNN's tiles cost ~30x less, so its calls need 8 tiles to amortise their fixed
-# cost. GPUs want big batches to fill their cores.
+# cost. GPUs want big batches to fill their cores, and every branch call of a deep network launches hundreds
+# of kernels (RCAN: about a thousand), so fewer, bigger calls: 128-tile buckets for the bulk, 16 for the rest
+# (at most 15 padded tiles per class and band). Not measured yet: benchmarks/gpu_suite.sh sweeps 32/8,
+# 64/16 and 128/16 on a GPU.
 CPU_BUCKETS = Buckets(big=4, small=1)
 CPU_BUCKETS_CHEAP_NETWORK = Buckets(big=8, small=2)
-GPU_BUCKETS = Buckets(big=32, small=8)
+GPU_BUCKETS = Buckets(big=128, small=16)
 # TPUs: XLA pads a convolution's feature dimension to a multiple of 128 unless the module's most common
 # convolution batch is at least 64, and then pads the features to 8 and the batch to 128 instead (Cloud TPU
 # performance guide). With batches of 32 and 8 the 36-, 50- and 52-wide branches would cost about as much as
@@ -76,16 +79,60 @@ def default_buckets(spec: ModelSpec | None = None, platform: str | None = None) 
     return CPU_BUCKETS_CHEAP_NETWORK if spec is not None and spec.network == "fsrcnn" else CPU_BUCKETS
 
 
-def _run_buckets(apply_branch, tiles, indices, count, out, size, start, n_calls):
-    """For i < n_calls: gather tiles[indices[start + i·size : … + size]], run the branch, scatter back."""
+def _run_buckets(apply_branch, tiles, indices, count, state, size, start, n_calls, consume):
+    """For i < n_calls: gather tiles[indices[start + i·size : … + size]], run the branch, and hand the SR tiles
+    to `consume(state, sel, valid, sr)` (the first `valid` entries of `sel` are real tile indices)."""
     n = tiles.shape[0]
 
-    def body(i, out):
-        sel = jax.lax.dynamic_slice(indices, (start + i * size,), (size,))
+    def body(i, state):
+        first = start + i * size
+        sel = jax.lax.dynamic_slice(indices, (first,), (size,))
         batch = tiles[jnp.minimum(sel, n - 1)]  # fill entries (= n) read any tile; their results are dropped
-        return out.at[sel].set(apply_branch(batch).astype(out.dtype), mode="drop")
+        valid = jnp.clip(count - first, 0, size)
+        return consume(state, sel, valid, apply_branch(batch).astype(jnp.float32))
 
-    return jax.lax.fori_loop(0, n_calls, body, out)
+    return jax.lax.fori_loop(0, n_calls, body, state)
+
+
+def classify(model, variables, tiles, valid, logit_offsets, force_class, *, has_classifier: bool = True):
+    """(logits (n, K), classes (n,)): argmax of the logits plus the offsets (the FLOPs budget), or
+    `force_class` when it is ≥ 0; −1 for padding."""
+    if has_classifier:
+        logits = model.apply(variables, tiles, method=model.classify).astype(jnp.float32)
+    else:
+        logits = jnp.zeros((tiles.shape[0], 1), jnp.float32)
+    classes = jnp.argmax(logits + logit_offsets, axis=-1).astype(jnp.int32)
+    classes = jnp.where(force_class >= 0, force_class, classes)
+    return logits, jnp.where(valid, classes, -1)
+
+
+def route_classes(model, variables, tiles, classes, state, consume, *, num_branches: int, buckets: Buckets,
+                  has_classifier: bool = True):
+    """Runs every branch on its own tiles in buckets and hands each bucket's SR tiles to `consume`.
+
+    For class k the tile indices are compacted on device (`jnp.nonzero(size=n)`), then a `lax.fori_loop`
+    whose trip count follows the class count runs big buckets for the bulk and small ones for the rest.
+    Returns (state, counts (K,)).
+    """
+    n = tiles.shape[0]
+    counts = []
+    for k in range(num_branches):
+        mask = classes == k
+        count = jnp.sum(mask, dtype=jnp.int32)
+        # Sorted indices of class k, then fill (= n, out of range) so every dynamic slice stays in bounds.
+        indices = jnp.nonzero(mask, size=n, fill_value=n)[0].astype(jnp.int32)
+        indices = jnp.concatenate([indices, jnp.full((buckets.big,), n, jnp.int32)])
+        if has_classifier:
+            apply_branch = lambda x, k=k: model.apply(variables, x, k, method=model.branch)
+        else:
+            apply_branch = lambda x: model.apply(variables, x)
+        n_big = count // buckets.big
+        state = _run_buckets(apply_branch, tiles, indices, count, state, buckets.big, 0, n_big, consume)
+        start = n_big * buckets.big
+        n_small = (count - start + buckets.small - 1) // buckets.small
+        state = _run_buckets(apply_branch, tiles, indices, count, state, buckets.small, start, n_small, consume)
+        counts.append(count)
+    return state, jnp.stack(counts)
 
 
 def route_tiles(
@@ -101,7 +148,7 @@ def route_tiles(
     buckets: Buckets,
     has_classifier: bool = True,
 ):
-    """Per-device routing of a batch of tiles.
+    """Per-device routing of a batch of tiles, returning every SR tile.
 
     tiles (n, t, t, 3) in [0, 1]; valid (n,) bool marks real tiles (padding is neither classified into a
     branch nor computed); logit_offsets (K,) are added to the logits before the argmax (the FLOPs budget);
@@ -109,32 +156,12 @@ def route_tiles(
     Returns (sr (n, t·s, t·s, 3), classes (n,) with −1 for padding, logits (n, K), counts (K,)).
     """
     n, t = tiles.shape[0], tiles.shape[1]
-    if has_classifier:
-        logits = model.apply(variables, tiles, method=model.classify).astype(jnp.float32)
-    else:
-        logits = jnp.zeros((n, 1), jnp.float32)
-    classes = jnp.argmax(logits + logit_offsets, axis=-1).astype(jnp.int32)
-    classes = jnp.where(force_class >= 0, force_class, classes)
-    classes = jnp.where(valid, classes, -1)
+    logits, classes = classify(model, variables, tiles, valid, logit_offsets, force_class, has_classifier=has_classifier)
+    scatter = lambda out, sel, _, sr: out.at[sel].set(sr, mode="drop")
     out = jnp.zeros((n, t * scale, t * scale, 3), jnp.float32)
-    counts = []
-    for k in range(num_branches):
-        mask = classes == k
-        count = jnp.sum(mask, dtype=jnp.int32)
-        # Sorted indices of class k, then fill (= n, out of range) so every dynamic slice stays in bounds.
-        indices = jnp.nonzero(mask, size=n, fill_value=n)[0].astype(jnp.int32)
-        indices = jnp.concatenate([indices, jnp.full((buckets.big,), n, jnp.int32)])
-        if has_classifier:
-            apply_branch = lambda x, k=k: model.apply(variables, x, k, method=model.branch)
-        else:
-            apply_branch = lambda x: model.apply(variables, x)
-        n_big = count // buckets.big
-        out = _run_buckets(apply_branch, tiles, indices, count, out, buckets.big, 0, n_big)
-        start = n_big * buckets.big
-        n_small = (count - start + buckets.small - 1) // buckets.small
-        out = _run_buckets(apply_branch, tiles, indices, count, out, buckets.small, start, n_small)
-        counts.append(count)
-    return out, classes, logits, jnp.stack(counts)
+    out, counts = route_classes(model, variables, tiles, classes, out, scatter, num_branches=num_branches,
+                                buckets=buckets, has_classifier=has_classifier)
+    return out, classes, logits, counts
 
 
 def classify_tiles(model, variables, tiles):

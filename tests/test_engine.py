@@ -55,7 +55,7 @@ def test_bands_equal_the_host_merge(variables, protocol, sizes):
         assert np.mean(result.sr != expected) < 1e-3
         if protocol == "paper":
             np.testing.assert_allclose(result.sr_255, merger.result_255(), atol=1e-3)
-    assert up.num_compilations == 1
+    assert up.num_compilations <= 2  # a short band for images of a few tile rows, a tall one for the rest
 
 
 def test_one_device_gives_the_output_of_eight(variables):
@@ -107,8 +107,13 @@ def test_band_plan_covers_every_tile_row_once():
 
 def test_band_inputs_deal_tiles_evenly_with_valid_prefixes():
     grid = tiling.full_grid(80, 210)  # 3 tile rows x 9 columns
-    shape = engine.band_shape(9, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
+    shape = engine.band_shape(9, 3, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
     assert (shape.rows, shape.cols, shape.slots) == (4, 16, 64)
+    # Images of a few tile rows get a band a quarter as tall.
+    short = engine.band_shape(9, 1, tile=32, step=24, scale=4, band_tiles=256, max_rows=32, devices=8)
+    assert (short.rows, short.cols, short.slots) == (4, 16, 64)
+    tall = engine.band_shape(9, 5, tile=32, step=24, scale=4, band_tiles=256, max_rows=32, devices=8)
+    assert (tall.rows, tall.slots) == (16, 256)
     band = engine.plan_bands(grid, shape.rows)[0]
     image = np.arange(80 * 210 * 3, dtype=np.uint16).reshape(80, 210, 3)
     inputs = engine.band_inputs(image, grid, band, shape, devices=8)

@@ -205,7 +205,7 @@ def test_default_sizes_depend_on_the_backend():
     srresnet = ModelSpec("classsr", "srresnet", (36, 52, 64))
     assert default_buckets(srresnet, "cpu") == Buckets(4, 1)
     assert default_buckets(SPEC, "cpu") == Buckets(8, 2)  # FSRCNN: cheap tiles, bigger calls
-    assert default_buckets(SPEC, "gpu") == default_buckets(srresnet, "gpu") == Buckets(32, 8)
+    assert default_buckets(SPEC, "gpu") == default_buckets(srresnet, "gpu") == Buckets(128, 16)
     # TPUs: calls of at least 64 tiles, so XLA pads the features to 8 and not to 128.
     assert default_buckets(srresnet, "tpu") == Buckets(128, 64)
     assert default_band_tiles("cpu") < default_band_tiles("gpu") == default_band_tiles("tpu")

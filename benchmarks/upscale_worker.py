@@ -1,0 +1,74 @@
+"""Worker process for side-by-side inference benchmarks (`harness.Workers`): the classsr_jax it imports is
+the code tree on its PYTHONPATH, this checkout's or an older commit's; the fixtures always come from here.
+
+Requests (JSON lines): {"cmd": "setup", "network", "lr_hw", "band_tiles"?, "dtype"?} builds a thirds-routing
+ClassSR and a photo-like image and compiles; {"cmd": "run"} times one warm upscale from the decoded image to
+the uint8 output in host memory.
+"""
+
+import importlib.util
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(HERE, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fixtures, harness = _load("fixtures"), _load("harness")
+
+from classsr_jax import inference  # noqa: E402  (the tree on PYTHONPATH, after the fixtures)
+
+DEVICE_ENGINE = hasattr(inference.Upscaler, "band_shape")  # this session's engine; older trees merge on the host
+state = {}
+
+
+def upscale_once():
+    up, image = state["upscaler"], state["image"]
+    t0 = time.perf_counter()
+    if DEVICE_ENGINE:
+        result = up.upscale(image)
+        out = result.sr
+    else:
+        from classsr_jax.image_io import to_uint8
+
+        result = up.upscale(image.astype(np.float32) / np.float32(255.0))
+        out = to_uint8(result.sr)
+    return time.perf_counter() - t0, result, out
+
+
+def handle(request):
+    if request["cmd"] == "setup":
+        h, w = request["lr_hw"]
+        image01 = fixtures.photo_like(h, w, seed=0)
+        spec, variables = fixtures.thirds_classsr(request["network"], image01)
+        kw = {}
+        if DEVICE_ENGINE and request.get("band_tiles"):
+            kw["band_tiles"] = request["band_tiles"]
+        if DEVICE_ENGINE and request.get("dtype"):
+            kw["dtype"] = request["dtype"]
+        state["upscaler"] = inference.Upscaler(spec, variables, **kw)
+        state["image"] = np.rint(image01 * 255).astype(np.uint8)
+        seconds, result, _ = upscale_once()
+        return {"first_s": seconds, "compile_s": result.compile_s, "engine": "device" if DEVICE_ENGINE else "host"}
+    seconds, result, out = upscale_once()
+    return {
+        "seconds": seconds,
+        "inference_s": result.inference_s,
+        "host_s": getattr(result, "host_s", None),
+        "class_counts": list(result.class_counts),
+        "shape": list(out.shape),
+        "checksum": int(out[::97, ::89].astype(np.int64).sum()),
+    }
+
+
+if __name__ == "__main__":
+    harness.serve(handle)
