@@ -72,6 +72,8 @@ def run(command: Callable[[flags.FlagValues], int | None], flag_values: flags.Fl
     if any(a in HELP_FLAGS for a in argv):
         print(flag_values.get_help())
         return OK
+    if flag_values is not flags.FLAGS and not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # absl's logging reads its own flags from the global set: use their defaults
     absl_logging.use_absl_handler()
     try:
         extra = parse(flag_values, argv, program, describe_flag_error)
