@@ -56,25 +56,31 @@ _ICC_PROFILE_TAG = 34675
 
 # --------------------------------------------------------------------------- listing
 
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """Sorted paths of the image files (by extension, any case) directly in ``folder``.
+def list_images(folder: str | os.PathLike, *, recursive: bool = False, allow_empty: bool = False) -> list[str]:
+    """Sorted paths of the image files (by extension, any case) in ``folder`` (and below it, if recursive),
+    ordered by their path relative to ``folder`` so that the order is reproducible.
 
-    Hidden files (names starting with '.') are skipped; they are typically macOS metadata or our own temporary files.
+    Hidden files (names starting with '.') are skipped; they are typically macOS metadata or our own temporary
+    files. This is the one listing of image files: the commands and the dataset builders both use it.
 
     Raises:
-      ImageError: if the folder does not exist or holds no images.
+      ImageError: if the folder does not exist, or holds no images (unless ``allow_empty``).
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise ImageError(f"no such folder: {folder}")
+    if recursive:
+        found = [os.path.join(root, name) for root, _, names in os.walk(folder) for name in names]
+    else:
+        found = [os.path.join(folder, name) for name in os.listdir(folder)]
     paths = sorted(
-        os.path.join(folder, name)
-        for name in os.listdir(folder)
-        if not name.startswith(".")
-        and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-        and os.path.isfile(os.path.join(folder, name))
+        (path for path in found
+         if not os.path.basename(path).startswith(".")
+         and os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+         and os.path.isfile(path)),
+        key=lambda path: os.path.relpath(path, folder).replace(os.sep, "/"),
     )
-    if not paths:
+    if not paths and not allow_empty:
         raise ImageError(f"no images ({_EXTENSION_LIST}) in {folder}")
     return paths
 

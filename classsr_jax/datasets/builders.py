@@ -37,9 +37,9 @@ from classsr_jax.datasets.files import (
     DataError,
     SkipReport,
     UnreadableImageError,
-    list_images,
     read_rgb_uint8,
 )
+from classsr_jax.image_io import list_images
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class _NumberedBuilder(_ClassSRBuilder, skip_registration=True):
     def _split_sources(self, root: Path, report: SkipReport) -> dict[str, list[tuple[str, Path]]]:
         by_split: dict[str, list[tuple[int, Path]]] = {split: [] for split in self.SPLIT_RANGES}
         seen: dict[int, Path] = {}
-        for path in list_images(root):
+        for path in map(Path, list_images(root, recursive=True, allow_empty=True)):
             relative = path.relative_to(root).as_posix()
             if not re.fullmatch(r"[0-9]+", path.stem):
                 report.add(relative, "not named by an index like 0801.png")
@@ -227,7 +227,7 @@ class _FolderRule(_ClassSRBuilder, skip_registration=True):
         del report  # Any image file is welcome here.
         train: list[tuple[str, Path]] = []
         validation: list[tuple[str, Path]] = []
-        for path in list_images(root):
+        for path in map(Path, list_images(root, recursive=True, allow_empty=True)):
             relative = path.relative_to(root)
             name = relative.with_suffix("").as_posix()  # Unique even when two subfolders share a file name.
             if len(relative.parts) > 1 and relative.parts[0] == VALIDATION_FOLDER:

@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +17,10 @@ from PIL import Image, UnidentifiedImageError
 
 from classsr_jax import fileio
 from classsr_jax.errors import DataError, UnreadableImageError
+from classsr_jax.image_io import list_images
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 @dataclasses.dataclass
@@ -85,17 +84,6 @@ def read_rgb_uint8(path: str | os.PathLike[str]) -> np.ndarray:
         raise UnreadableImageError(path, message) from None
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def list_images(folder: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
-    """Image files under `folder`, sorted by relative path (so example order is reproducible)."""
-    root = Path(folder)
-    candidates: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
-    return sorted((p for p in candidates if is_image_file(p)), key=lambda p: p.relative_to(root).as_posix())
-
-
 _INDEX_RE = re.compile(r"^([0-9]+)$")
 
 
@@ -105,7 +93,7 @@ def numbered_images(folder: str | os.PathLike[str]) -> dict[int, Path]:
     When the same index appears twice (e.g. a .png and a .jpg), the first by sorted path wins.
     """
     found: dict[int, Path] = {}
-    for path in list_images(folder):
+    for path in map(Path, list_images(folder, recursive=True, allow_empty=True)):
         match = _INDEX_RE.match(path.stem)
         if match:
             found.setdefault(int(match.group(1)), path)
