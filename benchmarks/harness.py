@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from classsr_jax.tables import markdown_table
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -93,11 +95,7 @@ def seconds(t: float) -> str:
     return f"{1e3 * t:.1f} ms" if t < 1.0 else f"{t:.2f} s"
 
 
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A Markdown table."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+table = markdown_table  # the project's one table formatter
 
 
 @contextlib.contextmanager

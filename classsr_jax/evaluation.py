@@ -18,6 +18,7 @@ from classsr_jax.bicubic import imresize
 from classsr_jax.errors import DataError, UserError
 from classsr_jax.inference import UpscaleResult, Upscaler
 from classsr_jax.pixels import to_uint8
+from classsr_jax.tables import markdown_table
 
 
 @dataclasses.dataclass
@@ -142,19 +143,20 @@ def evaluate_pairs(upscaler: Upscaler, pairs, variables=None, progress: bool = F
     return results["model"]
 
 
+def class_shares(class_counts) -> str:
+    """'36/24/41': each branch's share of the tiles in percent (simple/medium/hard)."""
+    total = max(1, int(sum(class_counts)))
+    return "/".join(f"{100 * c / total:.0f}" for c in class_counts)
+
+
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """The paper's table: one row per model/dataset with PSNR, FLOPs and % of -O, plus class ratios and time."""
-    lines = [
-        "| model | PSNR (dB) | PSNR-Y | SSIM-Y | FLOPs/tile | % of -O | class ratio | s/image |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, avg in rows:
-        ratio = "/".join(f"{100 * r:.0f}" for r in avg["class_ratio"])
-        lines.append(
-            f"| {name} | {avg['psnr']:.2f} | {avg['psnr_y']:.2f} | {avg['ssim_y']:.4f} | "
-            f"{flops_lib.format_flops(avg['flops'])} | {avg['flops_percent']:.0f}% | {ratio} | {avg['inference_s']:.2f} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        ["model", "PSNR (dB)", "PSNR-Y", "SSIM-Y", "FLOPs/tile", "% of -O", "class ratio", "s/image"],
+        [[name, f"{avg['psnr']:.2f}", f"{avg['psnr_y']:.2f}", f"{avg['ssim_y']:.4f}", flops_lib.format_flops(avg["flops"]),
+          f"{avg['flops_percent']:.0f}%", class_shares(avg["class_counts"]), f"{avg['inference_s']:.2f}"]
+         for name, avg in rows],
+    )
 
 
 def bicubic_average(pairs, scale: int, protocol: str, lr_patch: int) -> dict[str, float]:
@@ -171,20 +173,26 @@ def bicubic_average(pairs, scale: int, protocol: str, lr_patch: int) -> dict[str
     return {k: float(np.mean(v)) for k, v in values.items()}
 
 
-def format_results_table(results: dict[str, Any]) -> str:
-    """The paper's table: one row per model, PSNR and FLOPs (per 32x32 tile, % of -O) per dataset."""
-    datasets = list(results["datasets"])
-    header = "| Model | Params | " + " | ".join(f"{d} PSNR (dB) | {d} FLOPs" for d in datasets) + " |"
-    lines = [header, "|---|---|" + "---|---|" * len(datasets)]
-    for model in results["models"]:
-        params = f"{model['params']:,}" if model.get("params") else "—"
-        cells = []
-        for d in datasets:
-            avg = results["datasets"][d].get(model["key"])
+def format_results_table(results: dict[str, Any], collapse_threshold: float = 0.9) -> str:
+    """The paper's table, one row per dataset and model: PSNR and PSNR-Y (dB), FLOPs per 32×32 tile (% of -O)
+    and the share of tiles each branch got; below it, a line for every dataset where ClassSR sends more than
+    `collapse_threshold` of the tiles to one branch (the classifier collapses there)."""
+    rows, notes = [], []
+    for dataset, row in results["datasets"].items():
+        for model in results["models"]:
+            avg = row.get(model["key"])
             if avg is None:
-                cells += ["—", "—"]
                 continue
+            params = f"{model['params']:,}" if model.get("params") else "—"
             flops = f"{flops_lib.format_flops(avg['flops'])} ({avg['flops_percent']:.0f}%)" if avg.get("flops") else "—"
-            cells += [f"{avg['psnr']:.2f}", flops]
-        lines.append(f"| {model['name']} | {params} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            shares = class_shares(avg["class_counts"]) if model["key"] == "classsr" else "—"
+            psnr_y = f"{avg['psnr_y']:.2f}" if "psnr_y" in avg else "—"
+            rows.append([dataset, model["name"], params, f"{avg['psnr']:.2f}", psnr_y, flops, shares])
+            counts = avg.get("class_counts") if model["key"] == "classsr" else None
+            if counts and sum(counts) and max(counts) / sum(counts) > collapse_threshold:
+                k = max(range(len(counts)), key=counts.__getitem__)
+                notes.append(f"On {dataset}, {model['name']} sends {100 * counts[k] / sum(counts):.0f}% of the tiles to "
+                             f"branch {k + 1} of {len(counts)}: the classifier does not route these images.")
+    table = markdown_table(["Dataset", "Model", "Params", "PSNR (dB)", "PSNR-Y (dB)", "FLOPs/tile (% of -O)",
+                            "tiles simple/medium/hard (%)"], rows)
+    return "\n\n".join([table, *notes])

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from classsr_jax.tables import markdown_table
 from classsr_jax import checkpointing
 from classsr_jax.configuration import apply_overrides, load_config, validate_config
 from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
@@ -201,9 +202,8 @@ def exported_models(workdir: str) -> list[dict[str, Any]]:
 
 
 def format_exports(exports: list[dict[str, Any]]) -> str:
-    lines = ["| export | model | params | path |", "|---|---|---|---|"]
-    lines += [f"| {e['name']} | {e['model']} | {e['params']:,} | `{e['path']}` |" for e in exports]
-    return "\n".join(lines)
+    return markdown_table(["export", "model", "params", "path"],
+                          [[e["name"], e["model"], f"{e['params']:,}", f"`{e['path']}`"] for e in exports])
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -383,9 +383,11 @@ def budget_sweep(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: 
 
 
 def format_sweep(rows: list[dict[str, Any]]) -> str:
-    lines = ["| budget | FLOPs (% of -O) | PSNR (dB) | tiles simple/medium/hard |", "|---|---|---|---|"]
-    lines += [f"| {r['budget']:.2f} | {r['flops_percent']:.1f} | {r['psnr']:.2f} | {'/'.join(map(str, r['class_counts']))} |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(
+        ["budget", "FLOPs (% of -O)", "PSNR (dB)", "tiles simple/medium/hard"],
+        [[f"{r['budget']:.2f}", f"{r['flops_percent']:.1f}", f"{r['psnr']:.2f}", "/".join(map(str, r["class_counts"]))]
+         for r in rows],
+    )
 
 
 def budget_figure(rows: list[dict[str, Any]]):

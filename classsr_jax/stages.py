@@ -461,7 +461,7 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
         results["models"][1]["flops_note"] = "-O FLOPs are its per-tile cost (100%)"
     else:
         logging.warning("stage evaluate: no -O network (stage original not run, no pretrained.original); the table has no -O row")
-    results["table"] = format_results_table(results)
+    results["table"] = format_results_table(results, ctx.config.collapse_threshold)
     if parallel.is_primary_process():
         os.makedirs(os.path.dirname(ctx.workdir.results_json), exist_ok=True)
         fileio.write_text(ctx.workdir.table_md, results["table"] + "\n")

@@ -350,9 +350,11 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
     rows = evaluation["datasets"]["validation"]
     assert set(rows) == {"bicubic", "original", "classsr"}
     assert 0 < rows["classsr"]["flops_percent"] and len(rows["classsr"]["class_ratio"]) == 3
-    table = evaluation["table"].splitlines()
-    assert table[0] == "| Model | Params | validation PSNR (dB) | validation FLOPs |"
-    assert [line.split(" | ")[0] for line in table[2:]] == ["| Bicubic", "| FSRCNN-O", "| ClassSR-FSRCNN"]
+    table = evaluation["table"].split("\n\n")[0].splitlines()
+    assert table[0] == ("| Dataset | Model | Params | PSNR (dB) | PSNR-Y (dB) | FLOPs/tile (% of -O) | "
+                        "tiles simple/medium/hard (%) |")
+    assert [line.split(" | ")[:2] for line in table[2:]] == [
+        ["| validation", "Bicubic"], ["| validation", "FSRCNN-O"], ["| validation", "ClassSR-FSRCNN"]]
     with open(os.path.join(workdir, "evaluation", "results.json")) as f:
         assert json.load(f)["table"] == evaluation["table"]
     # Every stage trained exactly its steps; the checkpoint records the stage and model.
