@@ -3,6 +3,7 @@
 import configparser
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,11 +23,17 @@ COMMANDS = {
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")
-    # No isolation and no dependencies: nothing is downloaded; setuptools builds from this checkout.
+    # setuptools writes build/ and *.egg-info beside the sources: build from a copy, never in the checkout.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), source / name)
+    shutil.copytree(os.path.join(REPO, "classsr_jax"), source / "classsr_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    # No isolation and no dependencies: nothing is downloaded.
     run = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", REPO, "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out)],
-        capture_output=True, text=True, env={**os.environ, "TMPDIR": str(build)}, timeout=600,
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", str(out)],
+        capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     (path,) = out.glob("classsr_jax-*.whl")
