@@ -1,6 +1,6 @@
-"""CARN-M as implemented in ClassSR (spec §1.3), scale ×2/×3/×4.
+"""CARN-M as implemented in ClassSR (docs/original.md#carn-m), scale ×2/×3/×4.
 
-Quirks kept (spec Q10): the fusion layers are Conv1x1 without bias + BatchNorm + ReLU; one EResidualBlock
+Quirks kept: the fusion layers are Conv1x1 without bias + BatchNorm + ReLU; one EResidualBlock
 is shared three times inside each Block; grouped (g=4) upsampling convs followed by ReLU; trainable MeanShift.
 """
 

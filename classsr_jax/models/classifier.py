@@ -1,4 +1,4 @@
-"""The Class-Module (spec §1.1): 32x32 RGB tile in [0, 1] → logits over the branches."""
+"""The Class-Module (docs/original.md#the-class-module): 32x32 RGB tile in [0, 1] → logits over the branches."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class Classifier(nn.Module):
         for i in range(1, 4):
             x = lrelu(nn.Conv(128, (1, 1), name=f"conv{i}", **init)(x))
         x = nn.Conv(32, (1, 1), name="conv4", **init)(x)
-        # The original pools with kernel = feature-map height: global average pooling for square tiles.
+        # The original pools with kernel = feature-map height: the same on square tiles
+        # (docs/original.md#the-classifiers-pool).
         x = jnp.mean(x, axis=(1, 2))
         logits = nn.Dense(
             self.num_classes, kernel_init=torch_default_kernel(), bias_init=torch_default_bias(32), name="fc"

@@ -1,12 +1,13 @@
-"""The ClassSR container (spec §1.6): a Class-Module plus any number of branches.
+"""The ClassSR container (docs/original.md#the-classsr-container): a Class-Module plus any number of branches.
 
 Methods:
 - `__call__`: the soft mixture of joint training, Σ_k p_k · SR_k, and the probabilities p.
 - `classify`: logits of the Class-Module.
 - `branch`: the SR output of one branch, for routed inference.
 
-Unlike the original (spec Q2), branches run in inference mode by default during joint training, so
-CARN's BatchNorm uses its stored statistics; `branch_train=True` gives train-mode BatchNorm.
+Unlike the original, branches run in inference mode by default during joint training, so CARN's BatchNorm
+uses its stored statistics; `branch_train=True` gives train-mode BatchNorm
+(docs/original.md#branches-in-inference-mode-during-joint-training).
 """
 
 from __future__ import annotations

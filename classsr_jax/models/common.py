@@ -129,8 +129,8 @@ def upsample_stages(scale: int) -> tuple[int, ...]:
 class MeanShift(nn.Module):
     """EDSR's MeanShift: a 1x1 conv with weight I/std and bias sign·rgb_range·mean/std.
 
-    It is a real conv with trainable weights because the original trains it (spec Q3), so converted
-    checkpoints carry values that differ from the defaults.
+    It is a real conv with trainable weights because the original trains it, so converted checkpoints carry
+    values that differ from the defaults (docs/original.md#meanshift).
     """
 
     rgb_range: float

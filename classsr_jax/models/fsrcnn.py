@@ -1,6 +1,6 @@
-"""FSRCNN as in ClassSR's `FSRCNN_net` (spec §1.2), scale ×2/×3/×4.
+"""FSRCNN as in ClassSR's `FSRCNN_net` (docs/original.md#fsrcnn), scale ×2/×3/×4.
 
-Quirks kept (spec Q10): scalar PReLUs, a single PReLU after the m mapping convs, default-initialised deconv.
+Quirks kept: scalar PReLUs, a single PReLU after the m mapping convs, default-initialised deconv.
 The transposed conv runs in sub-pixel form (one LR-grid conv + pixel shuffle), exactly equal to PyTorch's.
 """
 
@@ -12,7 +12,8 @@ import jax.numpy as jnp
 from classsr_jax.models.common import Dtype, SubPixelConvTranspose, conv
 
 # scale → (padding, output_padding) of the 9x9 transposed conv, chosen so the output is exactly scale·H.
-# ×4 is the original's (3, 1); the others are the smallest output_padding that does it.
+# ×4 is the original's (3, 1); the others are the smallest output_padding that does it
+# (docs/original.md#scales-2-and-3).
 DECONV_PADDING = {2: (4, 1), 3: (3, 0), 4: (3, 1)}
 
 

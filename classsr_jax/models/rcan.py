@@ -1,4 +1,4 @@
-"""RCAN (spec §1.5), scale ×2/×3/×4: residual groups of residual channel-attention blocks.
+"""RCAN (docs/original.md#rcan), scale ×2/×3/×4: residual groups of residual channel-attention blocks.
 
 Groups and blocks run under nested `nn.scan`, so jit traces one block instead of 200.
 The [0, rgb_range] convention of the original (255 for RCAN) lives inside the module: callers pass [0, 1].
@@ -26,7 +26,7 @@ class ChannelAttention(nn.Module):
 
 
 class RCAB(nn.Module):
-    """Residual channel-attention block; the original's res_scale is ignored there too (spec Q10)."""
+    """Residual channel-attention block; the original's res_scale is ignored there too."""
 
     nf: int
     reduction: int

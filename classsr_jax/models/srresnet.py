@@ -1,4 +1,4 @@
-"""BasicSR's MSRResNet (spec §1.4), scale ×2/×3/×4. No long skip; a bilinear base is added (spec Q10).
+"""BasicSR's MSRResNet (docs/original.md#msrresnet), scale ×2/×3/×4. No long skip; a bilinear base is added.
 
 The 16 identical residual blocks run under `nn.scan` (one traced block instead of 16 for jit).
 """
