@@ -1,7 +1,7 @@
 """FLOPs counted from the module definitions, in two conventions.
 
-- `paper`: the paper's and original code's convention (spec §2): FLOPs = 2 × MACs of conv and linear
-  layers, with FSRCNN's transposed conv counted on its HR output (stride² = 16× its real cost at ×4).
+- `paper`: the paper's and original code's convention (docs/original.md#flops): FLOPs = 2 × MACs of conv
+  and linear layers, with FSRCNN's transposed conv counted on its HR output (stride² = 16× its real cost at ×4).
 - `true`: the same, but the transposed conv counted on its LR input, i.e. the work it really needs.
 
 Counting intercepts every `nn.Conv`, `nn.Dense` and `SubPixelConvTranspose` call while the module is
@@ -118,10 +118,12 @@ def format_flops(flops: float) -> str:
 
 
 def paper_flops_figure(class_counts, flops: ModelFlops, network: str) -> float:
-    """The paper's FLOPs figure: mean per-tile FLOPs of the chosen branches (spec §5 step 7).
+    """The paper's FLOPs figure: mean per-tile FLOPs of the chosen branches
+    (docs/original.md#the-figure-of-a-routed-image-and-of-a-dataset).
 
     Like the original's `cal_FLOPs`, the Class-Module's cost is added for FSRCNN only (it is negligible for
-    the others). Unlike it, a class with no tiles counts as 0, not 1 (a bug that adds phantom tiles).
+    the others). Unlike it, a class with no tiles counts as 0, not 1 (a bug that adds phantom tiles; see
+    docs/original.md#flops-of-an-empty-class).
     """
     counts = [int(c) for c in class_counts]
     total = sum(counts)

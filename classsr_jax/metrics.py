@@ -1,4 +1,4 @@
-"""Image quality metrics with BasicSR / ClassSR conventions (spec §5 step 6).
+"""Image quality metrics with BasicSR / ClassSR conventions (docs/original.md#the-test-protocol).
 
 All inputs are on the [0, 255] scale (uint8 or float) and all arithmetic is float64.
 The paper reports RGB PSNR with a 4-px border crop; PSNR_Y and SSIM_Y follow the

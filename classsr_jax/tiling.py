@@ -2,13 +2,14 @@
 
 Two protocols:
 
-* ``'paper'`` reproduces the original ClassSR test pipeline (spec §5 steps 1-3):
+* ``'paper'`` reproduces the original ClassSR test pipeline (docs/original.md#the-test-protocol):
   32x32 tiles every 28 px, no extra border tile (the uncovered right/bottom strip
   is dropped), every SR tile rounded to uint8 before overlaps are averaged.
 * ``'full'`` is our default: tiles step by ``tile - overlap`` and the last tile is
   placed flush with the bottom/right edge, so the output is exactly
   ``scale*H x scale*W`` for any input (images smaller than a tile are padded);
-  overlaps are blended with a smooth window instead of a plain mean.
+  overlaps are blended with a smooth window instead of a plain mean
+  (docs/original.md#the-full-protocol).
 
 Everything here is plain numpy and works chunk by chunk: ``extract_tiles`` can
 gather any subset of tiles and ``TileMerger.add`` accumulates any subset, so a
@@ -93,7 +94,7 @@ def _make_grid(ys: np.ndarray, xs: np.ndarray, **fields) -> TileGrid:
 
 
 def paper_grid(h: int, w: int, tile: int = 32, step: int = 28) -> TileGrid:
-    """Tile grid of the original ClassSR test code (``crop_cpu``, spec §5 step 1).
+    """Tile grid of the original ClassSR test code (``crop_cpu``; docs/original.md#the-test-protocol).
 
     Corners are 0, step, 2*step, ... while ``pos + tile <= L``; there is no extra
     border tile, so the last 0..step-1 rows/columns are not covered
@@ -244,7 +245,7 @@ class TileMerger:
     """Incremental merge of SR tiles into one HR image.
 
     Modes:
-      'paper': spec §5 steps 2-3. Each tile is clamped to [0, 1], x255 and rounded
+      'paper': the original's merge. Each tile is clamped to [0, 1], x255 and rounded
         half-to-even (the original's per-patch uint8 ``tensor2img``) before the
         overlapping tiles are averaged; the mean stays float (not re-quantised).
       'blend': weighted overlap-add with ``blend_window`` weights, normalised by the
