@@ -1,4 +1,4 @@
-"""FLOPs counted from the modules: spec §2 in the paper's convention, and the true cost alongside."""
+"""FLOPs counted from the modules in the paper's convention (docs/original.md#flops), and the true cost alongside."""
 
 import pytest
 import torch
@@ -7,14 +7,14 @@ import torch_reference as ref
 from classsr_jax.flops import count_layer_macs, format_flops, model_flops
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec, build_network
 
-# Spec §2, MACs per 32x32 LR tile at ×4.
-SPEC_MACS = {
+# MACs per 32x32 LR tile at ×4 of the original networks (docs/original.md#the-papers-convention).
+ORIGINAL_MACS = {
     "fsrcnn": (70_631_424, 152_285_184, 233_938_944),
     "carn": (190_264_320, 385_938_432, 577_594_368),
     "srresnet": (829_108_224, 1_719_005_184, 2_596_995_072),
     "rcan": (5_164_942_464, 9_953_957_472, 16_300_045_312),
 }
-# The constants of the original's util.cal_FLOPs (truncated in the last digit, spec §2).
+# The constants of the original's util.cal_FLOPs (rounded to 2-3 digits).
 CODE_CONSTANTS = {
     "fsrcnn": (141e6, 304e6, 468e6),
     "carn": (0.38e9, 0.77e9, 1.15e9),
@@ -24,9 +24,9 @@ CODE_CONSTANTS = {
 
 
 @pytest.mark.parametrize("network", list(PAPER_WIDTHS))
-def test_paper_convention_reproduces_spec(network):
+def test_paper_convention_reproduces_the_original(network):
     flops = model_flops(ModelSpec("classsr", network, PAPER_WIDTHS[network]))
-    assert flops.branches == tuple(2.0 * m for m in SPEC_MACS[network])
+    assert flops.branches == tuple(2.0 * m for m in ORIGINAL_MACS[network])
     assert flops.classifier == 2.0 * 3_801_184
     for got, constant in zip(flops.branches, CODE_CONSTANTS[network]):
         assert abs(got - constant) / constant < 0.01  # the code's constants are rounded to 2-3 digits
@@ -34,7 +34,7 @@ def test_paper_convention_reproduces_spec(network):
 
 def test_fsrcnn_true_convention_counts_the_deconv_on_its_input():
     true = model_flops(ModelSpec("classsr", "fsrcnn", (16, 36, 56)), convention="true")
-    # Spec §2: P·(99·d + 5184) + 1024·243·d MACs, i.e. FSRCNN-O is 49.84 MFLOPs, not 467.88.
+    # P·(99·d + 5184) + 1024·243·d MACs with P = 1024 LR pixels, i.e. FSRCNN-O is 49.84 MFLOPs, not 467.88.
     assert true.branches == tuple(2.0 * (1024 * (99 * d + 5184) + 1024 * 243 * d) for d in (16, 36, 56))
     assert round(true.original / 1e6, 2) == 49.84
 

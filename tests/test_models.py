@@ -1,4 +1,5 @@
-"""Parameter counts (spec §2), output shapes at every scale, and the scanned form equal to the unrolled one."""
+"""Parameter counts (docs/original.md#architectures), output shapes at every scale, and the scanned form equal to
+the unrolled one."""
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ def n_params(tree):
 
 
 @pytest.mark.parametrize("network", list(PAPER_WIDTHS))
-def test_parameter_counts_equal_spec(network):
+def test_parameter_counts_equal_the_original(network):
     variables = abstract_variables(ModelSpec("classsr", network, PAPER_WIDTHS[network]))
     params = variables["params"]
     assert n_params(params["classifier"]) == 60_035
@@ -33,7 +34,7 @@ def test_parameter_counts_equal_spec(network):
 
 
 @pytest.mark.parametrize("network", list(PAPER_WIDTHS))
-def test_torch_key_counts_equal_spec(network):
+def test_torch_key_counts_equal_the_original(network):
     single, composite = TORCH_KEYS[network]
     assert len(model_keys(ModelSpec("network", network, (PAPER_WIDTHS[network][0],)))) == single
     assert len(model_keys(ModelSpec("classsr", network, PAPER_WIDTHS[network]))) == composite

@@ -156,7 +156,7 @@ def test_transposed_conv_with_output_padding(scale, padding, output_padding):
     expected = nhwc(tconv(nchw(x)))
     assert got.shape == expected.shape == (2, 7 * scale, 5 * scale, 3)
     np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
-    # The dilated ("zero-insertion") form of spec §7.2 gives the same numbers.
+    # The dilated ("zero-insertion") form of the transposed conv gives the same numbers.
     k = 9
     dilated = jax.lax.conv_general_dilated(
         x,

@@ -1,10 +1,10 @@
 """Independent PyTorch reference of the original ClassSR networks (NCHW).
 
-Written from ``/work/shared/classsr_spec.md`` (§1 architectures, §6 Q10 quirks, §7.1 state_dict keys), not copied
-from the original repository. It is the ground truth for the Flax parity tests:
+Written from a reading of the original code (its architectures, quirks and state_dict keys, summarised in
+docs/original.md), not copied from the original repository. It is the ground truth for the Flax parity tests:
 
-* every module's ``state_dict()`` has exactly the keys, shapes and order of spec §7.1 (scale 4);
-* every forward pass follows spec §1, quirks included (scalar PReLUs and a single PReLU after FSRCNN's mapping
+* every module's ``state_dict()`` has exactly the keys, shapes and order of the original's (scale 4);
+* every forward pass follows the original's, quirks included (scalar PReLUs and a single PReLU after FSRCNN's mapping
   convs; BN + bias-free 1x1 fusions and one shared EResidualBlock per CARN Block; no long skip in MSRResNet;
   ``res_scale`` ignored in RCAN; classifier AvgPool kernel taken from the feature-map height);
 * scales 2 and 3 are supported too (FSRCNN deconv padding from ``FSRCNN_DECONV_PADDING``; one upsampling stage
@@ -52,7 +52,7 @@ __all__ = [
     "count_macs_torch",
 ]
 
-# Branch widths (branch 1 / 2 / 3), spec §2 appendix. Branch 3 is the original ("-O") network.
+# Branch widths (branch 1 / 2 / 3; docs/original.md#the-classsr-container). Branch 3 is the original ("-O") network.
 WIDTHS = {"fsrcnn": (16, 36, 56), "carn": (36, 52, 64), "srresnet": (36, 52, 64), "rcan": (36, 50, 64)}
 
 # FSRCNN tail ConvTranspose2d(k=9, stride=scale): scale -> (padding, output_padding), so that the output is
@@ -74,7 +74,7 @@ def _check_scale(scale: int) -> None:
 class MeanShift(nn.Conv2d):
     """1x1 conv 3->3 with weight I/std and bias sign*rgb_range*mean/std (keys ``weight``, ``bias``).
 
-    Trainable in the original (spec Q3), so checkpoints may hold drifted values.
+    Trainable in the original, so checkpoints may hold drifted values (docs/original.md#meanshift).
     """
 
     def __init__(self, rgb_range: float = 1.0, rgb_mean=RGB_MEAN, rgb_std=(1.0, 1.0, 1.0), sign: int = -1):
@@ -95,7 +95,7 @@ class Classifier(nn.Module):
 
     def __init__(self):
         super().__init__()
-        # Registration order matches spec §7.1: lastOut first.
+        # Registration order as in the original: lastOut first.
         self.lastOut = nn.Linear(32, 3)
         self.CondNet = nn.Sequential(
             nn.Conv2d(3, 128, 4, 4),
@@ -347,7 +347,7 @@ class RCAN(nn.Module):
         _check_scale(scale)
         self.scale = scale
         nf = n_feats
-        # Registration order matches spec §7.1: sub_mean, add_mean, head, body, tail.
+        # Registration order as in the original: sub_mean, add_mean, head, body, tail.
         self.sub_mean = MeanShift(rgb_range, sign=-1)
         self.add_mean = MeanShift(rgb_range, sign=+1)
         self.head = nn.Sequential(_conv3(3, nf))
@@ -394,7 +394,7 @@ class ClassSR(nn.Module):
         return (self.net1, self.net2, self.net3)
 
     def forward_test(self, x: torch.Tensor):
-        """Spec §1.6 test mode: per sample (batch 1), argmax of the logits, run only that branch.
+        """The original's test mode: per sample (batch 1), argmax of the logits, run only that branch.
 
         Returns ``(sr, probs, classes)``: the SR batch, softmax probabilities (N, 3) and chosen branch (N,).
         """
@@ -412,8 +412,9 @@ class ClassSR(nn.Module):
         """Soft mixture: p = softmax(classifier(x)); sr = sum_k p_k * net_k(x). Returns ``(sr, probs)``.
 
         Batched by default (the RCAN container's behaviour). ``per_sample=True`` loops with batch size 1 like the
-        FSRCNN/CARN/SRResNet containers; that only matters for CARN BatchNorm in train mode (spec Q2). Module
-        train/eval mode is left to the caller.
+        FSRCNN/CARN/SRResNet containers; that only matters for CARN BatchNorm in train mode
+        (docs/original.md#branches-in-inference-mode-during-joint-training). Module train/eval mode is left to
+        the caller.
         """
         if per_sample:
             pairs = [self.forward_train(x[i : i + 1]) for i in range(x.size(0))]
@@ -557,7 +558,7 @@ def calibrate_classifier_(classifier: Classifier, x: torch.Tensor) -> Classifier
 # MAC counter
 # ---------------------------------------------------------------------------------------------------------------
 def count_macs_torch(module: nn.Module, input_shape) -> int:
-    """Multiply-accumulates of Conv2d / ConvTranspose2d / Linear layers in one forward pass (spec §2 convention).
+    """Multiply-accumulates of Conv2d / ConvTranspose2d / Linear layers in one forward pass (the paper's convention).
 
     * Conv2d (incl. MeanShift, grouped): out_pixels * k_h*k_w * in/groups * out.
     * ConvTranspose2d, counted on its OUTPUT as in the paper: out_pixels * in * out/groups * k_h*k_w.
