@@ -48,7 +48,7 @@ def main():
 
     from classsr_jax import flops as flops_lib
     from classsr_jax import tiling
-    from classsr_jax.checkpointing import init_variables, load_model
+    from classsr_jax.checkpointing import load_model
     from classsr_jax.inference import Upscaler
     from classsr_jax.models import PAPER_WIDTHS, ModelSpec
 
@@ -65,7 +65,7 @@ def main():
     else:
         spec = ModelSpec("classsr", "rcan", PAPER_WIDTHS["rcan"], 4)
         sample = np.sort(np.random.default_rng(0).choice(grid.num_tiles, size=min(1024, grid.num_tiles), replace=False))
-        variables = C.tertile_classifier(spec, init_variables(spec), tiling.extract_tiles(lr, grid, sample))
+        variables = C.tertile_classifier(spec, spec.init(), tiling.extract_tiles(lr, grid, sample))
         weights = "random weights, classifier re-fitted to thirds"
     last = spec.num_branches
     spec_o = spec.branch(last - 1)

@@ -38,7 +38,6 @@ def child(args) -> None:
 
     from benchmarks import routing_common as C
     from classsr_jax import tiling
-    from classsr_jax.checkpointing import init_variables
     from classsr_jax.inference import Upscaler
     from classsr_jax.models import PAPER_WIDTHS, ModelSpec
 
@@ -48,7 +47,7 @@ def child(args) -> None:
     lr = C.photo_like(h, w, seed=0)
     grid = tiling.full_grid(h, w)
     sample = np.random.default_rng(0).choice(grid.num_tiles, size=min(1024, grid.num_tiles), replace=False)
-    variables = C.tertile_classifier(spec, init_variables(spec), tiling.extract_tiles(lr, grid, np.sort(sample)))
+    variables = C.tertile_classifier(spec, spec.init(), tiling.extract_tiles(lr, grid, np.sort(sample)))
     kw = {}
     if args.buckets:
         from classsr_jax.routing import Buckets

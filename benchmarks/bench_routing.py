@@ -36,7 +36,6 @@ import numpy as np
 from benchmarks import routing_common as C
 from classsr_jax import flops as flops_lib
 from classsr_jax import tiling
-from classsr_jax.checkpointing import init_variables
 from classsr_jax.inference import ACCELERATOR_CHUNK_SIZES, Upscaler
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec
 from classsr_jax.routing import ACCELERATOR_BUCKETS, Buckets, RoutedModel
@@ -70,7 +69,7 @@ def bench_network(network: str, reps: int, variants: list[str], size: int, seed:
     grid = tiling.full_grid(size, size)
     tiles = tiling.extract_tiles(image, grid).astype(np.float32)
     n = len(tiles)
-    variables = C.tertile_classifier(spec, init_variables(spec, seed), tiles)
+    variables = C.tertile_classifier(spec, spec.init(seed=seed), tiles)
     offsets = np.zeros(spec.num_branches, np.float32)
 
     fns, info = {}, {}

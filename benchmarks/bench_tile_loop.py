@@ -28,7 +28,6 @@ import numpy as np
 
 from benchmarks import routing_common as C
 from classsr_jax import tiling
-from classsr_jax.checkpointing import init_variables
 from classsr_jax.inference import ACCELERATOR_CHUNK_SIZES, Upscaler
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec
 from classsr_jax.routing import ACCELERATOR_BUCKETS
@@ -74,7 +73,7 @@ def main():
     rows = []
     for network in args.networks.split(","):
         spec = ModelSpec("classsr", network, PAPER_WIDTHS[network], 4)
-        variables = C.tertile_classifier(spec, init_variables(spec, args.seed), tiles)
+        variables = C.tertile_classifier(spec, spec.init(seed=args.seed), tiles)
         ups = {"bucketed": Upscaler(spec, variables)}
         if args.accelerator_sizes:
             ups["bucketed, accelerator sizes"] = Upscaler(spec, variables, chunk_sizes=ACCELERATOR_CHUNK_SIZES,

@@ -43,7 +43,7 @@ def bench(name: str, batch: str, steps: int, blocks: int, half_precision: bool):
         average_loss_weight=config.joint.average_loss_weight,
         pixel_range=config.loss.pixel_range,
     )
-    variables = checkpointing.init_variables(spec)
+    variables = spec.init()
     state = parallel.replicate(train.create_train_state(variables, tx, ("classifier",)), mesh)
     step = parallel.data_parallel(functools.partial(train.train_step, model=model, tx=tx, objective=objective), mesh)
     rng = np.random.default_rng(0)

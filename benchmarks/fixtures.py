@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from classsr_jax import tiling
-from classsr_jax.checkpointing import init_variables
 from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
 
 
@@ -94,6 +93,13 @@ def tertile_classifier(spec: ModelSpec, variables, tiles: np.ndarray):
     return variables
 
 
+def init_variables(spec: ModelSpec, seed: int = 0) -> dict:
+    """Fresh variables through the module's own init (the older code trees measured side by side lack
+    `ModelSpec.init`)."""
+    variables = jax.jit(spec.build().init)(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3), jnp.float32))
+    return jax.tree_util.tree_map(np.asarray, dict(variables))
+
+
 def thirds_classsr(network: str, image: np.ndarray, scale: int = 4, sample: int = 1024, seed: int = 0,
                    extra: dict | None = None):
     """(spec, variables) of a random ClassSR with the paper's widths whose Class-Module splits the tiles of
@@ -102,4 +108,4 @@ def thirds_classsr(network: str, image: np.ndarray, scale: int = 4, sample: int 
     grid = tiling.full_grid(*image.shape[:2])
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(grid.num_tiles, size=min(sample, grid.num_tiles), replace=False))
-    return spec, tertile_classifier(spec, init_variables(spec, seed=seed), tiling.extract_tiles(image, grid, picked))
+    return spec, tertile_classifier(spec, init_variables(spec, seed), tiling.extract_tiles(image, grid, picked))

@@ -45,19 +45,6 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
-def abstract_variables(spec: ModelSpec, tile: int = 32, scan: bool = True) -> dict[str, Any]:
-    """Shapes and dtypes of a model's variables, without allocating or compiling anything."""
-    x = jax.ShapeDtypeStruct((1, tile, tile, 3), jnp.float32)
-    model = spec.build(scan=scan)
-    return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
-
-
-def init_variables(spec: ModelSpec, seed: int = 0, tile: int = 32) -> dict[str, Any]:
-    model = spec.build()
-    variables = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, tile, tile, 3), jnp.float32))
-    return jax.tree_util.tree_map(np.asarray, dict(variables))
-
-
 def count_params(variables: dict[str, Any]) -> int:
     """The number of parameters (BatchNorm statistics are not parameters); works on shapes too."""
     return int(sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(variables["params"])))
@@ -81,29 +68,6 @@ def variables_digest(variables: dict[str, Any]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def check_variables(spec: ModelSpec, variables: dict[str, Any], where: str) -> None:
-    """Raises CheckpointError unless `variables` has exactly the structure and shapes `spec` needs."""
-    expected = {k: v.shape for k, v in flatten_dict(dict(abstract_variables(spec))).items()}
-    got = {k: tuple(np.shape(v)) for k, v in flatten_dict(dict(variables)).items()}
-    missing = sorted("/".join(k) for k in expected.keys() - got.keys())
-    unexpected = sorted("/".join(k) for k in got.keys() - expected.keys())
-    shapes = sorted(
-        f"{'/'.join(k)} {got[k]} != {expected[k]}" for k in expected.keys() & got.keys() if got[k] != expected[k]
-    )
-    problems = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-        if items:
-            problems.append(f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}")
-    if problems:
-        raise CheckpointError(f"{where} does not fit model {describe(spec)}: {'; '.join(problems)}")
-
-
-def describe(spec: ModelSpec) -> str:
-    widths = "/".join(map(str, spec.widths))
-    name = f"ClassSR-{spec.network}" if spec.kind == "classsr" else spec.network
-    return f"{name} x{spec.scale} (widths {widths})"
-
-
 def _atomic_replace_dir(tmp: str, final: str) -> None:
     """Moves a finished directory into place; an existing one is swapped out only after tmp is complete."""
     if os.path.exists(final):
@@ -118,7 +82,7 @@ def _atomic_replace_dir(tmp: str, final: str) -> None:
 def _model_items(directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None, where: str):
     """Checks what is about to be written (shapes, finite values); returns the float32 variables and the
     description JSON."""
-    check_variables(spec, variables, where)
+    spec.check(variables, where)
     bad = first_non_finite(variables)
     if bad is not None:
         raise CheckpointError(f"refusing to write {directory}: parameter {bad} is not finite (NaN or infinity)")
@@ -184,7 +148,7 @@ def load_model(model_dir: str) -> LoadedModel:
         raise CheckpointError(f"{model_dir} has a bad model description: {e}") from e
     variables = jax.tree_util.tree_map(np.asarray, dict(restored["variables"]))
     variables = {k: v for k, v in variables.items() if v or k == "params"}
-    check_variables(spec, variables, f"checkpoint {model_dir}")
+    spec.check(variables, f"checkpoint {model_dir}")
     bad = first_non_finite(variables)
     if bad is not None:
         raise CheckpointError(f"checkpoint {model_dir} has non-finite values (NaN or infinity) in {bad}; it cannot be used")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from classsr_jax.errors import ConfigError, reason
-from classsr_jax.models.registry import NETWORKS, ModelSpec
+from classsr_jax.models.backbones import NETWORKS
+from classsr_jax.models.registry import ModelSpec
 
 STAGES = ("original", "divide", "branches", "joint", "finetune", "evaluate")
 TRAINING_STAGES = ("original", "branches", "joint", "finetune")  # the stages with an optimiser (and a config section)

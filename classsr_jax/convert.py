@@ -19,9 +19,10 @@ import numpy as np
 from absl import flags
 
 from classsr_jax import cli
-from classsr_jax.checkpointing import abstract_variables, describe, save_model
+from classsr_jax.checkpointing import save_model
 from classsr_jax.errors import ConvertError, reason
-from classsr_jax.models.registry import NETWORKS, SCALES, ModelSpec
+from classsr_jax.models.backbones import NETWORKS, SCALES
+from classsr_jax.models.registry import ModelSpec
 from classsr_jax.models.torch_names import state_dict_to_variables
 
 FLAGS = flags.FlagValues()
@@ -173,7 +174,7 @@ def convert_state_dict(
         if branch is not None:
             raise ConvertError(f"--branch needs a composite checkpoint, and {path} is a single network")
         spec = infer_network_spec(network, sd, path, scale)
-    return spec, state_dict_to_variables(sd, spec, abstract_variables(spec), source=path)
+    return spec, state_dict_to_variables(sd, spec, spec.abstract(), source=path)
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -215,7 +216,7 @@ def run_command(flag_values: flags.FlagValues) -> int:
     metadata = {"converted_from": f.input, **({"cast_to_float32": cast} if cast else {})}
     out = save_model(f.output, spec, variables, metadata=metadata, overwrite=f.overwrite)
     note = f" ({_joined(cast)} tensors cast to float32)" if cast else ""
-    print(f"converted {f.input} → {out}: {describe(spec)}{note}")
+    print(f"converted {f.input} → {out}: {spec.describe()}{note}")
     return cli.OK
 
 

@@ -27,9 +27,16 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib.figure import Figure
 
+from classsr_jax import checkpointing, convert, metrics
+from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
+from classsr_jax.class_map import class_map_overlay
+from classsr_jax.datasets.bundled import BUNDLED_FILES, bundled_paths
+from classsr_jax.evaluation import image_metrics
+from classsr_jax.image_io import read_image
+from classsr_jax.pixels import to_uint8
 from classsr_jax.tables import markdown_table
-from classsr_jax import checkpointing
 from classsr_jax.configuration import apply_overrides, load_config, validate_config
 from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
 from classsr_jax.workdir import EXPORT_DIR, Workdir, resolve_model_dir
@@ -130,6 +137,7 @@ def describe_config(config) -> str:
 
 def training_curves(workdir: str, tags: Sequence[str] = DEFAULT_CURVE_TAGS) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
     """{stage: {tag: (steps, values)}} of the scalar summaries a run wrote under WORKDIR/tensorboard/."""
+    # Deferred: tensorboard is only needed to read curves back, and is slow to import.
     from tensorboard.backend.event_processing import event_accumulator
     from tensorboard.util import tensor_util
 
@@ -167,8 +175,6 @@ _STAGE_ORDER = ("original", "branch1", "branch2", "branch3", "joint", "finetune"
 
 def curves_figure(curves: dict[str, dict[str, tuple[list[int], list[float]]]], tags: Sequence[str] = DEFAULT_CURVE_TAGS):
     """One panel per tag, one line per stage (what TensorBoard shows, as a static picture)."""
-    from matplotlib.figure import Figure
-
     tags = [t for t in tags if any(t in per_tag for per_tag in curves.values())] or list(tags)
     fig = Figure(figsize=(5 * len(tags), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(tags)))
@@ -197,7 +203,7 @@ def exported_models(workdir: str) -> list[dict[str, Any]]:
             continue
         loaded = checkpointing.load_model(path)
         params = checkpointing.count_params(loaded.variables)
-        out.append({"name": name, "path": path, "model": checkpointing.describe(loaded.spec), "params": params})
+        out.append({"name": name, "path": path, "model": loaded.spec.describe(), "params": params})
     return out
 
 
@@ -237,8 +243,6 @@ def open_checkpoint(path: str, official_pth: str | None = None, network: str | N
     (an official ClassSR / branch .pth; needs torch), it is converted into `path` first, unless `path`
     already holds a checkpoint."""
     if official_pth and not os.path.exists(path):
-        from classsr_jax import convert
-
         if not network:
             raise ValueError("converting an official checkpoint needs network= (fsrcnn, carn, srresnet or rcan)")
         state_dict = convert.load_torch_state_dict(official_pth)
@@ -254,10 +258,6 @@ def demo_pair(source: str, scale: int) -> tuple[str, np.ndarray, np.ndarray]:
     """(name, LR uint8, HR uint8) from an HR photo: a bundled photo's name (e.g. 'coffee') or an image file.
     The HR is cropped to a multiple of the scale and the LR made from it with the MATLAB bicubic (the
     paper's degradation), so the SR result can be scored against the HR."""
-    from classsr_jax.bicubic import bicubic_degrade, modcrop
-    from classsr_jax.datasets.bundled import BUNDLED_FILES, bundled_paths
-    from classsr_jax.image_io import read_image, to_uint8
-
     if source in BUNDLED_FILES:
         split = next(s for s in ("validation", "train") if source in dict(bundled_paths(s)))
         path, name = str(dict(bundled_paths(split))[source]), source
@@ -296,12 +296,6 @@ class Comparison:
 
 def compare(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, name: str = "image") -> Comparison:
     """Upscales `lr_uint8` with `upscaler` (an inference.Upscaler) and with bicubic; PSNR against the HR."""
-    from classsr_jax import metrics
-    from classsr_jax.bicubic import imresize
-    from classsr_jax.class_map import class_map_overlay
-    from classsr_jax.pixels import to_uint8
-    from classsr_jax.evaluation import image_metrics
-
     scale = upscaler.spec.scale
     result = upscaler.upscale(np.asarray(lr_uint8, np.float32) / 255.0)
     sr = to_uint8(result.sr)
@@ -327,8 +321,6 @@ def compare(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, name: str = "i
 
 def comparison_figure(c: Comparison, panel_width: float = 4.0):
     """LR, bicubic, ClassSR and the class map side by side (the LR drawn at the same size, pixelated)."""
-    from matplotlib.figure import Figure
-
     h, w = c.sr.shape[:2]
     fig = Figure(figsize=(4 * panel_width, panel_width * h / w + 0.9), layout="constrained")
     axes = fig.subplots(1, 4)
@@ -354,8 +346,6 @@ def budget_sweep(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: 
     """[{budget, flops_percent, psnr, class_counts}] for each budget (fraction of the -O FLOPs), with the
     upscaler's compiled programs reused (the budget only shifts the classifier's logits); the upscaler's own
     budget is restored afterwards."""
-    from classsr_jax.evaluation import image_metrics
-
     if upscaler.spec.kind != "classsr":
         raise ValueError("a budget needs a ClassSR model; this checkpoint is a single network")
     bad = [b for b in budgets if not b > 0]
@@ -392,8 +382,6 @@ def format_sweep(rows: list[dict[str, Any]]) -> str:
 
 def budget_figure(rows: list[dict[str, Any]]):
     """FLOPs (% of -O) and PSNR against the budget, side by side."""
-    from matplotlib.figure import Figure
-
     budgets = [r["budget"] for r in rows]
     fig = Figure(figsize=(8, 3), layout="constrained")
     ax_flops, ax_psnr = fig.subplots(1, 2)
@@ -419,12 +407,12 @@ def figure_png(fig, dpi: int = 100) -> bytes:
 
 def show(fig, dpi: int = 100) -> None:
     """Displays a Figure in the notebook as a PNG (independent of the matplotlib backend)."""
-    from IPython.display import Image, display
+    from IPython.display import Image, display  # deferred: IPython exists only inside a notebook
 
     display(Image(data=figure_png(fig, dpi)))
 
 
 def show_markdown(text: str) -> None:
-    from IPython.display import Markdown, display
+    from IPython.display import Markdown, display  # deferred: IPython exists only inside a notebook
 
     display(Markdown(text))

@@ -159,7 +159,7 @@ def objective_for(config, section: str, spec: ModelSpec) -> Objective:
 
 
 def _fresh_variables(ctx: StageContext, spec: ModelSpec, seed: int) -> dict[str, Any]:
-    return checkpointing.init_variables(spec, seed=seed, tile=ctx.lr_patch)
+    return spec.init(seed=seed, tile=ctx.lr_patch)
 
 
 def _start_original(ctx: StageContext, spec: ModelSpec, k: int | None) -> dict[str, Any]:
@@ -201,7 +201,7 @@ def _start_joint(ctx: StageContext, spec: ModelSpec, k: int | None) -> dict[str,
     merged = {"params": params}
     if stats:
         merged["batch_stats"] = stats
-    checkpointing.check_variables(spec, merged, "the joint stage's starting model")
+    spec.check(merged, "the joint stage's starting model")
     return merged
 
 

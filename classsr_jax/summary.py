@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from classsr_jax.checkpointing import abstract_variables, count_params
+from classsr_jax.checkpointing import count_params
 from classsr_jax.flops import format_flops, model_flops
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec
 
@@ -15,7 +15,7 @@ from classsr_jax.models import PAPER_WIDTHS, ModelSpec
 def summary_rows(scale: int = 4):
     for network, widths in PAPER_WIDTHS.items():
         spec = ModelSpec("classsr", network, widths, scale)
-        params = abstract_variables(spec)["params"]
+        params = spec.abstract()["params"]
         paper, true = model_flops(spec), model_flops(spec, convention="true")
         for k, width in enumerate(widths):
             count = count_params({"params": params[f"net{k + 1}"]})

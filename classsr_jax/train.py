@@ -91,7 +91,7 @@ def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformati
 
 def abstract_train_state(spec: ModelSpec, tx, trainable, mesh, lr_patch: int) -> TrainState:
     """The train state's shapes, dtypes and (replicated) shardings, for restoring a checkpoint."""
-    abstract_vars = checkpointing.abstract_variables(spec, tile=lr_patch)
+    abstract_vars = spec.abstract(tile=lr_patch)
     shapes = jax.eval_shape(lambda v: create_train_state(v, tx, trainable), abstract_vars)
     sharding = parallel.replicated(mesh)
     return jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
@@ -324,7 +324,7 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
         abstract = abstract_train_state(stage.spec, tx, stage.trainable, ctx.mesh, ctx.lr_patch)
         state, progress = checkpointing.restore_train_state(manager, start, abstract)
         if ModelSpec.from_dict(progress["model"]) != stage.spec:
-            raise CheckpointError(f"checkpoint {workdir.checkpoints(stage.name)} holds another model than {checkpointing.describe(stage.spec)}")
+            raise CheckpointError(f"checkpoint {workdir.checkpoints(stage.name)} holds another model than {stage.spec.describe()}")
         logging.info("stage %s: resuming from step %d of %d", stage.name, start, sc.num_steps)
     else:
         state = parallel.replicate(create_train_state(stage.initial_variables(), tx, stage.trainable), ctx.mesh)
@@ -436,7 +436,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if not os.path.isfile(work.config_json):
             fileio.write_text(work.config_json, config_record(config.to_json_best_effort(), spec))
     parallel.sync_processes("workdir")
-    logging.info("workdir %s: %s, stages %s, %d devices", work.root, checkpointing.describe(spec), ",".join(selected), mesh.devices.size)
+    logging.info("workdir %s: %s, stages %s, %d devices", work.root, spec.describe(), ",".join(selected), mesh.devices.size)
     evaluation, variables = None, {}
     for stage in selected:
         if stage == "divide":

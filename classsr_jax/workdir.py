@@ -104,16 +104,12 @@ def pretrained_branches(config) -> list[str]:
     return paths
 
 
-def _describe(spec: ModelSpec) -> str:
-    return checkpointing.describe(spec)
-
-
 def _check_pretrained(path: str, expected: ModelSpec, field: str) -> None:
     if not os.path.exists(path):
         raise TrainError(f"config field {field}: checkpoint {path} does not exist")
     found = checkpointing.read_model_spec(resolve_model_dir(path))
     if found != expected:
-        raise CheckpointError(f"config field {field}: {path} is {_describe(found)}, but this config needs {_describe(expected)}")
+        raise CheckpointError(f"config field {field}: {path} is {found.describe()}, but this config needs {expected.describe()}")
 
 
 def check_stage_inputs(config, workdir: Workdir, stages: tuple[str, ...]) -> None:
@@ -148,7 +144,7 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"workdir {workdir.root} has an unreadable config.json ({type(e).__name__}); use another workdir") from e
         if stored != spec:
-            raise CheckpointError(f"workdir {workdir.root} holds a {_describe(stored)} run, but this config is {_describe(spec)}; use another --workdir")
+            raise CheckpointError(f"workdir {workdir.root} holds a {stored.describe()} run, but this config is {spec.describe()}; use another --workdir")
     # Models and checkpoints already in the workdir must fit too (e.g. a workdir copied from another run).
     expected = {"original": spec.branch(spec.num_branches - 1), "joint": spec, "finetune": spec}
     expected.update({name: spec.branch(k) for k, name in enumerate(branch_stages(spec.num_branches))})
@@ -156,17 +152,17 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
         if os.path.isdir(workdir.model(stage)):
             found = checkpointing.read_model_spec(workdir.model(stage))
             if found != want:
-                raise CheckpointError(f"workdir model {workdir.model(stage)} is {_describe(found)}, but this config needs {_describe(want)}; use another --workdir")
+                raise CheckpointError(f"workdir model {workdir.model(stage)} is {found.describe()}, but this config needs {want.describe()}; use another --workdir")
         progress = checkpointing.read_train_progress(workdir.checkpoints(stage))
         if progress is not None:
             found = ModelSpec.from_dict(progress["model"])
             if found != want:
-                raise CheckpointError(f"workdir checkpoint {workdir.checkpoints(stage)} is {_describe(found)}, but this config needs {_describe(want)}; use another --workdir")
+                raise CheckpointError(f"workdir checkpoint {workdir.checkpoints(stage)} is {found.describe()}, but this config needs {want.describe()}; use another --workdir")
     for name, want in ((ORIGINAL_EXPORT, spec.branch(spec.num_branches - 1)), (CLASSSR_EXPORT, spec)):
         if os.path.isdir(workdir.export(name)):
             found = checkpointing.read_model_spec(workdir.export(name))
             if found != want:
-                raise CheckpointError(f"workdir export {workdir.export(name)} is {_describe(found)}, but this config needs {_describe(want)}; use another --workdir")
+                raise CheckpointError(f"workdir export {workdir.export(name)} is {found.describe()}, but this config needs {want.describe()}; use another --workdir")
     if config.pretrained.original:
         _check_pretrained(config.pretrained.original, spec.branch(spec.num_branches - 1), "pretrained.original")
     for k, path in enumerate(pretrained_branches(config)):

@@ -26,7 +26,7 @@ SPEC = ModelSpec("classsr", "fsrcnn", (4, 6, 8), 2, TINY_EXTRA)
 
 def random_variables(spec, seed=0):
     rng = np.random.default_rng(seed)
-    shapes = checkpointing.abstract_variables(spec)
+    shapes = spec.abstract()
     return jax.tree_util.tree_map(lambda a: (0.1 * rng.normal(size=a.shape)).astype(a.dtype), dict(shapes))
 
 
@@ -58,7 +58,7 @@ def test_save_and_load_round_trip_with_count_and_digest(tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.variables, variables)
     by_hand = sum(int(np.prod(a.shape)) for a in jax.tree_util.tree_leaves(variables["params"]))
     assert checkpointing.count_params(loaded.variables) == by_hand
-    assert checkpointing.count_params(checkpointing.abstract_variables(SPEC)) == by_hand  # shapes suffice
+    assert checkpointing.count_params(SPEC.abstract()) == by_hand  # shapes suffice
     digest = checkpointing.variables_digest(loaded.variables)
     assert digest == checkpointing.variables_digest(variables) and digest.startswith("sha256:")
     changed = with_value(variables, "params/classifier/fc/kernel", 0.5)
@@ -125,7 +125,7 @@ def test_checkpoint_manager_keeps_the_last_n_and_the_best(tmp_path):
 def test_restoring_another_architecture_is_a_one_line_error(tmp_path):
     tx = optax.adam(1e-3)
     spec = ModelSpec("classsr", "fsrcnn", (4, 6, 8), 2, TINY_EXTRA)
-    zeros = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), checkpointing.abstract_variables(spec))
+    zeros = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), spec.abstract())
     state = train.create_train_state(zeros, tx, ("classifier",))
     with checkpointing.train_checkpoint_manager(str(tmp_path), asynchronous=False) as manager:
         checkpointing.save_train_state(manager, 1, state, {"stage": "joint"}, force=True)

@@ -13,6 +13,7 @@ import torch
 import torch_reference as ref
 from classsr_jax import checkpointing, convert
 from classsr_jax.models import ModelSpec
+from classsr_jax.workdir import resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,7 +107,7 @@ def test_wrong_model_and_unreadable_file(tmp_path):
 
 def test_existing_output_is_not_overwritten(tmp_path):
     spec = ModelSpec("network", "fsrcnn", (16,))
-    variables = checkpointing.init_variables(spec)
+    variables = spec.init()
     out = tmp_path / "ckpt"
     checkpointing.save_model(str(out), spec, variables)
     before = sorted(os.listdir(out))
@@ -131,8 +132,8 @@ def test_not_a_checkpoint_is_one_line(tmp_path):
 
 def test_workdir_means_its_exported_classsr_model(tmp_path):
     spec = ModelSpec("classsr", "fsrcnn", (16, 36, 56))
-    checkpointing.save_model(str(tmp_path / "export" / "classsr"), spec, checkpointing.init_variables(spec))
-    assert checkpointing.load_model(str(tmp_path)).spec == spec
+    checkpointing.save_model(str(tmp_path / "export" / "classsr"), spec, spec.init())
+    assert checkpointing.load_model(resolve_model_dir(str(tmp_path))).spec == spec
 
 
 def test_state_dict_round_trip_through_flax():

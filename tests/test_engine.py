@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from classsr_jax import engine, tiling
-from classsr_jax.checkpointing import init_variables
 from classsr_jax.inference import Upscaler
 from classsr_jax.models import ModelSpec
 from classsr_jax.parallel import create_mesh
@@ -16,7 +15,7 @@ from routing_fixtures import SPEC, spread_classifier, textured_image
 
 @pytest.fixture(scope="module")
 def variables():
-    return spread_classifier(init_variables(SPEC, seed=1))
+    return spread_classifier(SPEC.init(seed=1))
 
 
 def reference(variables, lr_uint8, protocol):
@@ -72,7 +71,7 @@ def test_a_constant_image_stays_constant(protocol):
     # With zero convs SRResNet is its bilinear base, exact on constants: every tile is the constant, and so
     # is every weighted mean of tiles.
     spec = ModelSpec("network", "srresnet", (8,), 4, {"nb": 1})
-    variables = jax.tree_util.tree_map(np.zeros_like, init_variables(spec))
+    variables = jax.tree_util.tree_map(np.zeros_like, spec.init())
     up = Upscaler(spec, variables, protocol=protocol, band_tiles=32)
     for colour in ((30, 80, 40), (20, 40, 160), (255, 0, 255)):
         lr = np.broadcast_to(np.array(colour, np.uint8), (100, 77, 3))
@@ -141,7 +140,7 @@ def test_bfloat16_stays_close_to_float32(network, extra):
     """bfloat16 parameters and activations against float32 on the same random-weight network: the loss is
     measured in BENCHMARKS.md ("bfloat16"); this bounds it with a margin."""
     spec = ModelSpec("network", network, (16,), 4, extra)
-    variables = init_variables(spec, seed=3)
+    variables = spec.init(seed=3)
     lr = as_uint8(textured_image(40, 52, seed=4))
     full = Upscaler(spec, variables, mesh=one_device()).upscale(lr, float_merge=True)
     half = Upscaler(spec, variables, dtype="bfloat16", mesh=one_device()).upscale(lr, float_merge=True)

@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from classsr_jax.checkpointing import abstract_variables
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec, build_network
 from classsr_jax.models.torch_names import model_keys
 
@@ -26,7 +25,7 @@ def n_params(tree):
 
 @pytest.mark.parametrize("network", list(PAPER_WIDTHS))
 def test_parameter_counts_equal_the_original(network):
-    variables = abstract_variables(ModelSpec("classsr", network, PAPER_WIDTHS[network]))
+    variables = ModelSpec("classsr", network, PAPER_WIDTHS[network]).abstract()
     params = variables["params"]
     assert n_params(params["classifier"]) == 60_035
     assert tuple(n_params(params[f"net{k}"]) for k in (1, 2, 3)) == BRANCH_PARAMS[network]
@@ -42,7 +41,7 @@ def test_torch_key_counts_equal_the_original(network):
 
 def test_any_number_of_branches():
     spec = ModelSpec("classsr", "fsrcnn", (8, 16, 24, 32, 56))
-    variables = abstract_variables(spec)
+    variables = spec.abstract()
     assert sorted(variables["params"]) == ["classifier", "net1", "net2", "net3", "net4", "net5"]
     assert variables["params"]["classifier"]["fc"]["kernel"].shape == (32, 5)
 

@@ -6,7 +6,6 @@ import pytest
 
 from classsr_jax import flops as flops_lib
 from classsr_jax import tiling
-from classsr_jax.checkpointing import init_variables
 from classsr_jax.evaluation import evaluate_pairs
 from classsr_jax.inference import Upscaler, budget_offsets
 from classsr_jax.models import ModelSpec
@@ -17,7 +16,7 @@ from routing_fixtures import SPEC, spread_classifier, textured_image, textured_t
 
 @pytest.fixture(scope="module")
 def variables():
-    return spread_classifier(init_variables(SPEC, seed=1))
+    return spread_classifier(SPEC.init(seed=1))
 
 
 def test_eight_devices_are_used():
@@ -125,7 +124,7 @@ def test_budget_moves_flops_towards_the_target(variables):
 
 def test_single_network_checkpoint_upscales_through_the_same_tiling():
     spec = ModelSpec("network", "srresnet", (16,), 2, {"nb": 2})
-    variables = jax.tree_util.tree_map(np.zeros_like, init_variables(spec))
+    variables = jax.tree_util.tree_map(np.zeros_like, spec.init())
     up = Upscaler(spec, variables)
     # All convs zero: the network is its bilinear base, exact on constants, so a constant stays constant.
     result = up.upscale(np.full((45, 70, 3), 0.3, np.float32), float_merge=True)
@@ -181,7 +180,7 @@ def test_full_protocol_has_no_seams_on_smooth_input():
     """A per-tile linear network (FSRCNN with zero inner layers is not; use SRResNet's bilinear base) on a
     ramp: the blended full-protocol output stays a ramp, with no jumps at tile borders."""
     spec = ModelSpec("network", "srresnet", (8,), 4, {"nb": 1})
-    variables = jax.tree_util.tree_map(np.zeros_like, init_variables(spec))
+    variables = jax.tree_util.tree_map(np.zeros_like, spec.init())
     lr = np.tile(np.linspace(0.1, 0.9, 100, dtype=np.float32)[None, :, None], (60, 1, 3))
     result = Upscaler(spec, variables).upscale(lr, float_merge=True)
     whole = np.asarray(jax.image.resize(lr, (240, 400, 3), "bilinear"))

@@ -167,7 +167,7 @@ def tiny_classsr(network="fsrcnn", widths=(4, 6, 8), extra=TINY_EXTRA, scale=2):
 def _variables_cached(spec_json):
     """Random variables of the right shapes (jit-compiling model.init would cost seconds per model)."""
     rng = np.random.default_rng(1)
-    shapes = checkpointing.abstract_variables(ModelSpec.from_dict(json.loads(spec_json)))
+    shapes = ModelSpec.from_dict(json.loads(spec_json)).abstract()
     params = jax.tree_util.tree_map(lambda a: (0.1 * rng.normal(size=a.shape)).astype(a.dtype), shapes["params"])
     stats = jax.tree_util.tree_map(lambda a: (rng.random(a.shape) + 0.5).astype(a.dtype), shapes.get("batch_stats", {}))
     return {"params": params, "batch_stats": stats} if stats else {"params": params}

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from classsr_jax import evaluate, upscale
-from classsr_jax.checkpointing import init_variables, save_model
+from classsr_jax.checkpointing import save_model
 from classsr_jax.image_io import read_image, write_image
 from classsr_jax.models import ModelSpec
 
@@ -23,7 +23,7 @@ UPSCALE_KEYS = {"input_hw", "output_hw", "tiles", "class_counts", "flops", "flop
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ckpt") / "classsr_fsrcnn")
-    save_model(path, SPEC, init_variables(SPEC, seed=3))
+    save_model(path, SPEC, SPEC.init(seed=3))
     return path
 
 

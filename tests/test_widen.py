@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from classsr_jax.checkpointing import init_variables
 from classsr_jax.models import ModelSpec, build_network
 from classsr_jax.models.widen import cpu_compute_widths, widen, widen_network_variables, wider_spec
 from classsr_jax.routing import RoutedModel, default_compute_widths
@@ -55,7 +54,7 @@ def test_widened_network_computes_the_narrow_one(network, width, wide, scale, ex
 
 def test_widened_classsr_keeps_classifier_and_computes_every_branch():
     spec = ModelSpec("classsr", "srresnet", (36, 52, 64), 4, {"nb": 2})
-    variables = init_variables(spec, seed=3)
+    variables = spec.init(seed=3)
     wide_spec, wide_vars = widen(spec, variables, (36, 64, 64))
     assert wide_spec.widths == (36, 64, 64)
     for name in ("classifier", "net1", "net3"):
@@ -74,7 +73,7 @@ def test_routed_model_widens_on_cpu_and_routes_the_same_numbers():
     assert default_compute_widths(spec, "gpu") == (36, 52, 64)
     assert cpu_compute_widths(ModelSpec("classsr", "rcan", (36, 50, 64), 4)) == (36, 64, 64)
     assert cpu_compute_widths(ModelSpec("classsr", "fsrcnn", (16, 36, 56), 4)) == (16, 36, 56)
-    variables = init_variables(spec, seed=0)
+    variables = spec.init(seed=0)
     tiles = np.random.default_rng(0).random((16, 32, 32, 3), dtype=np.float32)
     valid = np.ones(16, bool)
     outs = []

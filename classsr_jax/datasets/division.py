@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from classsr_jax import fileio
 from classsr_jax.bicubic import imresize
@@ -329,9 +331,6 @@ def division_files(path: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
 def _histogram_png(division: Division, handle: Any) -> None:
     # Figure + Agg canvas directly: no pyplot, so no global backend switch for the rest of the program. Imported
     # here: matplotlib (slow to import) is needed only when a division is saved, not to read one or to train.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(7, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

@@ -8,7 +8,7 @@ import re
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from classsr_jax.datasets import builders  # noqa: F401  (registers the classsr_* builders)
+import classsr_jax.datasets.builders  # noqa: F401  (registers the classsr_* builders)
 from classsr_jax.datasets.files import DataError
 
 CLASSSR_DATASETS = ("classsr_div2k", "classsr_div8k", "classsr_flickr2k", "classsr_folder", "classsr_bundled")

@@ -5,13 +5,8 @@ from classsr_jax.models.classifier import Classifier
 from classsr_jax.models.classsr import ClassSR
 from classsr_jax.models.fsrcnn import FSRCNN
 from classsr_jax.models.rcan import RCAN
-from classsr_jax.models.registry import (
-    NETWORKS,
-    PAPER_WIDTHS,
-    SCALES,
-    ModelSpec,
-    build_network,
-)
+from classsr_jax.models.backbones import NETWORKS, SCALES, build_network
+from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
 from classsr_jax.models.srresnet import MSRResNet
 
 __all__ = [

@@ -1,20 +1,19 @@
-"""From config names to modules. A model is described by a plain dict (`ModelSpec.to_dict`) that is
-stored with every checkpoint, so a checkpoint rebuilds its own module."""
+"""What a checkpoint holds, as a plain description (`ModelSpec.to_dict`) stored with every checkpoint, so a
+checkpoint rebuilds its own module. `ModelSpec` builds, describes, initialises, shapes and checks a model."""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict
 
-from classsr_jax.models.carn import CARNM
-from classsr_jax.models.fsrcnn import FSRCNN
-from classsr_jax.models.rcan import RCAN
-from classsr_jax.models.srresnet import MSRResNet
-
-NETWORKS = ("fsrcnn", "carn", "srresnet", "rcan")
-SCALES = (2, 3, 4)
+from classsr_jax.errors import CheckpointError
+from classsr_jax.models.backbones import build_network, check_network
+from classsr_jax.models.classsr import ClassSR
 
 # Branch widths of the paper (simple, medium, hard); the last is the original ("-O") network.
 PAPER_WIDTHS = {
@@ -23,34 +22,6 @@ PAPER_WIDTHS = {
     "srresnet": (36, 52, 64),
     "rcan": (36, 50, 64),
 }
-
-# Default values of each network's extra fields (beyond width and scale).
-NETWORK_DEFAULTS = {
-    "fsrcnn": {"s": 12, "m": 4},
-    "carn": {"group": 4, "rgb_range": 1.0},
-    "srresnet": {"nb": 16},
-    "rcan": {"n_resgroups": 10, "n_resblocks": 20, "reduction": 16, "rgb_range": 255.0},
-}
-
-_CLASSES = {"fsrcnn": (FSRCNN, "d"), "carn": (CARNM, "nf"), "srresnet": (MSRResNet, "nf"), "rcan": (RCAN, "n_feats")}
-
-
-def check_network(network: str) -> None:
-    if network not in NETWORKS:
-        raise ValueError(f"unknown network {network!r}: use one of {', '.join(NETWORKS)}")
-
-
-def build_network(network: str, width: int, scale: int = 4, *, scan: bool = True, dtype=jnp.float32, **extra):
-    """One SR network (a branch), e.g. build_network('rcan', 64) is RCAN-O."""
-    check_network(network)
-    if scale not in SCALES:
-        raise ValueError(f"unsupported scale {scale}: use one of {', '.join(map(str, SCALES))}")
-    cls, width_field = _CLASSES[network]
-    unknown = set(extra) - set(NETWORK_DEFAULTS[network])
-    if unknown:
-        raise ValueError(f"unknown field(s) for {network}: {', '.join(sorted(unknown))}")
-    fields = {**NETWORK_DEFAULTS[network], **extra}
-    return cls(**{width_field: int(width)}, scale=int(scale), scan=scan, dtype=dtype, **fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +48,6 @@ class ModelSpec:
         return len(self.widths) if self.kind == "classsr" else 1
 
     def build(self, *, scan: bool = True, dtype=jnp.float32):
-        from classsr_jax.models.classsr import ClassSR  # avoid an import cycle
-
         if self.kind == "network":
             return build_network(self.network, self.widths[0], self.scale, scan=scan, dtype=dtype, **self.extra)
         return ClassSR(
@@ -89,6 +58,39 @@ class ModelSpec:
             scan=scan,
             dtype=dtype,
         )
+
+    def describe(self) -> str:
+        """'ClassSR-rcan x4 (widths 36/50/64)', for messages."""
+        name = f"ClassSR-{self.network}" if self.kind == "classsr" else self.network
+        return f"{name} x{self.scale} (widths {'/'.join(map(str, self.widths))})"
+
+    def abstract(self, tile: int = 32, scan: bool = True) -> dict[str, Any]:
+        """Shapes and dtypes of the model's variables, without allocating or compiling anything."""
+        x = jax.ShapeDtypeStruct((1, tile, tile, 3), jnp.float32)
+        model = self.build(scan=scan)
+        return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+
+    def init(self, seed: int = 0, tile: int = 32) -> dict[str, Any]:
+        """Freshly initialised variables (numpy), as the original initialises each layer."""
+        model = self.build()
+        variables = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, tile, tile, 3), jnp.float32))
+        return jax.tree_util.tree_map(np.asarray, dict(variables))
+
+    def check(self, variables: dict[str, Any], where: str) -> None:
+        """CheckpointError unless `variables` has exactly the structure and shapes this model needs."""
+        expected = {k: v.shape for k, v in flatten_dict(dict(self.abstract())).items()}
+        got = {k: tuple(np.shape(v)) for k, v in flatten_dict(dict(variables)).items()}
+        missing = sorted("/".join(k) for k in expected.keys() - got.keys())
+        unexpected = sorted("/".join(k) for k in got.keys() - expected.keys())
+        shapes = sorted(
+            f"{'/'.join(k)} {got[k]} != {expected[k]}" for k in expected.keys() & got.keys() if got[k] != expected[k]
+        )
+        problems = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if items:
+                problems.append(f"{label}: {', '.join(items[:5])}{' …' if len(items) > 5 else ''}")
+        if problems:
+            raise CheckpointError(f"{where} does not fit model {self.describe()}: {'; '.join(problems)}")
 
     def branch(self, index: int) -> "ModelSpec":
         """The spec of one branch as a single network (e.g. the last branch is the -O network)."""

@@ -13,10 +13,10 @@ from typing import Iterator
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from classsr_jax.checkpointing import describe
 from classsr_jax.errors import ConvertError
 from classsr_jax.models.common import upsample_stages
-from classsr_jax.models.registry import NETWORK_DEFAULTS, ModelSpec
+from classsr_jax.models.backbones import NETWORK_DEFAULTS
+from classsr_jax.models.registry import ModelSpec
 
 # Layout rules, torch → Flax.
 CONV = "conv"  # (O, I/g, kh, kw) → (kh, kw, I/g, O)
@@ -213,7 +213,7 @@ def state_dict_to_variables(
 ) -> dict:
     """Maps a PyTorch state_dict onto Flax variables with strict key matching.
 
-    `abstract` holds the expected Flax shapes (e.g. `checkpointing.abstract_variables(spec)`). Every tensor is
+    `abstract` holds the expected Flax shapes (e.g. `spec.abstract()`). Every tensor is
     checked against its PyTorch shape before any transpose, so a wrong rank is reported like a wrong size; every
     missing, unexpected or mis-shaped key is reported together in one ConvertError.
     """
@@ -247,7 +247,7 @@ def state_dict_to_variables(
             for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
             if items
         ]
-        raise ConvertError(f"{source} does not match {describe(spec)}: {'; '.join(parts)}")
+        raise ConvertError(f"{source} does not match {spec.describe()}: {'; '.join(parts)}")
     variables: dict = {}
     for path, value in arrays.items():
         _nested_set(variables, path, value)

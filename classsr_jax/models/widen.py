@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classsr_jax.models.registry import NETWORK_DEFAULTS, ModelSpec, build_network
+from classsr_jax.models.backbones import NETWORK_DEFAULTS, build_network
+from classsr_jax.models.registry import ModelSpec
 
 # Convs whose output channels are c·r² + phase (the pixel-shuffle order).
 _SHUFFLE_LAYERS = ("upconv", "upsample")
