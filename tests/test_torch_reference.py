@@ -1,4 +1,5 @@
-"""The PyTorch reference (tests/torch_reference.py) matches /work/shared/classsr_spec.md §1, §2 and §7.1.
+"""The PyTorch reference (tests/torch_reference.py) matches the original code: its architectures, parameter counts,
+FLOPs and state_dict layout (docs/original.md#architectures, #flops, #checkpoints).
 
 These facts are the ground truth that the Flax parity tests rely on.
 """
@@ -30,7 +31,7 @@ torch.set_num_threads(2)
 
 NETWORKS = ("fsrcnn", "carn", "srresnet", "rcan")
 
-# Spec §2 table.
+# The original's per-tile FLOPs table (docs/original.md#the-papers-convention).
 PARAMS = {
     "fsrcnn": (10_755, 17_635, 24_515),
     "carn": (94_851, 195_651, 294_939),
@@ -61,9 +62,10 @@ def _meta(network, width, **kw):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Expected §7.1 key lists, written out independently of torch_reference (order = spec order).
+# The original's state_dict key lists (docs/original.md#checkpoints), written out independently of
+# torch_reference, in the original's order.
 # ----------------------------------------------------------------------------------------------------------------
-def _spec_keys_classifier():
+def _original_keys_classifier():
     ks = [("lastOut.weight", (3, 32)), ("lastOut.bias", (3,)),
           ("CondNet.0.weight", (128, 3, 4, 4)), ("CondNet.0.bias", (128,))]
     for i in (2, 4, 6):
@@ -72,7 +74,7 @@ def _spec_keys_classifier():
     return ks
 
 
-def _spec_keys_fsrcnn(d, s=12):
+def _original_keys_fsrcnn(d, s=12):
     ks = [("head_conv.0.weight", (d, 3, 5, 5)), ("head_conv.0.bias", (d,)), ("head_conv.1.weight", (1,)),
           ("body_conv.0.0.weight", (s, d, 1, 1)), ("body_conv.0.0.bias", (s,)), ("body_conv.0.1.weight", (1,))]
     for i in (1, 2, 3, 4):
@@ -83,13 +85,13 @@ def _spec_keys_fsrcnn(d, s=12):
     return ks
 
 
-def _spec_keys_bn_fusion(prefix, nf, k):
+def _original_keys_bn_fusion(prefix, nf, k):
     return [(f"{prefix}.0.weight", (nf, k * nf, 1, 1))] + [
         (f"{prefix}.1.{n}", (nf,)) for n in ("weight", "bias", "running_mean", "running_var")
     ] + [(f"{prefix}.1.num_batches_tracked", ())]
 
 
-def _spec_keys_carn(nf, g=4):
+def _original_keys_carn(nf, g=4):
     ks = [("sub_mean.weight", (3, 3, 1, 1)), ("sub_mean.bias", (3,)),
           ("add_mean.weight", (3, 3, 1, 1)), ("add_mean.bias", (3,)),
           ("entry.weight", (nf, 3, 3, 3)), ("entry.bias", (nf,))]
@@ -98,16 +100,16 @@ def _spec_keys_carn(nf, g=4):
                (f"{B}.b1.body.2.weight", (nf, nf // g, 3, 3)), (f"{B}.b1.body.2.bias", (nf,)),
                (f"{B}.b1.body.4.weight", (nf, nf, 1, 1)), (f"{B}.b1.body.4.bias", (nf,))]
         for c, k in (("c1", 2), ("c2", 3), ("c3", 4)):
-            ks += _spec_keys_bn_fusion(f"{B}.{c}", nf, k)
+            ks += _original_keys_bn_fusion(f"{B}.{c}", nf, k)
     for c, k in (("c1", 2), ("c2", 3), ("c3", 4)):
-        ks += _spec_keys_bn_fusion(c, nf, k)
+        ks += _original_keys_bn_fusion(c, nf, k)
     ks += [("upsample.up.body.0.weight", (4 * nf, nf // g, 3, 3)), ("upsample.up.body.0.bias", (4 * nf,)),
            ("upsample.up.body.3.weight", (4 * nf, nf // g, 3, 3)), ("upsample.up.body.3.bias", (4 * nf,)),
            ("exit.weight", (3, nf, 3, 3)), ("exit.bias", (3,))]
     return ks
 
 
-def _spec_keys_srresnet(nf, nb=16):
+def _original_keys_srresnet(nf, nb=16):
     ks = [("conv_first.weight", (nf, 3, 3, 3)), ("conv_first.bias", (nf,))]
     for i in range(nb):
         for c in ("conv1", "conv2"):
@@ -119,7 +121,7 @@ def _spec_keys_srresnet(nf, nb=16):
     return ks
 
 
-def _spec_keys_rcan(nf, G=10, B=20):
+def _original_keys_rcan(nf, G=10, B=20):
     r = nf // 16
     ks = [("sub_mean.weight", (3, 3, 1, 1)), ("sub_mean.bias", (3,)),
           ("add_mean.weight", (3, 3, 1, 1)), ("add_mean.bias", (3,)),
@@ -139,8 +141,8 @@ def _spec_keys_rcan(nf, G=10, B=20):
     return ks
 
 
-SPEC_KEYS = {"fsrcnn": _spec_keys_fsrcnn, "carn": _spec_keys_carn, "srresnet": _spec_keys_srresnet,
-             "rcan": _spec_keys_rcan}
+ORIGINAL_KEYS = {"fsrcnn": _original_keys_fsrcnn, "carn": _original_keys_carn, "srresnet": _original_keys_srresnet,
+             "rcan": _original_keys_rcan}
 
 
 def _keys_shapes(m):
@@ -148,7 +150,7 @@ def _keys_shapes(m):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# §2 parameter counts
+# The original's parameter counts (docs/original.md#architectures)
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("network", NETWORKS)
 def test_branch_param_counts(network):
@@ -173,12 +175,12 @@ def test_widths_constant():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# §7.1 state_dict layout
+# The original's state_dict layout (docs/original.md#checkpoints)
 # ----------------------------------------------------------------------------------------------------------------
 def test_classifier_keys_exact():
     sd = Classifier().state_dict()
     assert len(sd) == 12
-    assert _keys_shapes(Classifier()) == _spec_keys_classifier()
+    assert _keys_shapes(Classifier()) == _original_keys_classifier()
 
 
 @pytest.mark.parametrize("network", NETWORKS)
@@ -186,7 +188,7 @@ def test_branch_keys_exact(network):
     for w in WIDTHS[network]:
         m = _meta(network, w)
         assert len(m.state_dict()) == KEYS[network]
-        assert _keys_shapes(m) == SPEC_KEYS[network](w)
+        assert _keys_shapes(m) == ORIGINAL_KEYS[network](w)
 
 
 @pytest.mark.parametrize("network", NETWORKS)
@@ -195,9 +197,9 @@ def test_composite_keys(network):
         model = build_classsr(network)
     sd = model.state_dict()
     assert len(sd) == COMPOSITE_KEYS[network]
-    expected = [(f"classifier.{k}", s) for k, s in _spec_keys_classifier()]
+    expected = [(f"classifier.{k}", s) for k, s in _original_keys_classifier()]
     for i, w in enumerate(WIDTHS[network], start=1):
-        expected += [(f"net{i}.{k}", s) for k, s in SPEC_KEYS[network](w)]
+        expected += [(f"net{i}.{k}", s) for k, s in ORIGINAL_KEYS[network](w)]
     assert _keys_shapes(model) == expected
 
 
@@ -272,9 +274,9 @@ def test_classifier_output():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# §2 MACs (hook-based)
+# MACs counted with hooks (docs/original.md#the-papers-convention)
 # ----------------------------------------------------------------------------------------------------------------
-def _spec_macs(net, w, P=1024):  # spec appendix calculator
+def _original_macs(net, w, P=1024):  # an independent calculator of the original's MACs
     if net == "fsrcnn":
         return P * (3987 * w + 5184)
     if net == "carn":
@@ -288,7 +290,7 @@ def _spec_macs(net, w, P=1024):  # spec appendix calculator
 def test_branch_macs(network):
     for w, expected in zip(WIDTHS[network], MACS[network]):
         got = count_macs_torch(_meta(network, w), (1, 3, 32, 32))
-        assert got == expected == _spec_macs(network, w)
+        assert got == expected == _original_macs(network, w)
 
 
 def test_classifier_macs():
@@ -346,7 +348,7 @@ def test_meanshift_defaults_rcan():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Forward semantics (quirks of §6 Q10)
+# Forward semantics: the oddities of the original architectures (docs/original.md#architectures)
 # ----------------------------------------------------------------------------------------------------------------
 def test_fsrcnn_prelus_are_scalar_and_single_after_mapping():
     m = FSRCNN(16)
