@@ -316,3 +316,20 @@ def test_evaluate_names_and_skips_bad_pairs(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err
     for message in failed.values():
         assert f"error: {message}\n" in err
+
+
+def test_upscale_and_evaluate_refuse_a_model_with_non_finite_parameters(tmp_path):
+    from test_checkpointing import with_value, write_model_with_orbax
+
+    variables = with_value(SPEC.init(seed=3), "params/net1/head_conv/kernel", np.nan)
+    path = str(tmp_path / "diverged")
+    write_model_with_orbax(path, SPEC, variables)
+    write_image(str(tmp_path / "in.png"), photo(20, 24))
+    message = (f"error: checkpoint {path} has non-finite values (NaN or infinity) in params/net1/head_conv/kernel; "
+               "it cannot be used")
+    r = run_cli("classsr_jax.upscale", "--checkpoint", path, "--input", str(tmp_path / "in.png"),
+                "--output", str(tmp_path / "out.png"))
+    assert (r.returncode, r.stderr.strip()) == (1, message)
+    assert not (tmp_path / "out.png").exists()
+    r = run_cli("classsr_jax.evaluate", "--checkpoint", path, "--lr-dir", str(tmp_path), "--hr-dir", str(tmp_path))
+    assert (r.returncode, r.stderr.strip()) == (1, message)
