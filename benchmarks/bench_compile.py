@@ -7,25 +7,22 @@ forward (the soft mixture over all branches on a batch of 32x32 tiles), the larg
 """
 
 import argparse
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 
+from benchmarks import harness
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec
-from benchmarks.machine import cpu_model
 
 
-
-
-def main():
-    parser = argparse.ArgumentParser()
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", default="fsrcnn,carn,srresnet,rcan")
     parser.add_argument("--batch", type=int, default=16)
-    args = parser.parse_args()
-    print(f"machine: nproc={os.cpu_count()}, {cpu_model()}, devices={jax.devices()}")
-    print("| model | init s | compile s |\n|---|---|---|")
+    args = parser.parse_args(argv)
+    print(harness.machine_line(), flush=True)
+    rows = []
     for network in args.networks.split(","):
         spec = ModelSpec("classsr", network, PAPER_WIDTHS[network], 4)
         model = spec.build()
@@ -36,7 +33,10 @@ def main():
         t1 = time.perf_counter()
         jax.jit(model.apply).lower(variables, x).compile()
         t2 = time.perf_counter()
-        print(f"| ClassSR-{network} x4 | {t1 - t0:.1f} | {t2 - t1:.1f} |", flush=True)
+        rows.append([f"ClassSR-{network} x4", f"{t1 - t0:.1f}", f"{t2 - t1:.1f}"])
+        print(f"{network}: init {t1 - t0:.1f} s, compile {t2 - t1:.1f} s", flush=True)
+    print()
+    print(harness.table(["model", "init s", "compile s"], rows))
 
 
 if __name__ == "__main__":

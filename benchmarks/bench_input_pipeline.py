@@ -1,6 +1,6 @@
 """Throughput of the training input pipeline, in LR/HR tile pairs per second (target: >= 2,000 on 2 cores).
 
-    python benchmarks/bench_input_pipeline.py [--seconds 5] [--scale 4]
+    python -m benchmarks.bench_input_pipeline [--seconds 5] [--scale 4]
 
 Data: the bundled photos (7 train photos from scikit-image, 0.2–2 MP each), as
   * list:      a Python list of (HR, LR) uint8 pairs (decoded once, cached in memory),
@@ -13,17 +13,14 @@ Each case times whole batches after 5 warm-up batches; the consumer only receive
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 
-from classsr_jax.datasets import load_dataset
+from benchmarks import harness
 from classsr_jax.bicubic import bicubic_degrade, modcrop
+from classsr_jax.datasets import load_dataset
 from classsr_jax.datasets.bundled import bundled_photos
 from classsr_jax.input_pipeline import create_train_iterator
-from benchmarks.machine import cpu_model
-
-
 
 
 def measure(dataset, batch_size: int, scale: int, seconds: float, **kwargs) -> float:
@@ -40,11 +37,11 @@ def measure(dataset, batch_size: int, scale: int, seconds: float, **kwargs) -> f
     return pairs / elapsed
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="timed seconds per case")
     parser.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     pairs = []
     for _, photo in bundled_photos("train"):
@@ -59,12 +56,14 @@ def main() -> None:
             ("tfds", tfds_ds, 96, {}),
             ("streaming", tfds_ds, 16, {"cache_bytes": 4 << 20}),
         ]
-        print(f"nproc={os.cpu_count()} cpu={cpu_model()!r} scale=x{args.scale} lr_patch=32 prefetch=2")
-        print("| input | batch | pairs/s |")
-        print("| --- | --- | --- |")
+        print(f"{harness.machine_line()}; scale x{args.scale}, lr_patch 32, prefetch 2", flush=True)
+        rows = []
         for name, dataset, batch_size, kwargs in cases:
             rate = measure(dataset, batch_size, args.scale, args.seconds, **kwargs)
-            print(f"| {name} | {batch_size} | {rate:,.0f} |", flush=True)
+            rows.append([name, batch_size, f"{rate:,.0f}"])
+            print(f"{name}, batch {batch_size}: {rate:,.0f} pairs/s", flush=True)
+    print()
+    print(harness.table(["input", "batch", "pairs/s"], rows))
 
 
 if __name__ == "__main__":

@@ -19,16 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classsr_jax import checkpointing, parallel, train
+from benchmarks import harness
+from classsr_jax import parallel, train
 from classsr_jax.configuration import load_config, model_spec
 from classsr_jax.losses import Objective
-from benchmarks.machine import cpu_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def bench(name: str, batch: str, steps: int, blocks: int, half_precision: bool):
-    config = load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    config = load_config(os.path.join(harness.REPO, "configs", f"{name}.py"))
     spec = model_spec(config)
     mesh = parallel.create_mesh()
     devices = mesh.devices.size
@@ -71,20 +69,22 @@ def bench(name: str, batch: str, steps: int, blocks: int, half_precision: bool):
     return global_batch, compile_s, rate
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="fsrcnn,carn,srresnet,rcan")
     parser.add_argument("--batch", default="8", help="global batch, or 'paper' for the config's joint batch")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--half_precision", action="store_true")
-    args = parser.parse_args()
-    devices = jax.devices()
-    print(f"machine: nproc={os.cpu_count()}, {cpu_model()}, {len(devices)} x {devices[0].device_kind}, jax {jax.__version__}")
-    print("| config | global batch | compile s | steps/s | tiles/s |\n|---|---|---|---|---|")
+    args = parser.parse_args(argv)
+    print(harness.machine_line(), flush=True)
+    rows = []
     for name in args.configs.split(","):
         global_batch, compile_s, rate = bench(name, args.batch, args.steps, args.blocks, args.half_precision)
-        print(f"| {name} | {global_batch} | {compile_s:.1f} | {rate:.2f} | {rate * global_batch:.0f} |", flush=True)
+        rows.append([name, global_batch, f"{compile_s:.1f}", f"{rate:.2f}", f"{rate * global_batch:.0f}"])
+        print(f"{name}: batch {global_batch}, compile {compile_s:.1f} s, {rate:.2f} steps/s", flush=True)
+    print()
+    print(harness.table(["config", "global batch", "compile s", "steps/s", "tiles/s"], rows))
 
 
 if __name__ == "__main__":
