@@ -1,6 +1,6 @@
-"""FSRCNN's transposed conv: the sub-pixel form against the zero-insertion (lhs_dilation) form (issue 3, item 9).
+"""FSRCNN's transposed conv: the sub-pixel form against the zero-insertion (lhs_dilation) form.
 
-  python -m benchmarks.bench_fsrcnn_deconv [--tiles 128] [--reps 9]
+  python -m benchmarks.investigations.fsrcnn_deconv [--tiles 128] [--reps 9]
 
 The paper counts FSRCNN's 9×9 stride-4 transposed conv on its HR output, 16× its real cost. The library runs
 it as one LR-grid conv (3×3 taps, 3·16 output channels) plus a pixel shuffle (`SubPixelConvTranspose`). This
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import routing_common as C
+from benchmarks import harness
 from classsr_jax import flops as flops_lib
 from classsr_jax.models import ModelSpec, build_network
 from classsr_jax.models import fsrcnn as fsrcnn_module
@@ -91,12 +91,12 @@ def xla_flops(f, *args) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiles", type=int, default=128, help="32×32 LR tiles per call")
     parser.add_argument("--reps", type=int, default=9)
-    args = parser.parse_args()
-    print(f"machine: {C.machine_line()}; load average: {C.load_average()}", flush=True)
+    args = parser.parse_args(argv)
+    print(harness.machine_line(), flush=True)
     rng = np.random.default_rng(0)
     n = args.tiles
     forms = {"sub-pixel": subpixel, "zero-insertion": zero_insertion, "lax.conv_transpose": lax_conv_transpose}
@@ -116,25 +116,26 @@ def main():
             meta[d, name] = dict(err=err, xla=xla_flops(f, x, kernel, bias))
         # The module's own count, for the deconv layer alone: 2 × MACs on the LR input (true) or HR output (paper).
         meta[d, "count"] = (2 * 32 * 32 * K * K * d * 3 * n, 2 * 128 * 128 * K * K * d * 3 * n)
-    times = C.time_interleaved(fns, args.reps)
+    times = harness.time_interleaved(fns, args.reps)
 
-    print(f"\n### FSRCNN ×4 transposed conv (9×9, stride 4, d→3) on {n} tiles of 32×32, median of {args.reps} "
-          f"interleaved runs (min–max)\n")
-    print("| d | form | time | XLA cost-analysis FLOPs | per tile | × true count | max |diff| vs sub-pixel |")
-    print("|---|---|---|---|---|---|---|")
+    rows = []
     for d in (16, 36, 56):
         true, paper = meta[d, "count"]
         for name in forms:
             m = meta[d, name]
-            print(f"| {d} | {name} | {C.spread(times[d, name])} | {m['xla'] / 1e9:.2f} G | {m['xla'] / n / 1e6:.1f} M | "
-                  f"{m['xla'] / true:.1f} | {m['err']:.1e} |")
-        print(f"| {d} | *flops.py count (deconv only)* | | true {true / 1e9:.2f} G, paper {paper / 1e9:.2f} G | "
-              f"true {true / n / 1e6:.1f} M, paper {paper / n / 1e6:.1f} M | 1.0 / {paper / true:.0f} | |")
+            rows.append([d, name, harness.spread(times[d, name]), f"{m['xla'] / 1e9:.2f} G", f"{m['xla'] / n / 1e6:.1f} M",
+                         f"{m['xla'] / true:.1f}", f"{m['err']:.1e}"])
+        rows.append([d, "*flops.py count (deconv only)*", "", f"true {true / 1e9:.2f} G, paper {paper / 1e9:.2f} G",
+                     f"true {true / n / 1e6:.1f} M, paper {paper / n / 1e6:.1f} M", f"1.0 / {paper / true:.0f}", ""])
+    print(f"\n### FSRCNN ×4 transposed conv (9×9, stride 4, d→3) on {n} tiles of 32×32, median of {args.reps} "
+          f"interleaved runs (min–max)\n")
+    print(harness.table(["d", "form", "time", "XLA cost-analysis FLOPs", "per tile", "× true count",
+                         "max |diff| vs sub-pixel"], rows))
     print()
     for d in (16, 36, 56):
-        s = C.med(times[d, "sub-pixel"])
-        print(f"d={d}: zero-insertion / sub-pixel time = {C.med(times[d, 'zero-insertion']) / s:.1f}×, "
-              f"lax.conv_transpose / sub-pixel = {C.med(times[d, 'lax.conv_transpose']) / s:.1f}×")
+        s = harness.median(times[d, "sub-pixel"])
+        print(f"d={d}: zero-insertion / sub-pixel time = {harness.median(times[d, 'zero-insertion']) / s:.1f}×, "
+              f"lax.conv_transpose / sub-pixel = {harness.median(times[d, 'lax.conv_transpose']) / s:.1f}×")
 
     # Whole branches: the library's FSRCNN against the same module with a zero-insertion tail.
     x = jnp.asarray(rng.random((n, 32, 32, 3), dtype=np.float32))
@@ -160,19 +161,19 @@ def main():
         net_flops[d, "sub-pixel"] = xla_flops(apply_sub, variables, x)
         net_fns[d, "sub-pixel"] = lambda f=f_sub, v=variables: f(v, x)
         net_fns[d, "zero-insertion"] = lambda f=f_zero, v=variables: f(v, x)
-    net_times = C.time_interleaved(net_fns, args.reps)
-    print(f"\n### Whole FSRCNN ×4 branch on {n} tiles (sub-pixel = the library; zero-insertion = its tail patched)\n")
-    print("| d | sub-pixel | zero-insertion | ratio | XLA FLOPs/tile sub-pixel | zero-insertion | flops.py true | paper |")
-    print("|---|---|---|---|---|---|---|---|")
+    net_times = harness.time_interleaved(net_fns, args.reps)
+    rows = []
     for d in (16, 36, 56):
         spec = ModelSpec("network", "fsrcnn", (d,), SCALE)
         true = flops_lib.model_flops(spec, convention="true").branches[0]
         paper = flops_lib.model_flops(spec).branches[0]
-        s, z = C.med(net_times[d, "sub-pixel"]), C.med(net_times[d, "zero-insertion"])
-        print(f"| {d} | {C.spread(net_times[d, 'sub-pixel'])} | {C.spread(net_times[d, 'zero-insertion'])} | {z / s:.1f}× | "
-              f"{net_flops[d, 'sub-pixel'] / n / 1e6:.1f} M | {net_flops[d, 'zero-insertion'] / n / 1e6:.1f} M | "
-              f"{true / 1e6:.1f} M | {paper / 1e6:.1f} M |")
-
+        s, z = harness.median(net_times[d, "sub-pixel"]), harness.median(net_times[d, "zero-insertion"])
+        rows.append([d, harness.spread(net_times[d, "sub-pixel"]), harness.spread(net_times[d, "zero-insertion"]),
+                     f"{z / s:.1f}×", f"{net_flops[d, 'sub-pixel'] / n / 1e6:.1f} M",
+                     f"{net_flops[d, 'zero-insertion'] / n / 1e6:.1f} M", f"{true / 1e6:.1f} M", f"{paper / 1e6:.1f} M"])
+    print(f"\n### Whole FSRCNN ×4 branch on {n} tiles (sub-pixel = the library; zero-insertion = its tail patched)\n")
+    print(harness.table(["d", "sub-pixel", "zero-insertion", "ratio", "XLA FLOPs/tile sub-pixel", "zero-insertion",
+                         "flops.py true", "paper"], rows))
 
 if __name__ == "__main__":
     main()
