@@ -189,50 +189,46 @@ class Upscaler:
         shape = self.band_shape(grid)
         fmt = self._output_format(bit_depth, float_merge)
         compile_before = self.programs.compile_seconds
-        program = self.programs.route(self._placed, shape, image.dtype, fmt)
+        program = self.programs.route(self._placed, shape, image.dtype, fmt)  # compiled outside inference_s
         with_budget = self.budget is not None and self.force_class is None
-        if with_budget:
-            classify = self.programs.classify(self._placed, shape, image.dtype)
+        classify = self.programs.classify(self._placed, shape, image.dtype) if with_budget else None
         t0 = time.perf_counter()
         image = engine.padded_image(image, grid)
         bands = engine.plan_bands(grid, shape.rows)
-        k = self.spec.num_branches
-        offsets = np.zeros(k, np.float32)
+        offsets = np.zeros(self.spec.num_branches, np.float32)
         if with_budget:
             offsets = self._budget_offsets(classify, image, grid, shape, bands)
-        scale = self.spec.scale
-        out_hw = (grid.covered_hw[0] * scale, grid.covered_hw[1] * scale)
-        sr = np.empty(out_hw + (3,), np.uint8 if bit_depth == 8 else np.uint16)
-        sr_255 = np.empty(out_hw + (3,), np.float32) if float_merge else None
-        classes = np.zeros(grid.num_tiles, np.int32)
-        counts = np.zeros(k, np.int64)
-        padded = np.zeros(k, np.int64)
-        host_s = 0.0
-        cols = grid.grid_shape[1]
-        put = self.programs.put_replicated
+        out = _Outputs(grid, self.spec.scale, self.spec.num_branches, bit_depth, float_merge, self.buckets)
+        host_s = self._run_bands(program, image, grid, shape, fmt, bands, offsets, out)
+        elapsed = time.perf_counter() - t0
+        classified = shape.slots * len(bands) if self.spec.kind == "classsr" else 0
+        figure = flops_lib.paper_flops_figure(out.counts, self.flops, self.spec.network)
+        return UpscaleResult(
+            sr=out.sr,
+            sr_255=out.sr_255,
+            grid=grid,
+            classes=out.classes,
+            class_counts=[int(c) for c in out.counts],
+            flops=figure,
+            flops_percent=100.0 * figure / self.flops.original,
+            executed_flops=flops_lib.executed_flops(self.computed_flops, out.padded, classified),
+            logit_offsets=[float(o) for o in offsets],
+            compile_s=self.programs.compile_seconds - compile_before,
+            inference_s=elapsed,
+            host_s=host_s,
+        )
+
+    def _run_bands(self, program, image, grid, shape, fmt, bands, offsets, out: "_Outputs") -> float:
+        """Dispatches every band, collecting each one's rows after the next one is queued, so the device
+        never waits for the host; returns the seconds the host spent preparing bands and storing rows."""
+        scale, put = self.spec.scale, self.programs.put_replicated
         put_offsets = put(offsets, np.float32)
         put_force = put(-1 if self.force_class is None else self.force_class)
         carry = self.programs.empty_carry(shape)
         band_rows = shape.lr_hw[0] * scale
         row_weights = engine.axis_weights(grid, fmt, scale, 0, grid.padded_hw[0] * scale + band_rows)
         col_weights = put(engine.axis_weights(grid, fmt, scale, 1, shape.lr_hw[1] * scale), np.float32)
-
-        def store(band, inputs, outputs):
-            rows, merged, _, band_classes, device_counts = outputs
-            rows = np.asarray(rows)  # waits for the device
-            t = time.perf_counter()
-            top = band.base * scale
-            n = min(band.finished * scale, out_hw[0] - top)
-            sr[top : top + n] = rows[:n, : out_hw[1]]
-            if merged is not None:
-                sr_255[top : top + n] = np.asarray(merged)[:n, : out_hw[1]]
-            classes[band.first_row * cols : band.stop_row * cols] = np.asarray(band_classes)[inputs.slot_of_tile]
-            per_device = np.asarray(device_counts)
-            counts[:] += per_device.sum(0)
-            padded[:] += [sum(self.buckets.padded(int(c)) for c in per_device[:, j]) for j in range(k)]
-            return time.perf_counter() - t
-
-        pending = None
+        host_s, pending = 0.0, None
         for band in bands:
             t = time.perf_counter()
             inputs = engine.band_inputs(image, grid, band, shape, self.routed.num_devices)
@@ -241,30 +237,42 @@ class Upscaler:
             top = band.base * scale
             band_weights = put(row_weights[top : top + band_rows], np.float32)
             host_s += time.perf_counter() - t
-            outputs = program(
-                self._placed, lr_band, positions, valid, carry, next_base, band_weights, col_weights, put_offsets,
-                put_force,
-            )
+            outputs = program(self._placed, lr_band, positions, valid, carry, next_base, band_weights, col_weights,
+                              put_offsets, put_force)
             carry = outputs[2]
             if pending is not None:
-                host_s += store(*pending)
+                host_s += out.store(*pending)
             pending = (band, inputs, outputs)
-        host_s += store(*pending)
-        elapsed = time.perf_counter() - t0
-        compile_s = self.programs.compile_seconds - compile_before
-        classified = shape.slots * len(bands) if self.spec.kind == "classsr" else 0
-        figure = flops_lib.paper_flops_figure(counts, self.flops, self.spec.network)
-        return UpscaleResult(
-            sr=sr,
-            sr_255=sr_255,
-            grid=grid,
-            classes=classes,
-            class_counts=[int(c) for c in counts],
-            flops=figure,
-            flops_percent=100.0 * figure / self.flops.original,
-            executed_flops=flops_lib.executed_flops(self.computed_flops, padded, classified),
-            logit_offsets=[float(o) for o in offsets],
-            compile_s=compile_s,
-            inference_s=elapsed,
-            host_s=host_s,
-        )
+        return host_s + out.store(*pending)
+
+
+class _Outputs:
+    """What the bands of one image return, gathered on the host: the finished rows, each tile's branch, and
+    the class counts (real and with each device's bucket padding)."""
+
+    def __init__(self, grid: tiling.TileGrid, scale: int, num_branches: int, bit_depth: int, float_merge: bool,
+                 buckets: Buckets):
+        self.grid, self.scale, self.buckets = grid, scale, buckets
+        self.hw = (grid.covered_hw[0] * scale, grid.covered_hw[1] * scale)
+        self.sr = np.empty(self.hw + (3,), np.uint8 if bit_depth == 8 else np.uint16)
+        self.sr_255 = np.empty(self.hw + (3,), np.float32) if float_merge else None
+        self.classes = np.zeros(grid.num_tiles, np.int32)
+        self.counts = np.zeros(num_branches, np.int64)
+        self.padded = np.zeros(num_branches, np.int64)
+
+    def store(self, band: engine.Band, inputs: engine.BandInputs, outputs) -> float:
+        """Copies one band's results into place (waiting for the device first); returns the host's seconds."""
+        rows, merged, _, band_classes, device_counts = outputs
+        rows = np.asarray(rows)  # waits for the device
+        t = time.perf_counter()
+        top = band.base * self.scale
+        n = min(band.finished * self.scale, self.hw[0] - top)
+        self.sr[top : top + n] = rows[:n, : self.hw[1]]
+        if merged is not None:
+            self.sr_255[top : top + n] = np.asarray(merged)[:n, : self.hw[1]]
+        cols = self.grid.grid_shape[1]
+        self.classes[band.first_row * cols : band.stop_row * cols] = np.asarray(band_classes)[inputs.slot_of_tile]
+        per_device = np.asarray(device_counts)
+        self.counts += per_device.sum(0)
+        self.padded += [sum(self.buckets.padded(int(c)) for c in per_device[:, j]) for j in range(per_device.shape[1])]
+        return time.perf_counter() - t
