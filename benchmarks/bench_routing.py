@@ -124,6 +124,8 @@ def bench_network(network, parts, variants, reps, size, seed, with_upscale):
     classify = jax.jit(lambda v, x: model.apply(v, x, method=model.classify))
     classes = np.argmax(np.asarray(classify(dvars, tiles)), axis=-1)
     counts = np.bincount(classes, minlength=spec.num_branches)
+    if (counts == 0).any():  # a third of fewer than 3 tiles
+        raise SystemExit(f"{network}: a {size}×{size} image leaves a branch without tiles ({counts}); use a bigger --size")
     fns, settings = {}, {}
     for name in ["default", *variants]:
         s = variant_settings(name)
