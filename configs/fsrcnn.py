@@ -1,7 +1,7 @@
-r"""ClassSR-FSRCNN ×4 with the paper's recipe on DIV2K. Run from the repository root:
+r"""python -m classsr_jax.main --config configs/fsrcnn.py --workdir runs/classsr_fsrcnn \
+    --config.data.manual_dir=/data/DIV2K_HR
 
-  python -m classsr_jax.main --config configs/fsrcnn.py --workdir runs/classsr_fsrcnn \
-      --config.data.manual_dir=/data/DIV2K_HR
+ClassSR-FSRCNN ×4 with the paper's recipe on DIV2K.
 
 `manual_dir` holds DIV2K's HR PNGs 0001.png … 0900.png (train 0001–0800 with the paper's 1/0.9/0.8/0.7/0.6
 scale copies; validation = val_10, 0801–0810). The other networks' configs (carn.py, srresnet.py, rcan.py)

@@ -1,6 +1,6 @@
-r"""ClassSR-FSRCNN ×4 on the photos bundled with scikit-image: every stage in 7–11 minutes on a 2-core CPU.
+r"""python -m classsr_jax.main --config configs/quickstart.py --workdir runs/quickstart
 
-  python -m classsr_jax.main --config configs/quickstart.py --workdir runs/quickstart
+ClassSR-FSRCNN ×4 on the photos bundled with scikit-image: every stage in 7–11 minutes on a 2-core CPU.
 
 Trains FSRCNN-O, divides its training tiles into simple / medium / hard, trains the three branches on their
 classes, trains the Class-Module with the branches frozen, and ends with the paper's table (ClassSR-FSRCNN,

@@ -1,7 +1,7 @@
-r"""ClassSR-RCAN ×4 (10 groups x 20 blocks) with the paper's recipe. Run from the repository root:
+r"""python -m classsr_jax.main --config configs/rcan.py --workdir runs/classsr_rcan \
+    --config.data.manual_dir=/data/DIV2K_HR
 
-  python -m classsr_jax.main --config configs/rcan.py --workdir runs/classsr_rcan \
-      --config.data.manual_dir=/data/DIV2K_HR
+ClassSR-RCAN ×4 (10 groups x 20 blocks) with the paper's recipe.
 
 Differs from configs/fsrcnn.py where the ymls differ:
 - widths 36/50/64 (50, not 52);

@@ -1,7 +1,7 @@
-r"""A tiny ClassSR-FSRCNN (widths 4/6/8) that runs every stage in a minute or two on a CPU: tests and notebooks.
+r"""python -m classsr_jax.main --config configs/smoke.py --workdir /tmp/smoke \
+    --config.data.manual_dir=PHOTOS --config.data.data_dir=TFDS_DIR
 
-  python -m classsr_jax.main --config configs/smoke.py --workdir /tmp/smoke \
-      --config.data.manual_dir=PHOTOS --config.data.data_dir=TFDS_DIR
+A tiny ClassSR-FSRCNN (widths 4/6/8) that runs every stage in a minute or two on a CPU: tests and notebooks.
 
 Variants, chosen as `--config=configs/smoke.py:VARIANT`:
 - `folder` (the default): ×2 on a folder of photos, `data.manual_dir` (those under validation/ are the

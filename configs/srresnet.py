@@ -1,7 +1,7 @@
-r"""ClassSR-SRResNet ×4 (MSRResNet, 16 blocks) with the paper's recipe. Run from the repository root:
+r"""python -m classsr_jax.main --config configs/srresnet.py --workdir runs/classsr_srresnet \
+    --config.data.manual_dir=/data/DIV2K_HR
 
-  python -m classsr_jax.main --config configs/srresnet.py --workdir runs/classsr_srresnet \
-      --config.data.manual_dir=/data/DIV2K_HR
+ClassSR-SRResNet ×4 (MSRResNet, 16 blocks) with the paper's recipe.
 
 Differs from configs/fsrcnn.py where the ymls differ: widths 36/52/64 and branch learning rate 2e-4
 (train_SRResNet.yml).

@@ -88,7 +88,7 @@ def test_configs_validate_and_start_with_their_command(name):
     config = load_config_file(f"configs/{name}.py")
     configuration.validate_config(config)
     doc = open(os.path.join(REPO, "configs", f"{name}.py")).read()
-    assert f"python -m classsr_jax.main --config configs/{name}.py --workdir" in doc.split('"""')[1].split("\n\n")[1]
+    assert doc.split('"""')[1].startswith(f"python -m classsr_jax.main --config configs/{name}.py --workdir")
     assert (config.optimizer.b1, config.optimizer.b2) == (0.9, 0.99)
 
 
