@@ -113,7 +113,8 @@ def worktree(rev: str) -> Iterator[str]:
 class Workers:
     """Worker processes, one per code tree, each running `script` with that tree first on sys.path.
 
-    The script reads one JSON request per line on stdin and answers one JSON line on stdout (`serve`).
+    The script reads one JSON request per line on stdin and answers one JSON line on stdout (see
+    `upscale_worker.serve`).
     """
 
     def __init__(self, script: str, trees: dict[str, str], env: dict[str, str] | None = None):
@@ -153,9 +154,3 @@ class Workers:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def serve(handle: Callable[[dict], dict]) -> None:
-    """The worker side of `Workers`: answers each JSON request line with handle(request)."""
-    for line in sys.stdin:
-        print(json.dumps(handle(json.loads(line))), flush=True)

@@ -7,6 +7,7 @@ the uint8 output in host memory.
 """
 
 import importlib.util
+import json
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ def _load(name):
     return module
 
 
-fixtures, harness = _load("fixtures"), _load("harness")
+fixtures = _load("fixtures")  # only what both code trees provide: fixtures import nothing newer
 
 from classsr_jax import inference  # noqa: E402  (the tree on PYTHONPATH, after the fixtures)
 
@@ -70,5 +71,11 @@ def handle(request):
     }
 
 
+def serve() -> None:
+    """The worker side of harness.Workers: one JSON request per line on stdin, one JSON answer per line."""
+    for line in sys.stdin:
+        print(json.dumps(handle(json.loads(line))), flush=True)
+
+
 if __name__ == "__main__":
-    harness.serve(handle)
+    serve()
