@@ -8,8 +8,9 @@
 speed: for each case, one worker process per code tree (this checkout, and REV in a temporary git worktree,
 default: the commit before the device engine) builds the same thirds-routing random ClassSR and photo-like
 image, compiles, and then the workers time one warm upscale each in turn (from the decoded image to the uint8
-output in host memory: the old code merged on the host and quantised afterwards). Reports the median times,
-their ratio, and this checkout's host share (`timing.host_s` / `timing.inference_s`).
+output in host memory: the old code merged on the host and quantised afterwards). Reports the median wall
+times, their ratio, the ratio of the CPU time each process spent (user + system, all threads; less sensitive
+to other jobs on a shared machine), and this checkout's host share (`timing.host_s` / `timing.inference_s`).
 
 memory: the `upscale` command of each tree on the same LR PNG under `/usr/bin/time -v` (peak RSS = maximum
 resident set size), one tree after the other.
@@ -48,6 +49,11 @@ MEMORY_SIZES = {"8k": (1080, 1920), "12mp": (3000, 4000)}
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "upscale_worker.py")
 
 
+def speed_headers(args) -> list[str]:
+    return ["case", f"before ({args.against})", "now", "speed-up (wall)", "speed-up (CPU time)", "host share (now)",
+            "tiles per branch"]
+
+
 def speed(args) -> None:
     print(harness.machine_line())
     rows = []
@@ -62,12 +68,13 @@ def speed(args) -> None:
             before = [a["seconds"] for a in answers["before"]]
             now = [a["seconds"] for a in answers["now"]]
             host = np.median([a["host_s"] / a["inference_s"] for a in answers["now"]])
+            cpu = {tree: harness.median([a["cpu_s"] for a in answers[tree]]) for tree in answers}
             rows.append([name, harness.spread(before), harness.spread(now),
-                         f"{harness.median(before) / harness.median(now):.2f}×", f"{100 * host:.1f} %",
+                         f"{harness.median(before) / harness.median(now):.2f}×",
+                         f"{cpu['before'] / cpu['now']:.2f}×", f"{100 * host:.1f} %",
                          "/".join(map(str, answers["now"][0]["class_counts"]))])
-            print(harness.table(["case", f"before ({args.against})", "now", "speed-up", "host share (now)",
-                                 "tiles per branch"], rows[-1:]), flush=True)
-    print(harness.table(["case", f"before ({args.against})", "now", "speed-up", "host share (now)", "tiles per branch"], rows))
+            print(harness.table(speed_headers(args), rows[-1:]), flush=True)
+    print(harness.table(speed_headers(args), rows))
     print("load average at the end:", harness.load_average())
 
 
