@@ -28,7 +28,6 @@ import dataclasses
 import functools
 import json
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,9 +35,9 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from classsr_jax import tiling
-from classsr_jax.tiling import weight_sums
 from classsr_jax.parallel import DATA_AXIS
 from classsr_jax.routing import RoutedModel, classify, route_classes
+from classsr_jax.tiling import weight_sums
 
 # Tiles per band by backend, and the most tile rows a band may have. A band pays a fixed cost (a call, zeroing
 # its canvas, the carry, a download), so bands should be big; on a CPU the tiles of one call also compete for

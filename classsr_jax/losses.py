@@ -26,7 +26,6 @@ import itertools
 import jax
 import jax.numpy as jnp
 
-
 OBJECTIVE_LOSSES = ("l1", "classsr")
 
 

@@ -32,13 +32,13 @@ from matplotlib.figure import Figure
 from classsr_jax import checkpointing, convert, metrics
 from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.class_map import class_map_overlay
+from classsr_jax.configuration import apply_overrides, load_config, validate_config
 from classsr_jax.datasets.bundled import BUNDLED_FILES, bundled_paths
 from classsr_jax.evaluation import image_metrics
 from classsr_jax.image_io import read_image
+from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
 from classsr_jax.pixels import to_uint8
 from classsr_jax.tables import markdown_table
-from classsr_jax.configuration import apply_overrides, load_config, validate_config
-from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
 from classsr_jax.workdir import EXPORT_DIR, Workdir, resolve_model_dir
 
 DATA_SOURCES = ("drive", "catalogue")

@@ -32,7 +32,7 @@ from classsr_jax.class_map import class_map_overlay
 from classsr_jax.cli_common import define_model_flags, make_upscaler
 from classsr_jax.errors import UserError, WriteError
 from classsr_jax.image_io import IMAGE_EXTENSIONS, LoadedImage, list_images, read_image, write_image
-from classsr_jax.inference import UpscaleResult, Upscaler
+from classsr_jax.inference import Upscaler, UpscaleResult
 from classsr_jax.pixels import to_uint8
 
 FLAGS = flags.FlagValues()

@@ -14,9 +14,9 @@ import numpy as np
 from absl import logging
 
 from classsr_jax import parallel
+from classsr_jax.class_map import class_map_overlay
 from classsr_jax.errors import DataError
 from classsr_jax.evaluation import evaluate_pairs
-from classsr_jax.class_map import class_map_overlay
 from classsr_jax.inference import Upscaler
 from classsr_jax.losses import Objective
 from classsr_jax.models.registry import ModelSpec

@@ -8,10 +8,9 @@ import sys
 import jax
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
-
-import orbax.checkpoint as ocp
 from orbax_faults import DiskFull, faulty_async_save
 
 from classsr_jax import checkpointing, parallel, train

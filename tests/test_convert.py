@@ -9,8 +9,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-
 import torch_reference as ref
+
 from classsr_jax import checkpointing, convert
 from classsr_jax.models import ModelSpec
 from classsr_jax.workdir import resolve_model_dir

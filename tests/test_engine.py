@@ -4,13 +4,12 @@ reference (tiling.TileMerger), on 8 simulated devices and on 1."""
 import jax
 import numpy as np
 import pytest
+from routing_fixtures import SPEC, spread_classifier, textured_image
 
 from classsr_jax import engine, tiling
 from classsr_jax.inference import Upscaler
 from classsr_jax.models import ModelSpec
 from classsr_jax.parallel import create_mesh
-
-from routing_fixtures import SPEC, spread_classifier, textured_image
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 import torch_reference as ref
+
 from classsr_jax.flops import count_layer_macs, format_flops, model_flops
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec, build_network
 

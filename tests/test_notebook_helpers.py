@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 import torch
+import torch_reference as ref
 from PIL import Image
 
-import torch_reference as ref
 from classsr_jax import checkpointing, configuration, evaluation, inference
 from classsr_jax import notebook_helpers as nh
 from classsr_jax.errors import ConfigError

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-
 import torch_reference as ref
+
 from classsr_jax import convert
 from classsr_jax.models import ModelSpec
 from classsr_jax.models.common import SubPixelConvTranspose, deconv_as_subpixel_kernel, pixel_shuffle
@@ -73,8 +73,8 @@ def test_backbone_matches_reference(network, width, scale, extra):
 def test_classifier_matches_reference():
     torch_net = ref.Classifier().eval()
     ref.randomize_(torch_net, seed=3)
-    from classsr_jax.models.torch_names import classifier_keys, state_dict_to_variables
     from classsr_jax.models.classifier import Classifier
+    from classsr_jax.models.torch_names import classifier_keys
 
     model = Classifier()
     abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))

@@ -3,15 +3,13 @@
 import jax
 import numpy as np
 import pytest
+from routing_fixtures import SPEC, spread_classifier, textured_image, textured_tiles
 
 from classsr_jax import flops as flops_lib
-from classsr_jax import tiling
 from classsr_jax.evaluation import evaluate_pairs
 from classsr_jax.inference import Upscaler, budget_offsets
 from classsr_jax.models import ModelSpec
 from classsr_jax.routing import Buckets, RoutedModel
-
-from routing_fixtures import SPEC, spread_classifier, textured_image, textured_tiles
 
 
 @pytest.fixture(scope="module")

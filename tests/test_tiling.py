@@ -12,7 +12,6 @@ from classsr_jax.tiling import (
     paper_grid,
 )
 
-
 # --------------------------------------------------------------------------- grids
 
 @pytest.mark.parametrize(

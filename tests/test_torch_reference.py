@@ -9,14 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torch_reference import (
-    FSRCNN_DECONV_PADDING,
-    RGB_MEAN,
-    WIDTHS,
     CARN_M,
     FSRCNN,
+    FSRCNN_DECONV_PADDING,
     RCAN,
+    RGB_MEAN,
+    WIDTHS,
     Classifier,
     ClassSR,
     MSRResNet,

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from classsr_jax.pixels import to_uint8
 from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.datasets.bundled import bundled_photos
 from classsr_jax.datasets.files import (
@@ -37,6 +36,7 @@ from classsr_jax.datasets.files import (
     read_rgb_uint8,
     write_png_atomic,
 )
+from classsr_jax.pixels import to_uint8
 
 # name -> (first DIV8K index, last index, downscale factor applied to the 8K photo)
 DIV8K_TEST_SETS: dict[str, tuple[int, int, int]] = {

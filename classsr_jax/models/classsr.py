@@ -18,9 +18,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from classsr_jax.models.backbones import build_network
 from classsr_jax.models.classifier import Classifier
 from classsr_jax.models.common import Dtype
-from classsr_jax.models.backbones import build_network
 
 
 class ClassSR(nn.Module):

@@ -14,8 +14,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from classsr_jax.errors import ConvertError
-from classsr_jax.models.common import upsample_stages
 from classsr_jax.models.backbones import NETWORK_DEFAULTS
+from classsr_jax.models.common import upsample_stages
 from classsr_jax.models.registry import ModelSpec
 
 # Layout rules, torch → Flax.
