@@ -10,11 +10,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import classsr_jax.datasets as datasets
-from classsr_jax.datasets import bundled
-from classsr_jax.pixels import to_uint8
 from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
+from classsr_jax.datasets import bundled
 from classsr_jax.datasets.files import DataError, read_rgb_uint8
 from classsr_jax.datasets.loading import crop_hr_to_lr
+from classsr_jax.pixels import to_uint8
 
 
 def save(path: Path, array: np.ndarray, mode: str | None = None) -> np.ndarray:
@@ -204,7 +204,7 @@ def test_bundled_photos_are_colour_photos_in_fixed_disjoint_splits():
         bundled.bundled_photos("test")
     assert str(info.value) == (
         "unknown bundled split 'test'; expected one of "
-        "['grey', 'train', 'validation', 'validation_hue', 'validation_permuted']"
+        "['colorwheel', 'grey', 'train', 'validation', 'validation_hue', 'validation_permuted']"
     )
 
 
@@ -217,8 +217,15 @@ def test_bundled_grey_split_holds_the_grey_photos_as_rgb():
         assert photo.dtype == np.uint8 and photo.std() > 10, name  # a photo, not a flat field
         np.testing.assert_array_equal(photo[:, :, 0], photo[:, :, 1])
         np.testing.assert_array_equal(photo[:, :, 0], photo[:, :, 2])
-    names = {n for split in ("train", "grey", "validation") for n, _ in bundled.bundled_photos(split)}
-    assert len(names) == 7 + 8 + 2  # disjoint
+    names = {n for split in ("train", "grey", "colorwheel", "validation") for n, _ in bundled.bundled_photos(split)}
+    assert len(names) == 7 + 8 + 1 + 2  # disjoint
+
+
+def test_bundled_colorwheel_holds_saturated_colours():
+    ((name, wheel),) = bundled.bundled_photos("colorwheel")
+    assert name == "colorwheel" and wheel.shape == (370, 371, 3) and wheel.dtype == np.uint8
+    chroma = wheel.max(axis=-1).astype(int) - wheel.min(axis=-1)
+    assert np.mean(chroma > 200) > 0.1  # a tenth of it near full saturation, which few photos hold
 
 
 def test_recoloured_validation_splits_match_an_hsv_reference():
@@ -270,7 +277,7 @@ def test_bundled_builder_through_load_dataset(tmp_path):
     np.testing.assert_array_equal(hue[3]["lr"], bicubic_degrade(coffee_hue270, 4))
 
 
-def test_bundled_aug_config_scales_train_and_grey_only(tmp_path, monkeypatch):
+def test_bundled_aug_config_scales_train_grey_and_colorwheel_only(tmp_path, monkeypatch):
     # One small photo per split (the real ones take a minute to scale): 200 px, so the 0.6 copy (120 px) is
     # under one x4 HR tile (128 px) and skipped.
     rng = np.random.default_rng(4)
@@ -278,7 +285,7 @@ def test_bundled_aug_config_scales_train_and_grey_only(tmp_path, monkeypatch):
     monkeypatch.setattr("classsr_jax.datasets.builders.bundled_photos", lambda split: photos[split])
     builder = datasets.ClassSRBundled(config="x4_aug", data_dir=str(tmp_path))
     builder.download_and_prepare()
-    for split in ("train", "grey"):
+    for split in ("train", "grey", "colorwheel"):
         names = [ex["name"] for ex in as_examples(builder.as_dataset(split=split))]
         assert names == [f"{f}_{split}_photo" for f in ("1", "0.9", "0.8", "0.7")]
         skipped = builder.info.metadata["skipped"][split]
@@ -287,7 +294,7 @@ def test_bundled_aug_config_scales_train_and_grey_only(tmp_path, monkeypatch):
         (example,) = as_examples(builder.as_dataset(split=split))
         assert example["name"] == f"{split}_photo"
         np.testing.assert_array_equal(example["hr"], photos[split][0][1])
-    assert str(builder.version) == "1.1.0"
+    assert str(builder.version) == "1.2.0"
 
 
 def test_load_dataset_rejects_unknown_names(tmp_path):

@@ -4,9 +4,9 @@ Every builder turns HR photos into examples `{'name': str, 'hr': uint8 HxWx3 (mo
 'lr': uint8 (H/s)x(W/s)x3 = bicubic_degrade(hr, s)}` exactly as the original's `generate_mod_LR_bic.py` would.
 
 Configs: `x2`, `x3`, `x4` (default) and `x2_aug`, `x3_aug`, `x4_aug`. The `_aug` configs add the paper's scale
-augmentation to the train split (spec §4.1 step 1): every HR photo is also MATLAB-bicubic-resized by 0.9, 0.8,
-0.7 and 0.6 (rounded to uint8 as `cv2.imwrite` stores it), and every copy is named `{factor}_{name}`, including
-the unchanged copy `1_{name}` (commit a06008a's naming). Validation is never augmented.
+augmentation to the train split (docs/original.md#data-preparation): every HR photo is also
+MATLAB-bicubic-resized by 0.9, 0.8, 0.7 and 0.6 (rounded to uint8 as `cv2.imwrite` stores it), and every copy
+is named `{factor}_{name}`, including the unchanged copy `1_{name}` (commit a06008a's naming). Validation is never augmented.
 
 Bad data never stops a build: unreadable or truncated files, and photos (or augmented copies) smaller than one
 HR tile (32·scale px) on either side, are skipped, logged, and listed in the dataset's metadata under
@@ -44,7 +44,8 @@ from classsr_jax.image_io import list_images
 logger = logging.getLogger(__name__)
 
 LR_TILE = 32  # The paper's LR training tile; an image must hold at least one.
-AUGMENT_FACTORS: tuple[float, ...] = (1, 0.9, 0.8, 0.7, 0.6)  # spec §4.1 step 1, in the original's order.
+# docs/original.md#data-preparation, in the original's order.
+AUGMENT_FACTORS: tuple[float, ...] = (1, 0.9, 0.8, 0.7, 0.6)
 SCALES = (2, 3, 4)
 VALIDATION_FOLDER = "validation"  # Generic folders: files under this top-level subfolder form the validation split.
 
@@ -264,12 +265,13 @@ class ClassSRBundled(_ClassSRBuilder):
     validation_hue); see `classsr_jax.datasets.bundled`."""
 
     name = "classsr_bundled"
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "First release.",
         "1.1.0": "Splits grey, validation_permuted and validation_hue; the _aug configs augment grey as train.",
+        "1.2.0": "Split colorwheel (scikit-image's color.png), augmented as train.",
     }
-    TRAINING_SPLITS = ("train", "grey")
+    TRAINING_SPLITS = ("train", "grey", "colorwheel")
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # Nothing to download or place: the photos are inside the installed scikit-image.

@@ -6,6 +6,8 @@ scikit-image installs a few sample images in `skimage/data/`. Splits:
   - `grey`: its 8 grey photos and textures (camera, brick, coins, grass, gravel, moon, page, text), as RGB with
     three equal channels: more structure to learn from (the motion-blurred clock, the near-empty cell image, the
     tiny microaneurysms crop and the synthetic chessboards are left out).
+  - `colorwheel`: the synthetic `color.png`, every hue and saturation in smooth gradients on black: the
+    saturated colours that few photos hold.
   - `validation`: 2 held-out colour photos, chelsea and coffee, never trained on.
   - `validation_permuted` and `validation_hue`: the held-out photos in colours the training photos lack, made by
     permuting their channels (BGR, GRB) or rotating their HSV hue (by 90° and 270°, which no channel permutation
@@ -42,10 +44,13 @@ BUNDLED_FILES: dict[str, str] = {
     "moon": "moon.png",  # 512 x 512
     "page": "page.png",  # 384 x 191, printed text
     "text": "text.png",  # 448 x 172, handwriting
+    # Synthetic.
+    "colorwheel": "color.png",  # 371 x 370: every hue and saturation, smooth, on black
 }
 BUNDLED_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("astronaut", "hubble_deep_field", "ihc", "motorcycle_left", "motorcycle_right", "retina", "rocket"),
     "grey": ("camera", "brick", "coins", "grass", "gravel", "moon", "page", "text"),
+    "colorwheel": ("colorwheel",),
     "validation": ("chelsea", "coffee"),
 }
 # Recoloured copies of the validation photos: split -> ((suffix, recolouring), …), each recolouring either a
