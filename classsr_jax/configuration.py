@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from classsr_jax.colour import ColourAugment
 from classsr_jax.errors import ConfigError, reason
 from classsr_jax.models.backbones import NETWORKS
 from classsr_jax.models.registry import ModelSpec
@@ -167,6 +168,13 @@ def validate_config(config) -> None:
     reference = _field(config, "division.reference")
     if reference not in ("original", "bicubic"):
         raise ConfigError(f"config field division.reference is {reference!r}: use 'original' or 'bicubic'")
+    try:
+        ColourAugment(**_field(config, "data.colour_augment"))
+    except ValueError as e:
+        raise ConfigError(f"config field data.colour_augment: {e}") from None
+    budget = _field(config, "evaluate.budget")
+    if not 0.0 <= budget:
+        raise ConfigError(f"config field evaluate.budget is {budget}: use a positive share of the -O FLOPs, or 0 for none")
     division_thresholds(config)
     selected_stages(config)
     evaluation_sources(config)

@@ -16,7 +16,7 @@ from classsr_jax import flops as flops_lib
 from classsr_jax import metrics, tiling
 from classsr_jax.bicubic import imresize
 from classsr_jax.errors import DataError, UserError
-from classsr_jax.inference import UpscaleResult, Upscaler
+from classsr_jax.inference import Upscaler, UpscaleResult
 from classsr_jax.pixels import to_uint8
 from classsr_jax.tables import markdown_table
 
@@ -185,7 +185,8 @@ def format_results_table(results: dict[str, Any], collapse_threshold: float = 0.
                 continue
             params = f"{model['params']:,}" if model.get("params") else "—"
             flops = f"{flops_lib.format_flops(avg['flops'])} ({avg['flops_percent']:.0f}%)" if avg.get("flops") else "—"
-            shares = class_shares(avg["class_counts"]) if model["key"] == "classsr" else "—"
+            routed = model["key"].startswith("classsr")
+            shares = class_shares(avg["class_counts"]) if routed else "—"
             psnr_y = f"{avg['psnr_y']:.2f}" if "psnr_y" in avg else "—"
             rows.append([dataset, model["name"], params, f"{avg['psnr']:.2f}", psnr_y, flops, shares])
             counts = avg.get("class_counts") if model["key"] == "classsr" else None

@@ -1,4 +1,5 @@
-"""Training batches of aligned LR/HR tiles (spec §4.2), fast on a small CPU and deterministic for a seed.
+"""Training batches of aligned LR/HR tiles (docs/original.md#the-training-recipe), fast on a small CPU and
+deterministic for a seed.
 
 How it works:
   1. This process takes its share of the images: image i belongs to process i % process_count (`shard_indices`),
@@ -14,7 +15,7 @@ How it works:
      original's order: flip W, flip H, transpose H↔W.
      With `division` and `class_filter=k`, positions are only the grid tiles of class k (for branch training);
      with `division` alone, any grid tile (the original's joint-training data).
-  4. Optionally (`ColourAugment`, off by default) every tile pair is recoloured by one 3×3 matrix applied to LR
+  4. Optionally (`colour.ColourAugment`, off by default) every tile pair is recoloured by one 3×3 matrix applied to LR
      and HR alike: a random channel permutation, a hue rotation about the grey axis and a saturation change.
      All three are linear and keep each pixel's channel mean, so the LR of the recoloured pair is still the
      bicubic of its recoloured HR (up to the LR's original rounding); where the matrix would push a pixel of the
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from classsr_jax.colour import ColourAugment, recolour_pair
 from classsr_jax.datasets.division import Division, check_pair, example_arrays
 from classsr_jax.datasets.files import DataError
 
@@ -52,101 +54,6 @@ def shard_indices(num_images: int, process_index: int, process_count: int) -> np
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
     return np.arange(process_index, num_images, process_count, dtype=np.int64)
-
-
-# The 6 orders of the channels (the first is the identity).
-CHANNEL_PERMUTATIONS = np.array(list(itertools.permutations(range(3))), np.int64)
-
-
-@dataclass(frozen=True)
-class ColourAugment:
-    """Colour augmentation of training pairs (off when all three are off).
-
-    permute_channels: each tile pair takes one of the 6 channel orders, uniformly.
-    hue_degrees: the hue turns about the grey axis by an angle uniform in [−hue_degrees, hue_degrees]
-      (180: any hue). At 120° this turn is exactly the channel cycle RGB → BRG.
-    saturation: the colour's distance from grey (its channel mean) scales by a factor uniform in
-      [1 − saturation, 1 + saturation].
-    """
-
-    permute_channels: bool = False
-    hue_degrees: float = 0.0
-    saturation: float = 0.0
-
-    def __post_init__(self):
-        if not 0.0 <= self.hue_degrees <= 180.0:
-            raise ValueError(f"hue jitter must be in [0, 180] degrees, got {self.hue_degrees}")
-        if not 0.0 <= self.saturation <= 1.0:
-            raise ValueError(f"saturation jitter must be in [0, 1], got {self.saturation}")
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.permute_channels or self.hue_degrees > 0 or self.saturation > 0)
-
-    def draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        """(count, 3, 3) float64 colour matrices (out = M @ rgb), drawn from `rng` in a fixed order."""
-        order = rng.integers(0, 6, size=count) if self.permute_channels else np.zeros(count, np.int64)
-        hue = rng.uniform(-self.hue_degrees, self.hue_degrees, size=count) if self.hue_degrees > 0 else np.zeros(count)
-        sat = rng.uniform(1 - self.saturation, 1 + self.saturation, size=count) if self.saturation > 0 else np.ones(count)
-        return colour_matrices(order, hue, sat)
-
-
-def colour_matrices(order: np.ndarray, hue_degrees: np.ndarray, saturation: np.ndarray) -> np.ndarray:
-    """(n, 3, 3) matrices S(saturation) · R(hue) · P(order): P takes output channel c from input channel
-    CHANNEL_PERMUTATIONS[order][c], R turns about the grey axis (1, 1, 1) (Rodrigues' formula), S scales the
-    distance from the channel mean. Each keeps the channel mean of every pixel."""
-    order, hue, sat = (np.asarray(v).reshape(-1) for v in (order, hue_degrees, saturation))
-    eye = np.eye(3)
-    perm = eye[CHANNEL_PERMUTATIONS[order]]  # (n, 3, 3): row c is the unit vector of the source channel
-    theta = np.deg2rad(hue)[:, None, None]
-    axis = np.full(3, 1 / np.sqrt(3))
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    outer = np.outer(axis, axis)
-    rotation = np.cos(theta) * eye + np.sin(theta) * cross + (1 - np.cos(theta)) * outer
-    mean = np.full((3, 3), 1 / 3)
-    scaling = mean + sat[:, None, None] * (eye - mean)
-    return scaling @ rotation @ perm
-
-
-def recolour_pair(lr: np.ndarray, hr: np.ndarray, matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Applies matrices[k] to pair k of float (B, h, w, 3) batches on [0, 1], the same to LR and HR.
-
-    A pixel leaving [0, 1] would have to be clipped, and LR and HR clipped apart no longer match; so the colours
-    of such a pair are instead pulled towards their channel mean (which every matrix keeps) by the one factor
-    t < 1 that brings the whole pair back in range, the same as lowering its saturation. Pulling is linear too:
-    it is the matrix J/3 + t·(M − J/3), J the all-ones matrix.
-    """
-    b = lr.shape[0]
-    flats = [x.reshape(b, -1, 3) for x in (lr, hr)]
-
-    def apply(m: np.ndarray, flat: np.ndarray) -> np.ndarray:
-        return np.matmul(flat, m.astype(np.float32).transpose(0, 2, 1))
-
-    outs = [apply(matrices, flat) for flat in flats]
-    outside = np.zeros(b, bool)
-    for out in outs:
-        outside |= (out.reshape(b, -1).min(axis=1) < 0) | (out.reshape(b, -1).max(axis=1) > 1)
-    pulled = np.flatnonzero(outside)
-    if pulled.size:
-        limit = np.ones(pulled.size)
-        for flat, out in zip(flats, outs):
-            x, y = flat[pulled], out[pulled]
-            grey = (x[..., 0] + x[..., 1] + x[..., 2]) / np.float32(3)
-            high = np.maximum(np.maximum(y[..., 0], y[..., 1]), y[..., 2])
-            low = np.minimum(np.minimum(y[..., 0], y[..., 1]), y[..., 2])
-            # Each pixel bounds t: its largest channel must stay ≤ 1 and its smallest ≥ 0. A value inside
-            # [0, 1] stays inside on its way to the mean, so only values outside bound t.
-            with np.errstate(divide="ignore", invalid="ignore"):
-                above = np.where(high > 1, (1 - grey) / (high - grey), np.inf).min(axis=1)
-                below = np.where(low < 0, grey / (grey - low), np.inf).min(axis=1)
-            limit = np.minimum(limit, np.minimum(above, below))
-        t = np.clip(limit, 0.0, 1.0)[:, None, None]
-        mean = np.full((3, 3), 1 / 3)
-        pulled_matrices = mean + t * (matrices[pulled] - mean)
-        for flat, out in zip(flats, outs):
-            out[pulled] = apply(pulled_matrices, flat[pulled])
-    # The clip only removes float rounding (values a few ulp outside [0, 1]).
-    return tuple(np.clip(out, 0.0, 1.0, out=out).reshape(x.shape) for out, x in zip(outs, (lr, hr)))
 
 
 @dataclass

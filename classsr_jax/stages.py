@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from classsr_jax import checkpointing, configuration, fileio, parallel
+from classsr_jax.colour import ColourAugment
 from classsr_jax.datasets import division as division_lib
 from classsr_jax.datasets import load_dataset
 from classsr_jax.errors import DataError, TrainError
@@ -52,7 +53,6 @@ from classsr_jax.workdir import (
     original_source,
     pretrained_branches,
 )
-
 
 # ------------------------------------------------------------------------------------------ what stages share
 
@@ -228,6 +228,7 @@ def _iterator_factory(ctx: StageContext, batch_size: int, *, division=None, clas
             class_filter=class_filter,
             division=division,
             prefetch=ctx.config.data.prefetch,
+            colour=ColourAugment(**ctx.config.data.colour_augment),
         )
 
     return make
@@ -412,6 +413,11 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
     network = _display_name(ctx.spec.network)
     models = ([("original", f"{network}-O", original)] if original else []) + [("classsr", f"ClassSR-{network}", classsr)]
     loaded = {key: checkpointing.load_model(path) for key, _, path in models}
+    budgets = {key: None for key in loaded}
+    if cfg.budget:
+        # The same ClassSR with its logits shifted per image to this share of the -O FLOPs (Upscaler budget).
+        models.append(("classsr_budget", f"ClassSR-{network}, {100 * cfg.budget:.0f}% budget", classsr))
+        loaded["classsr_budget"], budgets["classsr_budget"] = loaded["classsr"], cfg.budget
     datasets = evaluation_datasets(ctx)
     tiles = {"tile": patch, "step": patch * 7 // 8, "overlap": patch // 4}
     computed_from = {
@@ -420,6 +426,7 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
         "protocol": cfg.protocol,
         "scale": scale,
         "tiles": tiles,
+        "budget": cfg.budget,
     }
     previous = None
     if os.path.isfile(ctx.workdir.results_json):
@@ -451,7 +458,7 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
         row = {"bicubic": bicubic_average(pairs, scale, cfg.protocol, patch)}
         per_image = {}
         for key, _, _ in models:
-            upscaler = Upscaler(loaded[key].spec, loaded[key].variables, protocol=cfg.protocol, **tiles)
+            upscaler = Upscaler(loaded[key].spec, loaded[key].variables, protocol=cfg.protocol, budget=budgets[key], **tiles)
             report = evaluate_pairs(upscaler, pairs, progress=False)
             row[key] = report["average"]
             per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]} for i in report["images"]]

@@ -7,17 +7,13 @@ import pytest
 import tensorflow as tf
 
 from classsr_jax.bicubic import bicubic_degrade, imresize
+from classsr_jax.colour import CHANNEL_PERMUTATIONS, ColourAugment, colour_matrices, recolour_pair
+from classsr_jax.configuration import validate_config
 from classsr_jax.datasets.division import Division, tile_grid
 from classsr_jax.datasets.files import DataError
-from classsr_jax.input_pipeline import (
-    CHANNEL_PERMUTATIONS,
-    ColourAugment,
-    augment_pair,
-    colour_matrices,
-    create_train_iterator,
-    recolour_pair,
-    shard_indices,
-)
+from classsr_jax.errors import ConfigError
+from classsr_jax.input_pipeline import augment_pair, create_train_iterator, shard_indices
+from configs import fsrcnn, quickstart
 
 SCALE = 2
 P = 32
@@ -405,8 +401,20 @@ def test_colour_augmentation_is_deterministic_per_seed():
     assert not any(np.array_equal(a["hr"], c["hr"]) for a, c in zip(first, other))
 
 
-def test_colour_augmentation_is_off_by_default():
+def test_colour_probability_recolours_that_share_of_the_pairs():
+    data = colour_dataset()
+    half = ColourAugment(permute_channels=True, hue_degrees=180.0, probability=0.5)
+    plain = take(create_train_iterator(data, batch_size=100, scale=4, seed=8), 2)
+    coloured = take(create_train_iterator(data, batch_size=100, scale=4, seed=8, colour=half), 2)
+    kept = [np.array_equal(a["hr"][k], b["hr"][k]) for a, b in zip(plain, coloured) for k in range(100)]
+    assert 70 < sum(kept) < 130  # 200 pairs, each kept with p = 1/2 (sd ≈ 7); a recoloured one never matches
+    assert not ColourAugment(permute_channels=True, probability=0.0).enabled
+
+
+def test_colour_augmentation_is_off_by_default_and_in_the_paper_configs():
     assert not ColourAugment().enabled
+    assert not ColourAugment(**fsrcnn.get_config().data.colour_augment).enabled
+    assert ColourAugment(**quickstart.get_config().data.colour_augment).enabled
     data = colour_dataset()
     default = take(create_train_iterator(data, batch_size=8, scale=4, seed=3), 2)
     off = take(create_train_iterator(data, batch_size=8, scale=4, seed=3, colour=ColourAugment()), 2)
@@ -421,9 +429,18 @@ def test_colour_augmentation_is_off_by_default():
     [
         ({"hue_degrees": 200.0}, "hue jitter must be in [0, 180] degrees, got 200.0"),
         ({"saturation": -0.1}, "saturation jitter must be in [0, 1], got -0.1"),
+        ({"probability": 1.5}, "colour augmentation probability must be in [0, 1], got 1.5"),
     ],
 )
 def test_bad_colour_settings_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError) as info:
         ColourAugment(**kwargs)
     assert str(info.value) == message
+
+
+def test_a_bad_colour_setting_in_the_config_is_a_config_error():
+    config = quickstart.get_config()
+    config.data.colour_augment.hue_degrees = 270.0
+    with pytest.raises(ConfigError) as info:
+        validate_config(config)
+    assert str(info.value) == "config field data.colour_augment: hue jitter must be in [0, 180] degrees, got 270.0"

@@ -132,6 +132,8 @@ def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
         configuration.validate_config(tiny_config(data, **{"model.extra": {"q": 1}}))
     with pytest.raises(ConfigError, match=r"^config field evaluate.datasets: 'div2k' is neither 'validation' nor 'dataset:split'$"):
         configuration.validate_config(tiny_config(data, **{"evaluate.datasets": "validation,test=div2k"}))
+    with pytest.raises(ConfigError, match=r"^config field evaluate.budget is -0.5: use a positive share of the -O FLOPs, or 0 for none$"):
+        configuration.validate_config(tiny_config(data, **{"evaluate.budget": -0.5}))
     assert configuration.selected_stages(tiny_config(data)) == ("original", "divide", "branches", "joint", "evaluate")
     assert "finetune" in configuration.selected_stages(tiny_config(data, **{"finetune.enabled": True}))
 
@@ -499,6 +501,7 @@ def test_evaluation_is_computed_again_when_its_models_datasets_or_protocol_chang
         "protocol": "full",
         "scale": 2,
         "tiles": {"tile": 32, "step": 28, "overlap": 8},
+        "budget": 0.0,
     }
     with open(results_json) as f:
         assert json.load(f) == first
@@ -515,6 +518,11 @@ def test_evaluation_is_computed_again_when_its_models_datasets_or_protocol_chang
     more, evaluated = evaluate(**{"evaluate.datasets": "validation,train=classsr_folder/x2:train"})
     assert evaluated == 2 and list(more["datasets"]) == ["validation", "train"]
     assert more["computed_from"]["datasets"]["train"]["images"] == 4
+
+    budgeted, evaluated = evaluate(**{"evaluate.budget": 0.5})  # one more ClassSR row, at half the -O FLOPs
+    assert evaluated == 2 and budgeted["computed_from"]["budget"] == 0.5
+    assert [m["key"] for m in budgeted["models"]] == ["bicubic", "classsr", "classsr_budget"]
+    assert budgeted["models"][2]["name"].endswith(", 50% budget") and budgeted["models"][2]["name"] in budgeted["table"]
 
     paper, evaluated = evaluate(**{"evaluate.protocol": "paper"})
     assert evaluated == 1 and paper["computed_from"]["protocol"] == "paper"
