@@ -590,16 +590,21 @@ def finished_steps(directory):
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
 
-def test_kill_9_after_the_first_checkpoint_then_the_same_command_resumes_and_finishes(data, tmp_path):
+def original_stage_args(data, workdir, *, num_steps: int, checkpoint_every: int, log_every: int) -> list[str]:
+    """The command line of the smoke config's `original` stage, with every checkpoint kept."""
     photos, tfds_dir = data
-    workdir = tmp_path / "resume"
-    args = [
+    return [
         "--config", "configs/smoke.py", "--workdir", str(workdir), "--config.stages=original",
         f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}",
-        "--config.original.num_steps=300", "--config.original.checkpoint_every_steps=10",
-        "--config.original.eval_every_steps=1000", "--config.original.log_every_steps=50",
+        f"--config.original.num_steps={num_steps}", f"--config.original.checkpoint_every_steps={checkpoint_every}",
+        "--config.original.eval_every_steps=1000", f"--config.original.log_every_steps={log_every}",
         "--config.checkpoint.keep_last=100",
     ]
+
+
+def test_kill_9_after_the_first_checkpoint_then_the_same_command_resumes_and_finishes(data, tmp_path):
+    workdir = tmp_path / "resume"
+    args = original_stage_args(data, workdir, num_steps=300, checkpoint_every=10, log_every=50)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     checkpoints = workdir / "stages" / "original" / "checkpoints"
     process = subprocess.Popen([sys.executable, "-m", "classsr_jax.main", *args], cwd=REPO, env=env,
@@ -627,15 +632,8 @@ def test_kill_9_after_the_first_checkpoint_then_the_same_command_resumes_and_fin
 
 
 def test_kill_9_during_a_background_save_then_the_rerun_resumes_from_the_last_complete_checkpoint(data, tmp_path):
-    photos, tfds_dir = data
     workdir = tmp_path / "killed"
-    args = [
-        "--config", "configs/smoke.py", "--workdir", str(workdir), "--config.stages=original",
-        f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}",
-        "--config.original.num_steps=40", "--config.original.checkpoint_every_steps=5",
-        "--config.original.eval_every_steps=1000", "--config.original.log_every_steps=5",
-        "--config.checkpoint.keep_last=100",
-    ]
+    args = original_stage_args(data, workdir, num_steps=40, checkpoint_every=5, log_every=5)
     # The same command on a slow disk: every checkpoint's arrays take 3 s to commit in the background.
     slow_main = tmp_path / "slow_disk_main.py"
     slow_main.write_text(
