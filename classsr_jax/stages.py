@@ -413,11 +413,11 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
     network = _display_name(ctx.spec.network)
     models = ([("original", f"{network}-O", original)] if original else []) + [("classsr", f"ClassSR-{network}", classsr)]
     loaded = {key: checkpointing.load_model(path) for key, _, path in models}
-    budgets = {key: None for key in loaded}
+    # Table rows: (key, name, path, the loaded model it runs, FLOPs budget).
+    rows = [(key, name, path, key, None) for key, name, path in models]
     if cfg.budget:
         # The same ClassSR with its logits shifted per image to this share of the -O FLOPs (Upscaler budget).
-        models.append(("classsr_budget", f"ClassSR-{network}, {100 * cfg.budget:.0f}% budget", classsr))
-        loaded["classsr_budget"], budgets["classsr_budget"] = loaded["classsr"], cfg.budget
+        rows.append(("classsr_budget", f"ClassSR-{network}, {100 * cfg.budget:.0f}% budget", classsr, "classsr", cfg.budget))
     datasets = evaluation_datasets(ctx)
     tiles = {"tile": patch, "step": patch * 7 // 8, "overlap": patch // 4}
     computed_from = {
@@ -451,14 +451,16 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
         "per_image": {},
         "computed_from": computed_from,
     }
-    for key, name, path in models:
-        results["models"].append({"key": key, "name": name, "path": path, "params": checkpointing.count_params(loaded[key].variables)})
+    upscalers = {}
+    for key, name, path, source, budget in rows:
+        model = loaded[source]
+        results["models"].append({"key": key, "name": name, "path": path, "params": checkpointing.count_params(model.variables)})
+        upscalers[key] = Upscaler(model.spec, model.variables, protocol=cfg.protocol, budget=budget, **tiles)
     for label, _, pairs in datasets:
         logging.info("stage evaluate: %s (%d images)", label, len(pairs))
         row = {"bicubic": bicubic_average(pairs, scale, cfg.protocol, patch)}
         per_image = {}
-        for key, _, _ in models:
-            upscaler = Upscaler(loaded[key].spec, loaded[key].variables, protocol=cfg.protocol, budget=budgets[key], **tiles)
+        for key, upscaler in upscalers.items():
             report = evaluate_pairs(upscaler, pairs, progress=False)
             row[key] = report["average"]
             per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]} for i in report["images"]]
