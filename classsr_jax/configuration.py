@@ -27,6 +27,10 @@ from classsr_jax.models.registry import ModelSpec
 
 STAGES = ("original", "divide", "branches", "joint", "finetune", "evaluate")
 TRAINING_STAGES = ("original", "branches", "joint", "finetune")  # the stages with an optimiser (and a config section)
+# Where each stage draws its training tiles: the choices of its config field `tiles`, the paper's first. 'class':
+# the division's tiles of the branch's class; 'grid': every tile of the division's grid; 'any': random tiles of
+# the training set (stage original always does this).
+TILE_SOURCES = {"branches": ("class", "any"), "joint": ("grid", "any"), "finetune": ("grid", "any")}
 NUM_CLASSES = 3  # The division makes three classes (simple, medium, hard).
 PROTOCOLS = ("paper", "full")
 CONFIGS_FOLDER = "configs"
@@ -162,6 +166,9 @@ def validate_config(config) -> None:
     for stage in TRAINING_STAGES:
         for field in ("batch_size", "num_steps", "cosine_period", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
             _positive_int(config, f"{stage}.{field}")
+    for stage, choices in TILE_SOURCES.items():
+        if _field(config, f"{stage}.tiles") not in choices:
+            raise ConfigError(f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: use {' or '.join(repr(c) for c in choices)}")
     for name in ("validation.protocol", "evaluate.protocol"):
         if _field(config, name) not in PROTOCOLS:
             raise ConfigError(f"config field {name} is {_field(config, name)!r}: use 'paper' or 'full'")

@@ -240,8 +240,8 @@ class Recipe:
 
     model: 'original' (the -O network), 'branch' (each branch in turn, one sub-stage each) or 'classsr'.
     start: (context, spec, branch index or None) → the variables training starts from.
-    tiles: 'any' (random tiles of the training set), 'class' (the division's tiles of the branch's class) or
-      'grid' (every tile of the division's grid, all classes, when there is a division; else 'any').
+    The training tiles come from the stage's config field `tiles` (configuration.TILE_SOURCES); stage
+    original draws random tiles of the training set.
     export: the export folder written with the result; export_when: 'missing' (only if there is none before
       the stage), 'unless finetuned' (unless stage finetune's model exists) or 'always'.
     """
@@ -249,16 +249,15 @@ class Recipe:
     model: str
     start: Callable[[StageContext, ModelSpec, int | None], dict[str, Any]]
     trainable: tuple[str, ...] | None  # the parameter groups the optimiser updates; None: all
-    tiles: str
     export: str | None = None
     export_when: str = "always"
 
 
 RECIPES = {
-    "original": Recipe("original", _start_original, None, "any", ORIGINAL_EXPORT, "missing"),
-    "branches": Recipe("branch", _start_branch, None, "class"),
-    "joint": Recipe("classsr", _start_joint, ("classifier",), "grid", CLASSSR_EXPORT, "unless finetuned"),
-    "finetune": Recipe("classsr", _start_finetune, None, "grid", CLASSSR_EXPORT, "always"),
+    "original": Recipe("original", _start_original, None, ORIGINAL_EXPORT, "missing"),
+    "branches": Recipe("branch", _start_branch, None),
+    "joint": Recipe("classsr", _start_joint, ("classifier",), CLASSSR_EXPORT, "unless finetuned"),
+    "finetune": Recipe("classsr", _start_finetune, None, CLASSSR_EXPORT, "always"),
 }
 
 
@@ -286,9 +285,10 @@ def plan_training(ctx: StageContext, stage: str) -> list[TrainingStage]:
         units = [(stage, spec.branch(spec.num_branches - 1), None)]
     else:
         units = [(stage, spec, None)]
-    if recipe.tiles == "class":
+    tiles = settings.tiles if stage in configuration.TILE_SOURCES else "any"
+    if tiles == "class":
         division = _load_division(ctx, stage)
-    elif recipe.tiles == "grid" and os.path.isfile(ctx.workdir.division):
+    elif tiles == "grid" and os.path.isfile(ctx.workdir.division):
         division = _load_division(ctx, stage)  # the original's joint data: every grid tile, all classes
     else:
         division = None
@@ -301,7 +301,9 @@ def plan_training(ctx: StageContext, stage: str) -> list[TrainingStage]:
             objective=objective_for(ctx.config, stage, unit_spec),
             trainable=recipe.trainable,
             initial_variables=functools.partial(recipe.start, ctx, unit_spec, k),
-            make_iterator=_iterator_factory(ctx, settings.batch_size, division=division, class_filter=k),
+            make_iterator=_iterator_factory(
+                ctx, settings.batch_size, division=division, class_filter=k if tiles == "class" else None
+            ),
             export_to=export_to,
         )
         for name, unit_spec, k in units

@@ -70,6 +70,7 @@ def get_config():
     config.original = stage(16, 500_000, 1e-3, 1e-7, 500_000, log_every=100, eval_every=5000, checkpoint_every=5000)
     config.branches = stage(16, 500_000, 1e-3, 1e-7, 500_000, log_every=100, eval_every=5000, checkpoint_every=5000)
     config.branches.init_from_original = False  # start the branch as wide as -O from -O instead of from scratch
+    config.branches.tiles = "class"  # each branch on its class's tiles; "any": every branch on any training tile
 
     # (b) The division: PSNR of the reference network on every 32x32 tile (grid step 16), split into thirds.
     config.division = ml_collections.ConfigDict()
@@ -83,12 +84,14 @@ def get_config():
     config.joint.l1_weight = 1000.0
     config.joint.class_loss_weight = 0.5
     config.joint.average_loss_weight = 3.0
+    config.joint.tiles = "grid"  # the division's grid tiles (the original's); "any": random tiles, like stage (a)
 
     # (e) Optional fine-tuning of classifier and branches together (not in the paper).
     config.finetune = stage(96, 50_000, 2e-5, 1e-7, 50_000, log_every=100, eval_every=1000, checkpoint_every=2000)
     config.finetune.l1_weight = 1000.0
     config.finetune.class_loss_weight = 0.5
     config.finetune.average_loss_weight = 3.0
+    config.finetune.tiles = "grid"
     config.finetune.enabled = False
 
     # Converted official checkpoints (python -m classsr_jax.convert): they start the stage that makes that

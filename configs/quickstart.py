@@ -32,8 +32,8 @@ def get_config():
     config.data.colour_augment.hue_degrees = 180.0
     config.data.colour_augment.saturation = 0.25
     config.data.colour_augment.probability = 0.5
-    config.original = fsrcnn.stage(8, 16000, 5e-3, 1e-5, 16000, log_every=500, eval_every=4000, checkpoint_every=2000)
-    config.branches = fsrcnn.stage(8, 6000, 5e-3, 1e-5, 6000, log_every=500, eval_every=2000, checkpoint_every=1000)
+    config.original.update(fsrcnn.stage(8, 16000, 5e-3, 1e-5, 16000, log_every=500, eval_every=4000, checkpoint_every=2000))
+    config.branches.update(fsrcnn.stage(8, 6000, 5e-3, 1e-5, 6000, log_every=500, eval_every=2000, checkpoint_every=1000))
     config.branches.init_from_original = True
     config.joint.batch_size = 32
     config.joint.num_steps = 1000

@@ -138,6 +138,40 @@ def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
     assert "finetune" in configuration.selected_stages(tiny_config(data, **{"finetune.enabled": True}))
 
 
+def test_each_stage_draws_its_tiles_where_its_config_says(data, tmp_path, monkeypatch):
+    """branches.tiles 'class': branch k gets the division and class k, 'any': neither; joint/finetune.tiles
+    'grid': the division without a class, 'any': neither; stage original always draws any tile."""
+    from classsr_jax.datasets import division as division_lib
+
+    work = Workdir(str(tmp_path))
+    division_lib.save_division(division_lib.Division(
+        names=("a",), image_index=np.zeros(3, np.int32), y=np.zeros(3, np.int32), x=np.array([0, 16, 32], np.int32),
+        psnr=np.array([20.0, 30.0, 40.0], np.float32), label=np.array([2, 1, 0], np.int8), thresholds=(25.0, 35.0),
+        scale=2), work.division)
+    drawn = []
+    monkeypatch.setattr(stages, "create_train_iterator", lambda _, **kw: drawn.append((kw["division"], kw["class_filter"])))
+
+    def draws(stage, **overrides):
+        config = tiny_config(data, **overrides)
+        ctx = stages.StageContext(config, work, configuration.model_spec(config), parallel.local_mesh(), jnp.float32)
+        ctx.datasets[f"{config.data.dataset}:{config.data.train_split}"] = None  # not opened: the patch ignores it
+        drawn.clear()
+        for unit in stages.plan_training(ctx, stage):
+            unit.make_iterator(0)
+        return [(None if d is None else d.names, k) for d, k in drawn]
+
+    assert draws("branches") == [(("a",), 0), (("a",), 1), (("a",), 2)]
+    assert draws("branches", **{"branches.tiles": "any"}) == [(None, None)] * 3
+    assert draws("joint") == [(("a",), None)]
+    assert draws("joint", **{"joint.tiles": "any"}) == [(None, None)]
+    assert draws("finetune", **{"finetune.tiles": "any"}) == [(None, None)]
+    assert draws("original", **{"joint.tiles": "grid"}) == [(None, None)]
+    with pytest.raises(ConfigError, match=r"^config field joint.tiles is 'class': use 'grid' or 'any'$"):
+        configuration.validate_config(tiny_config(data, **{"joint.tiles": "class"}))
+    with pytest.raises(ConfigError, match=r"^config field branches.tiles is 'grid': use 'class' or 'any'$"):
+        configuration.validate_config(tiny_config(data, **{"branches.tiles": "grid"}))
+
+
 def test_load_config_works_from_another_working_directory(tmp_path, monkeypatch):
     """`from configs import fsrcnn` inside a config needs the folder holding configs/ on sys.path: load_config
     puts it there, whatever the working directory and sys.path were."""
