@@ -281,6 +281,9 @@ def plan_training(ctx: StageContext, stage: str) -> list[TrainingStage]:
     settings = ctx.config[stage]
     if recipe.model == "branch":
         units = [(name, spec.branch(k), k) for k, name in enumerate(branch_stages(spec.num_branches))]
+        if settings.reuse_original:  # the widest branch is -O itself (workdir.branch_variables)
+            logging.info("stage %s: the -O network %s", units[-1][0], original_source(ctx.config, ctx.workdir))
+            units = units[:-1]
     elif recipe.model == "original":
         units = [(stage, spec.branch(spec.num_branches - 1), None)]
     else:

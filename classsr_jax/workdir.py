@@ -116,10 +116,15 @@ def check_stage_inputs(config, workdir: Workdir, stages: tuple[str, ...]) -> Non
     """Each selected stage's inputs come from an earlier selected stage, this workdir, or config.pretrained."""
     has_model = lambda stage: os.path.isdir(workdir.model(stage))
     classsr = any(has_model(s) for s in ("joint", "finetune")) or bool(config.pretrained.classsr)
-    if "branches" in stages and "divide" not in stages and not os.path.isfile(workdir.division):
+    if "branches" in stages and config.branches.tiles == "class" and "divide" not in stages and not os.path.isfile(workdir.division):
         raise TrainError(f"stage branches needs the class division {workdir.division}: run stage divide first")
+    original = "original" in stages or original_source(config, workdir) is not None
+    if config.branches.reuse_original and ("branches" in stages or "joint" in stages) and not original:
+        raise TrainError("config field branches.reuse_original needs the -O network: run stage original, or give --config.pretrained.original")
+    widest = branch_stages()[-1]
+    trained = [b for b in branch_stages() if not (b == widest and config.branches.reuse_original)]
     if "joint" in stages and "branches" not in stages:
-        if not (all(has_model(b) for b in branch_stages()) or config.pretrained.branches or config.pretrained.classsr):
+        if not (all(has_model(b) for b in trained) or config.pretrained.branches or config.pretrained.classsr):
             raise TrainError(
                 "stage joint needs trained branches: run stage branches, or give "
                 "--config.pretrained.branches=b1,b2,b3 or --config.pretrained.classsr"
@@ -205,10 +210,13 @@ def branch_of(variables: dict[str, Any], k: int) -> dict[str, Any]:
 
 
 def branch_variables(config, workdir: Workdir, k: int) -> dict[str, Any] | None:
-    """Branch k's variables: this workdir's stage, else the pretrained branch, else the pretrained ClassSR's."""
+    """Branch k's variables: this workdir's stage (or, for the widest with branches.reuse_original, the -O
+    network), else the pretrained branch, else the pretrained ClassSR's."""
     stage_model = workdir.model(branch_stages()[k])
     if os.path.isdir(stage_model):
         return load_variables(stage_model)
+    if config.branches.reuse_original and k == NUM_CLASSES - 1 and original_source(config, workdir):
+        return load_variables(original_source(config, workdir))
     pretrained = pretrained_branches(config)
     if pretrained:
         return load_variables(pretrained[k])

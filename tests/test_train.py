@@ -429,6 +429,21 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
     assert not os.path.exists(os.path.join(other, "division"))
 
 
+def test_reused_original_is_the_widest_branch_and_tiles_any_needs_no_division(data, tmp_path):
+    overrides = {"branches.reuse_original": True, "branches.tiles": "any", "joint.tiles": "any"}
+    with pytest.raises(TrainError, match=r"^config field branches.reuse_original needs the -O network: run stage original, or give --config.pretrained.original$"):
+        train.train_and_evaluate(tiny_config(data, stages="branches,joint", **overrides), str(tmp_path / "none"))
+    assert not os.path.exists(tmp_path / "none")
+    workdir = str(tmp_path / "run")
+    out = train.train_and_evaluate(tiny_config(data, stages="original,branches,joint", **overrides), workdir)
+    assert sorted(out["variables"]) == ["branch1", "branch2", "joint", "original"]
+    assert sorted(os.listdir(os.path.join(workdir, "stages"))) == ["branch1", "branch2", "joint", "original"]
+    assert not os.path.exists(os.path.join(workdir, "division"))
+    params = out["variables"]["joint"]["params"]
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params["net3"], out["variables"]["original"]["params"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, params["net1"], out["variables"]["branch1"]["params"])
+
+
 def test_missing_inputs_fail_before_the_workdir_is_touched(data, tmp_path):
     workdir = str(tmp_path / "never")
     with pytest.raises(TrainError, match=r"^data dir /nonexistent/photos does not exist \(config\.data\.manual_dir\)"):
