@@ -21,7 +21,7 @@ def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
                       "full: every pixel, overlaps blended; paper: the original's test pipeline.", flag_values=fv)
     flags.DEFINE_integer("force-class", None, "Send every tile to branch K (1 = simplest; the last is the -O network).",
                          flag_values=fv)
-    flags.DEFINE_float("budget", None, "Aim at this fraction of the -O network's FLOPs by shifting the logits.",
+    flags.DEFINE_float("budget", None, "At most this fraction of the -O network's FLOPs per tile (Class-Module included), by shifting the logits.",
                        flag_values=fv)
     flags.DEFINE_enum("dtype", "float32", list(DTYPES),
                       "Compute dtype of parameters and activations; bfloat16 for accelerators.", flag_values=fv)

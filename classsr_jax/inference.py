@@ -58,30 +58,34 @@ class UpscaleResult:
         }
 
 
-def budget_offsets(logits: np.ndarray, branch_flops, budget: float) -> np.ndarray:
-    """Logit offsets −λ·F_k/F_O that bring the mean branch FLOPs of these tiles closest to budget·F_O.
+def budget_offsets(logits: np.ndarray, branch_flops, budget: float, overhead: float = 0.0) -> np.ndarray:
+    """Logit offsets −λ·F_k/F_O that route these tiles to the most FLOPs not over the budget: mean branch
+    FLOPs + overhead (the Class-Module's, per tile) ≤ budget·F_O. Below the cheapest branch every tile goes
+    to it.
 
-    Mean FLOPs of argmax(logits − λ·F/F_O) never increase with λ, so bisection finds the λ where the mean
-    crosses the budget; of the two routings on either side, the closer one wins.
+    Mean FLOPs of argmax(logits − λ·F/F_O) never increase with λ, so bisection finds the smallest λ whose
+    routing fits.
     """
     cost = np.asarray(branch_flops, np.float64) / float(branch_flops[-1])
-    target = budget * float(branch_flops[-1])
-    logits = np.asarray(logits, np.float64)
+    target = budget * float(branch_flops[-1]) - overhead
+    logits = np.asarray(logits, np.float32)  # in float32, as the routing program adds the offsets
 
     def mean_flops(lam):
-        return float(np.mean(np.asarray(branch_flops)[np.argmax(logits - lam * cost, axis=-1)]))
+        offsets = (-lam * cost).astype(np.float32)
+        return float(np.mean(np.asarray(branch_flops)[np.argmax(logits + offsets, axis=-1)]))
 
     gaps = np.diff(np.sort(np.unique(cost)))
     span = (logits.max() - logits.min()) / (gaps.min() if gaps.size else 1.0) + 1.0
     lo, hi = -span, span  # lo: everything to the costliest branch; hi: to the cheapest
+    if mean_flops(lo) <= target:
+        return (-lo * cost).astype(np.float32)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
         if mean_flops(mid) > target:
             lo = mid
         else:
             hi = mid
-    lam = min((lo, hi), key=lambda v: abs(mean_flops(v) - target))
-    return (-lam * cost).astype(np.float32)
+    return (-hi * cost).astype(np.float32)
 
 
 class Upscaler:
@@ -89,7 +93,8 @@ class Upscaler:
 
     protocol: 'full' (default; output exactly scale·H × scale·W, overlaps blended) or 'paper' (the original's
     test: 32/28 grid, no border tiles, uint8-rounded tiles averaged, output cropped to the covered area).
-    force_class: send every tile to this branch (0-based). budget: fraction of the -O FLOPs to aim at.
+    force_class: send every tile to this branch (0-based). budget: route to at most this fraction of the -O
+    FLOPs per tile, the Class-Module included.
     buckets: tiles per branch call (default: measured best for the backend, `routing.default_buckets`).
     band_tiles: tiles per band program (default `engine.default_band_tiles`). dtype: 'float32' or
     'bfloat16' (parameters and activations; the merge and the quantisation stay float32). mesh: the local
@@ -165,7 +170,7 @@ class Upscaler:
             inputs = engine.band_inputs(image, grid, band, shape, self.routed.num_devices)
             pending.append((inputs.slot_of_tile, program(self._placed, *self.programs.put(inputs)[:2])))
         logits = np.concatenate([np.asarray(out)[slots] for slots, out in pending])
-        return budget_offsets(logits, self.flops.branches, self.budget)
+        return budget_offsets(logits, self.flops.branches, self.budget, self.flops.classifier)
 
     def upscale(self, lr: np.ndarray, variables=None, *, bit_depth: int = 8, float_merge: bool | None = None) -> UpscaleResult:
         """lr: (H, W, 3) uint8, uint16 or float in [0, 1], any size from 1×1 (paper protocol: at least one tile).

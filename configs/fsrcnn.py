@@ -111,7 +111,7 @@ def get_config():
     config.evaluate = ml_collections.ConfigDict()
     config.evaluate.datasets = "validation"  # comma list of "validation" or "tfds_name:split", each as "label=…" or not
     config.evaluate.protocol = "paper"
-    config.evaluate.budget = 0.0  # > 0: one more ClassSR row, its logits shifted to this share of the -O FLOPs
+    config.evaluate.budget = 0.0  # > 0: one more ClassSR row, its logits shifted to at most this share of the -O FLOPs
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.keep_last = 3  # plus the best by validation PSNR

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from routing_fixtures import SPEC, spread_classifier, textured_image, textured_tiles
 
-from classsr_jax import flops as flops_lib
 from classsr_jax.evaluation import evaluate_pairs
 from classsr_jax.inference import Upscaler, budget_offsets
 from classsr_jax.models import ModelSpec
@@ -100,13 +99,14 @@ def test_swapping_variables_does_not_recompile(variables):
 
 def test_budget_offsets_hit_the_budget():
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(1000, 3))
+    logits = rng.normal(size=(1000, 3)).astype(np.float32)  # as the routing program has them
     branch_flops = (1.0, 2.0, 3.0)
     for budget in (0.4, 0.6, 0.8, 1.0):
-        offsets = budget_offsets(logits, branch_flops, budget)
-        chosen = np.argmax(logits + offsets, axis=-1)
-        mean = np.mean(np.asarray(branch_flops)[chosen]) / 3.0
-        assert abs(mean - budget) < 0.01
+        for overhead in (0.0, 0.15):  # the Class-Module's FLOPs per tile count against the budget
+            offsets = budget_offsets(logits, branch_flops, budget, overhead)
+            chosen = np.argmax(logits + offsets, axis=-1)
+            mean = (np.mean(np.asarray(branch_flops)[chosen]) + overhead) / 3.0
+            assert budget - 0.01 < mean <= budget, (budget, overhead, mean)  # the most that fits, never over
     # Budget below the cheapest branch: everything goes to branch 1.
     assert (np.argmax(logits + budget_offsets(logits, branch_flops, 0.1), -1) == 0).all()
 
@@ -116,8 +116,8 @@ def test_budget_moves_flops_towards_the_target(variables):
     free = Upscaler(SPEC, variables).upscale(image)
     for budget in (0.45, 0.8):
         result = Upscaler(SPEC, variables, budget=budget).upscale(image)
-        branch_percent = result.flops_percent - 100.0 * flops_lib.model_flops(SPEC).classifier / 467.88e6
-        assert abs(branch_percent - 100 * budget) < 5.0, (budget, branch_percent, free.flops_percent)
+        # FSRCNN's table figure includes the Class-Module, as the budget does: at most the budget, close to it.
+        assert 100 * budget - 5.0 < result.flops_percent <= 100 * budget, (budget, result.flops_percent, free.flops_percent)
 
 
 def test_single_network_checkpoint_upscales_through_the_same_tiling():
