@@ -582,6 +582,13 @@ def test_evaluation_is_computed_again_when_its_models_datasets_or_protocol_chang
 # ---------------------------------------------------------------------------------------------- processes
 
 
+def uncached_env() -> dict[str, str]:
+    """The environment for a command that is killed, or runs beside another: without the session's compilation
+    cache (tests/conftest.py), whose entries are written in place and could be left half written."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    return {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+
+
 def cli(*args, cwd=REPO, env=None, **kwargs):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **(env or {})}
     return subprocess.run([sys.executable, "-m", "classsr_jax.main", *args], cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
@@ -654,7 +661,7 @@ def original_stage_args(data, workdir, *, num_steps: int, checkpoint_every: int,
 def test_kill_9_after_the_first_checkpoint_then_the_same_command_resumes_and_finishes(data, tmp_path):
     workdir = tmp_path / "resume"
     args = original_stage_args(data, workdir, num_steps=300, checkpoint_every=10, log_every=50)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = uncached_env()
     checkpoints = workdir / "stages" / "original" / "checkpoints"
     process = subprocess.Popen([sys.executable, "-m", "classsr_jax.main", *args], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -690,7 +697,7 @@ def test_kill_9_during_a_background_save_then_the_rerun_resumes_from_the_last_co
         "orbax_faults.install(lambda: orbax_faults.SlowDisk(3.0))\n"
         "from classsr_jax import main\nsys.exit(main.main(sys.argv[1:]))\n"
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = uncached_env()
     checkpoints = workdir / "stages" / "original" / "checkpoints"
     process = subprocess.Popen([sys.executable, str(slow_main), *args], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -724,7 +731,7 @@ def test_two_processes_train_two_steps_and_end_with_identical_parameters(data, t
     # Prepare the dataset once beforehand, as a shared data dir would be on a cluster.
     stages.StageContext(tiny_config(data), Workdir(str(tmp_path)), None, None, None).train_dataset()
     port, workdir = free_port(), str(tmp_path / "two")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = uncached_env()
     workers = [
         subprocess.Popen(
             [sys.executable, "tests/multiprocess_worker.py", str(i), "2", str(port), workdir, photos, tfds_dir, str(tmp_path / f"p{i}.npz")],
