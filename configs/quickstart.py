@@ -1,6 +1,6 @@
 r"""python -m classsr_jax.main --config configs/quickstart.py --workdir runs/quickstart
 
-ClassSR-FSRCNN ×4 on the images bundled with scikit-image, every stage on a 2-core CPU (23 min measured on a slow
+ClassSR-FSRCNN ×4 on the images bundled with scikit-image, every stage on a 2-core CPU (29 min measured on a slow
 day; README.md, "The quickstart's result").
 
 Trains FSRCNN-O, divides its training tiles into simple / medium / hard, trains the two narrow branches on every
@@ -9,7 +9,7 @@ tiles, and ends with the paper's table (ClassSR-FSRCNN, FSRCNN-O and bicubic, an
 FLOPs) on photos never trained on: the 2 held-out photos (chelsea, coffee) as they are, with their channels
 permuted and with their hue turned; and on the 4 training photos.
 
-The recipe is the paper's (configs/fsrcnn.py) made short: 16000 (-O) and 6000 (branch) steps of batch 8 on a
+The recipe is the paper's (configs/fsrcnn.py) made short: 16000 (-O) and 12000 (branch) steps of batch 8 on a
 fully decayed cosine from 5e-3 to 1e-5, then 4000 joint steps of batch 8 from 1e-3, without the Class-Loss.
 The data: the 4 natural photos of the bundled train split (astronaut, motorcycle_left, motorcycle_right,
 rocket) and scikit-image's colour wheel, each with the paper's 0.9/0.8/0.7/0.6 scale copies; half the tile
@@ -34,7 +34,7 @@ def get_config():
     config.data.colour_augment.saturation = 0.25
     config.data.colour_augment.probability = 0.5
     config.original.update(fsrcnn.stage(8, 16000, 5e-3, 1e-5, 16000, log_every=500, eval_every=4000, checkpoint_every=2000))
-    config.branches.update(fsrcnn.stage(8, 6000, 5e-3, 1e-5, 6000, log_every=500, eval_every=2000, checkpoint_every=1000))
+    config.branches.update(fsrcnn.stage(8, 12000, 5e-3, 1e-5, 12000, log_every=500, eval_every=2000, checkpoint_every=1000))
     # The narrow branches learn from every tile, not a third of the division's 762: trained on its class alone,
     # the medium branch fell below bicubic on recoloured photos. The hard branch is -O itself, unchanged.
     config.branches.tiles = "any"
