@@ -52,6 +52,7 @@ from classsr_jax.workdir import (
     load_variables,
     original_source,
     pretrained_branches,
+    trained_branch_stages,
 )
 
 # ------------------------------------------------------------------------------------------ what stages share
@@ -280,10 +281,11 @@ def plan_training(ctx: StageContext, stage: str) -> list[TrainingStage]:
     recipe, spec = RECIPES[stage], ctx.spec
     settings = ctx.config[stage]
     if recipe.model == "branch":
+        trained = trained_branch_stages(ctx.config, spec.num_branches)
         units = [(name, spec.branch(k), k) for k, name in enumerate(branch_stages(spec.num_branches))]
-        if settings.reuse_original:  # the widest branch is -O itself (workdir.branch_variables)
-            logging.info("stage %s: the -O network %s", units[-1][0], original_source(ctx.config, ctx.workdir))
-            units = units[:-1]
+        for name, _, _ in units[len(trained):]:  # -O itself (workdir.branch_variables)
+            logging.info("stage %s: the -O network %s", name, original_source(ctx.config, ctx.workdir))
+        units = [unit for unit in units if unit[0] in trained]
     elif recipe.model == "original":
         units = [(stage, spec.branch(spec.num_branches - 1), None)]
     else:

@@ -89,6 +89,13 @@ def branch_stages(num_branches: int = NUM_CLASSES) -> tuple[str, ...]:
     return tuple(f"branch{k + 1}" for k in range(num_branches))
 
 
+def trained_branch_stages(config, num_branches: int = NUM_CLASSES) -> tuple[str, ...]:
+    """The branch stages that train: all of them, or all but the widest with branches.reuse_original (that
+    branch is the -O network itself)."""
+    names = branch_stages(num_branches)
+    return names[:-1] if config.branches.reuse_original else names
+
+
 def config_record(config_json: str, spec: ModelSpec) -> str:
     """What config.json holds: the model, and the config (as the JSON ml_collections writes)."""
     return json.dumps({"model": spec.to_dict(), "config": json.loads(config_json)}, indent=2) + "\n"
@@ -121,10 +128,8 @@ def check_stage_inputs(config, workdir: Workdir, stages: tuple[str, ...]) -> Non
     original = "original" in stages or original_source(config, workdir) is not None
     if config.branches.reuse_original and ("branches" in stages or "joint" in stages) and not original:
         raise TrainError("config field branches.reuse_original needs the -O network: run stage original, or give --config.pretrained.original")
-    widest = branch_stages()[-1]
-    trained = [b for b in branch_stages() if not (b == widest and config.branches.reuse_original)]
     if "joint" in stages and "branches" not in stages:
-        if not (all(has_model(b) for b in trained) or config.pretrained.branches or config.pretrained.classsr):
+        if not (all(has_model(b) for b in trained_branch_stages(config)) or config.pretrained.branches or config.pretrained.classsr):
             raise TrainError(
                 "stage joint needs trained branches: run stage branches, or give "
                 "--config.pretrained.branches=b1,b2,b3 or --config.pretrained.classsr"
@@ -212,10 +217,11 @@ def branch_of(variables: dict[str, Any], k: int) -> dict[str, Any]:
 def branch_variables(config, workdir: Workdir, k: int) -> dict[str, Any] | None:
     """Branch k's variables: this workdir's stage (or, for the widest with branches.reuse_original, the -O
     network), else the pretrained branch, else the pretrained ClassSR's."""
-    stage_model = workdir.model(branch_stages()[k])
+    name = branch_stages()[k]
+    stage_model = workdir.model(name)
     if os.path.isdir(stage_model):
         return load_variables(stage_model)
-    if config.branches.reuse_original and k == NUM_CLASSES - 1 and original_source(config, workdir):
+    if name not in trained_branch_stages(config) and original_source(config, workdir):
         return load_variables(original_source(config, workdir))
     pretrained = pretrained_branches(config)
     if pretrained:
