@@ -169,6 +169,9 @@ def validate_config(config) -> None:
     for stage, choices in TILE_SOURCES.items():
         if _field(config, f"{stage}.tiles") not in choices:
             raise ConfigError(f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: use {' or '.join(repr(c) for c in choices)}")
+    for stage in ("joint", "finetune"):
+        if not isinstance(_field(config, f"{stage}.calibrate_routing"), bool):
+            raise ConfigError(f"config field {stage}.calibrate_routing is {_field(config, f'{stage}.calibrate_routing')!r}: use True or False")
     for name in ("validation.protocol", "evaluate.protocol"):
         if _field(config, name) not in PROTOCOLS:
             raise ConfigError(f"config field {name} is {_field(config, name)!r}: use 'paper' or 'full'")

@@ -61,6 +61,13 @@ def process0_value(value: int | bool) -> int | bool:
     return bool(agreed) if isinstance(value, bool) else agreed
 
 
+def gather_rows(local: np.ndarray) -> np.ndarray:
+    """Every process's rows of `local` (the same shape on each), concatenated in process order, on every process."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -35,7 +35,7 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from classsr_jax import checkpointing, configuration, fileio, losses, parallel, stages
+from classsr_jax import calibration, checkpointing, configuration, fileio, losses, parallel, stages
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
 from classsr_jax.losses import Objective
 from classsr_jax.models.registry import ModelSpec
@@ -280,6 +280,10 @@ class StepMetrics:
         return jax.tree_util.tree_map(lambda *xs: np.mean(np.stack(xs), axis=0), *fetched)
 
 
+def _percentages(shares) -> str:
+    return "/".join(f"{100 * share:.0f}" for share in shares) + "%"
+
+
 def _stop_if_diverged(name: str, history: StepMetrics, manager) -> None:
     """Raises TrainError at the first non-finite step, after the checkpoints already started are finished."""
     bad = history.first_non_finite()
@@ -298,19 +302,20 @@ def _stop_if_diverged(name: str, history: StepMetrics, manager) -> None:
 def train_stage(ctx: stages.StageContext, stage: stages.TrainingStage) -> dict[str, Any]:
     """Trains one stage to `num_steps` (resuming from its last checkpoint), writes its model and its export;
     returns the final variables (host numpy). A finished stage is skipped and its model returned."""
-    variables = _train_stage_model(ctx, stage)
+    variables, metadata = _train_stage_model(ctx, stage)
     if stage.export_to:
-        metadata = {"stage": stage.name, "steps": stage.settings.num_steps}
         checkpointing.export_model(stage.export_to, stage.spec, variables, metadata)
     return variables
 
 
-def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) -> dict[str, Any]:
+def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stage's final variables (host numpy) and the metadata stored with them, trained now or earlier."""
     config, workdir, sc = ctx.config, ctx.workdir, stage.settings
     model_dir = workdir.model(stage.name)
     if parallel.process0_value(os.path.isdir(model_dir)):
         logging.info("stage %s: finished earlier (%s), skipping", stage.name, model_dir)
-        return checkpointing.load_model(model_dir).variables
+        model = checkpointing.load_model(model_dir)
+        return model.variables, model.metadata
     model = stage.spec.build(dtype=ctx.compute_dtype)
     tx = make_optimizer(sc, config.optimizer)
     manager = checkpointing.train_checkpoint_manager(
@@ -340,6 +345,10 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
         protocol=config.validation.protocol, lr_patch=ctx.lr_patch,
         num_tiles=config.validation.num_tiles, batch_size=config.validation.batch_size,
     )
+    calibrator = None
+    if sc.get("calibrate_routing", False):  # joint and finetune: routing calibrated on the stage's own tiles
+        tiles = calibration.draw_tiles(stage.make_iterator, data_seed(config.seed, f"{stage.name}/calibration", 0), calibration.CALIBRATION_TILES)
+        calibrator = calibration.RoutingCalibrator(stage.spec, tiles)
     writer = metric_writers.create_default_writer(workdir.tensorboard(stage.name), just_logging=not parallel.is_primary_process())
     report = periodic_actions.ReportProgress(num_train_steps=sc.num_steps, writer=writer, every_steps=sc.log_every_steps, every_secs=None)
     schedule = learning_rate_schedule(sc.learning_rate, sc.eta_min, sc.cosine_period)
@@ -360,13 +369,14 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
                 scalars = scalar_summaries("train", summary)
                 scalars["train/learning_rate"] = float(schedule(step - 1))
                 writer.write_scalars(step, scalars)
-                if "argmax_share" in summary:
+                if "argmax_share" in summary and not calibrator:  # calibrated, the batches' argmax is not the routing
                     collapse(summary["argmax_share"], "training", step)
             val = None
             if step % sc.eval_every_steps == 0 or last:
                 _stop_if_diverged(stage.name, history, manager)
                 with report.timed("validation"):
-                    val = validator(parallel.host_copy(state.variables), step, writer)
+                    current = parallel.host_copy(state.variables)
+                    val = validator(calibrator(current)[0] if calibrator else current, step, writer)
                 if "class_ratio" in val:
                     collapse(val["class_ratio"], "validation", step, always=True)
             if step % sc.checkpoint_every_steps == 0 or last:
@@ -388,11 +398,18 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
         if hasattr(iterator, "close"):
             iterator.close()
     variables = parallel.host_copy(state.variables)
-    checkpointing.export_model(
-        model_dir, stage.spec, variables, {"stage": stage.name, "steps": sc.num_steps, "best_step": best}
-    )
+    metadata = {"stage": stage.name, "steps": sc.num_steps, "best_step": best}
+    if calibrator:
+        variables, metadata["routing_calibration"] = calibrator(variables)
+        report = metadata["routing_calibration"]
+        logging.info(
+            "stage %s: routing calibrated on %d training tiles: argmax shares %s → %s (probability mass %s)",
+            stage.name, report["tiles"], _percentages(report["argmax_shares_before"]),
+            _percentages(report["argmax_shares_after"]), _percentages(report["probability_mass"]),
+        )
+    checkpointing.export_model(model_dir, stage.spec, variables, metadata)
     logging.info("stage %s: done (%d steps), model in %s", stage.name, sc.num_steps, model_dir)
-    return variables
+    return variables, metadata
 
 
 # ----------------------------------------------------------------------------------------------- entry point

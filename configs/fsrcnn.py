@@ -86,6 +86,9 @@ def get_config():
     config.joint.class_loss_weight = 0.5
     config.joint.average_loss_weight = 3.0
     config.joint.tiles = "grid"  # the division's grid tiles (the original's); "any": random tiles, like stage (a)
+    # Not in the original: shift the Class-Module's bias after the stage (and at each validation) so routing
+    # sends equal shares of the stage's training tiles to the branches (classsr_jax/calibration.py).
+    config.joint.calibrate_routing = False
 
     # (e) Optional fine-tuning of classifier and branches together (not in the paper).
     config.finetune = stage(96, 50_000, 2e-5, 1e-7, 50_000, log_every=100, eval_every=1000, checkpoint_every=2000)
@@ -93,6 +96,7 @@ def get_config():
     config.finetune.class_loss_weight = 0.5
     config.finetune.average_loss_weight = 3.0
     config.finetune.tiles = "grid"
+    config.finetune.calibrate_routing = False
     config.finetune.enabled = False
 
     # Converted official checkpoints (python -m classsr_jax.convert): they start the stage that makes that

@@ -134,6 +134,11 @@ def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
         configuration.validate_config(tiny_config(data, **{"evaluate.datasets": "validation,test=div2k"}))
     with pytest.raises(ConfigError, match=r"^config field evaluate.budget is -0.5: use a positive share of the -O FLOPs, or 0 for none$"):
         configuration.validate_config(tiny_config(data, **{"evaluate.budget": -0.5}))
+    config = tiny_config(data)
+    del config.finetune["calibrate_routing"]
+    config.finetune.calibrate_routing = 1
+    with pytest.raises(ConfigError, match=r"^config field finetune.calibrate_routing is 1: use True or False$"):
+        configuration.validate_config(config)
     assert configuration.selected_stages(tiny_config(data)) == ("original", "divide", "branches", "joint", "evaluate")
     assert "finetune" in configuration.selected_stages(tiny_config(data, **{"finetune.enabled": True}))
 
@@ -430,7 +435,7 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
 
 
 def test_reused_original_is_the_widest_branch_and_tiles_any_needs_no_division(data, tmp_path):
-    overrides = {"branches.reuse_original": True, "branches.tiles": "any", "joint.tiles": "any"}
+    overrides = {"branches.reuse_original": True, "branches.tiles": "any", "joint.tiles": "any", "joint.calibrate_routing": True}
     with pytest.raises(TrainError, match=r"^config field branches.reuse_original needs the -O network: run stage original, or give --config.pretrained.original$"):
         train.train_and_evaluate(tiny_config(data, stages="branches,joint", **overrides), str(tmp_path / "none"))
     assert not os.path.exists(tmp_path / "none")
@@ -442,6 +447,13 @@ def test_reused_original_is_the_widest_branch_and_tiles_any_needs_no_division(da
     params = out["variables"]["joint"]["params"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, params["net3"], out["variables"]["original"]["params"])
     jax.tree_util.tree_map(np.testing.assert_array_equal, params["net1"], out["variables"]["branch1"]["params"])
+    # The joint model's routing was calibrated on 4096 of its training tiles: equal shares after, and its record
+    # (in the stage's model and its export) holds the offsets added to the Class-Module's last bias.
+    record = checkpointing.load_model(os.path.join(workdir, "stages", "joint", "model")).metadata
+    report = record["routing_calibration"]
+    assert report["tiles"] == 4096 and len(report["offsets"]) == 3 and report["offsets"][2] == 0.0
+    np.testing.assert_allclose(report["argmax_shares_after"], [1 / 3, 1 / 3, 1 / 3], atol=0.02)
+    assert checkpointing.load_model(os.path.join(workdir, "export", "classsr")).metadata == record
 
 
 def test_missing_inputs_fail_before_the_workdir_is_touched(data, tmp_path):
@@ -683,8 +695,9 @@ def test_kill_9_after_the_first_checkpoint_then_the_same_command_resumes_and_fin
     assert checkpointing.latest_train_step(str(checkpoints)) == 300
     progress = checkpointing.read_train_progress(str(checkpoints))
     assert progress["started_at_step"] == saved and progress["data_seed"] == train.data_seed(10, "original", saved)
-    assert checkpointing.load_model(str(workdir / "stages" / "original" / "model")).metadata["steps"] == 300
-    assert checkpointing.load_model(str(workdir / "export" / "original")).metadata == {"stage": "original", "steps": 300}
+    record = checkpointing.load_model(str(workdir / "stages" / "original" / "model")).metadata
+    assert (record["stage"], record["steps"]) == ("original", 300)
+    assert checkpointing.load_model(str(workdir / "export" / "original")).metadata == record  # the export carries it
 
 
 def test_kill_9_during_a_background_save_then_the_rerun_resumes_from_the_last_complete_checkpoint(data, tmp_path):
