@@ -46,13 +46,14 @@ def balance_offsets(logits: np.ndarray, target_shares: np.ndarray, cycles: int =
     if float(centred.std(axis=0).max()) == 0.0:
         return np.zeros(num_classes, np.float32)  # every row alike: no offset splits them
     offsets = -centred.mean(axis=0)
-    width = 2.0 * float(np.ptp(centred + offsets)) + 1e-30
 
     def shares(b):
         return np.bincount(np.argmax(centred + b, axis=1), minlength=num_classes) / n
 
     for _ in range(cycles):
         for k in range(num_classes - 1):
+            # Moving offset k by the whole range of the shifted logits takes its share to 0 or to 1.
+            width = float(np.ptp(centred + offsets)) + 1e-30
             lo, hi = offsets[k] - width, offsets[k] + width
             for _ in range(60):
                 offsets[k] = 0.5 * (lo + hi)
