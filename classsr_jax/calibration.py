@@ -26,8 +26,6 @@ import numpy as np
 from classsr_jax import parallel
 from classsr_jax.models.registry import ModelSpec
 
-CALIBRATION_TILES = 4096  # training tiles the shares are measured on (all processes together)
-
 
 def balance_offsets(logits: np.ndarray, target_shares: np.ndarray, cycles: int = 50) -> np.ndarray:
     """Logit offsets (the last class's 0) with which the argmax of `logits` (n, M) sends about

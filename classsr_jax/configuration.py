@@ -172,6 +172,7 @@ def validate_config(config) -> None:
     for stage in ("joint", "finetune"):
         if not isinstance(_field(config, f"{stage}.calibrate_routing"), bool):
             raise ConfigError(f"config field {stage}.calibrate_routing is {_field(config, f'{stage}.calibrate_routing')!r}: use True or False")
+        _positive_int(config, f"{stage}.calibration_tiles")
     for name in ("validation.protocol", "evaluate.protocol"):
         if _field(config, name) not in PROTOCOLS:
             raise ConfigError(f"config field {name} is {_field(config, name)!r}: use 'paper' or 'full'")

@@ -347,7 +347,7 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
     )
     calibrator = None
     if sc.get("calibrate_routing", False):  # joint and finetune: routing calibrated on the stage's own tiles
-        tiles = calibration.draw_tiles(stage.make_iterator, data_seed(config.seed, f"{stage.name}/calibration", 0), calibration.CALIBRATION_TILES)
+        tiles = calibration.draw_tiles(stage.make_iterator, data_seed(config.seed, f"{stage.name}/calibration", 0), sc.calibration_tiles)
         calibrator = calibration.RoutingCalibrator(stage.spec, tiles)
     writer = metric_writers.create_default_writer(workdir.tensorboard(stage.name), just_logging=not parallel.is_primary_process())
     report = periodic_actions.ReportProgress(num_train_steps=sc.num_steps, writer=writer, every_steps=sc.log_every_steps, every_secs=None)

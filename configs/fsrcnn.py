@@ -89,6 +89,7 @@ def get_config():
     # Not in the original: shift the Class-Module's bias after the stage (and at each validation) so routing
     # sends equal shares of the stage's training tiles to the branches (classsr_jax/calibration.py).
     config.joint.calibrate_routing = False
+    config.joint.calibration_tiles = 4096  # training tiles the shares are measured on (all processes together)
 
     # (e) Optional fine-tuning of classifier and branches together (not in the paper).
     config.finetune = stage(96, 50_000, 2e-5, 1e-7, 50_000, log_every=100, eval_every=1000, checkpoint_every=2000)
@@ -97,6 +98,7 @@ def get_config():
     config.finetune.average_loss_weight = 3.0
     config.finetune.tiles = "grid"
     config.finetune.calibrate_routing = False
+    config.finetune.calibration_tiles = 4096
     config.finetune.enabled = False
 
     # Converted official checkpoints (python -m classsr_jax.convert): they start the stage that makes that

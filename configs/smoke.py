@@ -41,6 +41,7 @@ def get_config(variant="folder"):
         for key, value in settings.items():
             config[name][key] = value
     config.branches.init_from_original = variant == "folder"
+    config.joint.calibration_tiles = config.finetune.calibration_tiles = 256
     config.division.batch_size = 16
     config.validation.num_tiles = 16
     config.validation.batch_size = 8

@@ -447,11 +447,12 @@ def test_reused_original_is_the_widest_branch_and_tiles_any_needs_no_division(da
     params = out["variables"]["joint"]["params"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, params["net3"], out["variables"]["original"]["params"])
     jax.tree_util.tree_map(np.testing.assert_array_equal, params["net1"], out["variables"]["branch1"]["params"])
-    # The joint model's routing was calibrated on 4096 of its training tiles: equal shares after, and its record
-    # (in the stage's model and its export) holds the offsets added to the Class-Module's last bias.
+    # The joint model's routing was calibrated on 256 of its training tiles (the smoke config's): equal shares
+    # after, and its record (in the stage's model and its export) holds the offsets added to the Class-Module's
+    # last bias.
     record = checkpointing.load_model(os.path.join(workdir, "stages", "joint", "model")).metadata
     report = record["routing_calibration"]
-    assert report["tiles"] == 4096 and len(report["offsets"]) == 3 and report["offsets"][2] == 0.0
+    assert report["tiles"] == 256 and len(report["offsets"]) == 3 and report["offsets"][2] == 0.0
     np.testing.assert_allclose(report["argmax_shares_after"], [1 / 3, 1 / 3, 1 / 3], atol=0.02)
     assert checkpointing.load_model(os.path.join(workdir, "export", "classsr")).metadata == record
 
