@@ -84,10 +84,10 @@ def draw_tiles(make_iterator: Callable[[int], Iterator[dict[str, np.ndarray]]], 
 
 
 class RoutingCalibrator:
-    """`calibrator(variables)` → (variables whose Class-Module bias routes these tiles in equal shares, report:
-    the shares before and after, the probability mass, the offsets). The tiles are this
-    process's; the logits of every process's tiles are gathered first, so all processes compute the same
-    offsets."""
+    """`calibrate(variables)`: the variables with a Class-Module bias that routes these tiles in equal shares;
+    `calibrate_with_report` also returns the shares before and after (the latter as float32 computes them),
+    the probability mass and the offsets. The tiles are this process's; the logits of every process's tiles
+    are gathered first, so all processes compute the same offsets."""
 
     def __init__(self, spec: ModelSpec, tiles: np.ndarray):
         model = spec.build()
@@ -98,14 +98,20 @@ class RoutingCalibrator:
         local = np.asarray(self._classify(variables, self.tiles), np.float32)
         return parallel.gather_rows(local)
 
-    def __call__(self, variables: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _calibrated(self, variables: dict[str, Any]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
         logits = self.logits(variables)
-        probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
         offsets = balance_offsets(logits, np.full(logits.shape[1], 1.0 / logits.shape[1]))
         params = jax.tree_util.tree_map(np.asarray, dict(variables["params"]))
         fc = params["classifier"]["fc"]
         params["classifier"] = {**params["classifier"], "fc": {**fc, "bias": (fc["bias"] + offsets).astype(fc["bias"].dtype)}}
-        calibrated = {**variables, "params": params}
+        return {**variables, "params": params}, logits, offsets
+
+    def calibrate(self, variables: dict[str, Any]) -> dict[str, Any]:
+        return self._calibrated(variables)[0]
+
+    def calibrate_with_report(self, variables: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        calibrated, logits, offsets = self._calibrated(variables)
+        probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
         report = {
             "tiles": int(len(logits)),
             "probability_mass": probs.mean(axis=0).tolist(),

@@ -37,6 +37,7 @@ from clu import metric_writers, periodic_actions
 
 from classsr_jax import calibration, checkpointing, configuration, fileio, losses, parallel, stages
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
+from classsr_jax.evaluation import class_shares
 from classsr_jax.losses import Objective
 from classsr_jax.models.registry import ModelSpec
 from classsr_jax.validation import CollapseMonitor, Validator, scalar_summaries
@@ -280,10 +281,6 @@ class StepMetrics:
         return jax.tree_util.tree_map(lambda *xs: np.mean(np.stack(xs), axis=0), *fetched)
 
 
-def _percentages(shares) -> str:
-    return "/".join(f"{100 * share:.0f}" for share in shares) + "%"
-
-
 def _stop_if_diverged(name: str, history: StepMetrics, manager) -> None:
     """Raises TrainError at the first non-finite step, after the checkpoints already started are finished."""
     bad = history.first_non_finite()
@@ -376,7 +373,7 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
                 _stop_if_diverged(stage.name, history, manager)
                 with report.timed("validation"):
                     current = parallel.host_copy(state.variables)
-                    val = validator(calibrator(current)[0] if calibrator else current, step, writer)
+                    val = validator(calibrator.calibrate(current) if calibrator else current, step, writer)
                 if "class_ratio" in val:
                     collapse(val["class_ratio"], "validation", step, always=True)
             if step % sc.checkpoint_every_steps == 0 or last:
@@ -400,12 +397,12 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
     variables = parallel.host_copy(state.variables)
     metadata = {"stage": stage.name, "steps": sc.num_steps, "best_step": best}
     if calibrator:
-        variables, metadata["routing_calibration"] = calibrator(variables)
+        variables, metadata["routing_calibration"] = calibrator.calibrate_with_report(variables)
         report = metadata["routing_calibration"]
         logging.info(
-            "stage %s: routing calibrated on %d training tiles: argmax shares %s → %s (probability mass %s)",
-            stage.name, report["tiles"], _percentages(report["argmax_shares_before"]),
-            _percentages(report["argmax_shares_after"]), _percentages(report["probability_mass"]),
+            "stage %s: routing calibrated on %d training tiles: argmax shares %s%% → %s%% (probability mass %s%%)",
+            stage.name, report["tiles"], class_shares(report["argmax_shares_before"]),
+            class_shares(report["argmax_shares_after"]), class_shares(report["probability_mass"]),
         )
     checkpointing.export_model(model_dir, stage.spec, variables, metadata)
     logging.info("stage %s: done (%d steps), model in %s", stage.name, sc.num_steps, model_dir)
