@@ -1,7 +1,8 @@
 """Other ways to compute a convolution, tried against XLA:CPU's own (narrow_widths).
 
 Each takes `lax.conv_general_dilated`'s arguments and computes the same numbers (up to float summation order).
-The library adopted the per-group form (`models.common.SplitGroupConv`); the others stayed experiments.
+The library adopted the per-group form (`models.common.SplitGroupConv`); the others stayed experiments
+(train_step_profile times the im2col form in training).
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def conv_rgb_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
     z = jnp.einsum("nhwc,co->nhwo", lhs, rhs.transpose(2, 0, 1, 3).reshape(ci, k * k * co), precision=precision)
     z = jnp.pad(z.reshape(n, h, w, k * k, co), ((0, 0), (p, p), (p, p), (0, 0), (0, 0)))
     return sum(z[:, i:i + h, j:j + w, i * k + j, :] for i in range(k) for j in range(k))
+
+
+def conv_as_im2col_matmul(lhs, rhs):
+    """A stride-1 'same' k×k NHWC/HWIO conv as im2col: the k² shifted copies of the padded input side by side,
+    then one matmul with the kernel reshaped to (k²·C_in, C_out). Its gradients are matmuls and slices too,
+    where XLA:CPU's backward pass of a conv is slow."""
+    k, p = rhs.shape[0], rhs.shape[0] // 2
+    n, h, w, ci = lhs.shape
+    padded = jnp.pad(lhs, ((0, 0), (p, p), (p, p), (0, 0)))
+    columns = jnp.concatenate([padded[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)], axis=-1)
+    return (columns.reshape(n * h * w, k * k * ci) @ rhs.reshape(k * k * ci, -1)).reshape(n, h, w, -1)
 
 
 @contextlib.contextmanager

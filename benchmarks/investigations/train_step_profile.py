@@ -1,0 +1,82 @@
+"""Where FSRCNN-O's training step spends its time on XLA:CPU, and what an im2col form of its convs would save.
+
+  python -m benchmarks.investigations.train_step_profile [--batch 8] [--reps 15]
+
+- step: `train.train_step` of the -O network (the quickstart's first stage: FSRCNN 56 wide, ×4, L1, Adam)
+  through `parallel.data_parallel`, on random tiles already on the device, so without the input pipeline;
+  steps/s from the median of interleaved timings.
+- layers: forward and backward (gradients of input and kernel) of each of its convs on a batch of 32×32
+  tiles, as XLA computes the conv and as im2col (`conv_forms.conv_as_im2col_matmul`); outputs asserted
+  equal. The tail is the transposed conv's sub-pixel form, a 3×3 conv to 3·16 channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import harness
+from benchmarks.investigations import conv_forms
+from classsr_jax import parallel, train
+from classsr_jax.configuration import load_config
+from classsr_jax.losses import Objective
+from classsr_jax.models.registry import ModelSpec
+
+DN = ("NHWC", "HWIO", "NHWC")
+# (name, kernel size, input channels, output channels) of FSRCNN-O's convs on the LR grid (d=56, s=12).
+LAYERS = (("head 5×5", 5, 3, 56), ("shrink 1×1", 1, 56, 12), ("map 3×3 (one of 4)", 3, 12, 12),
+          ("expand 1×1", 1, 12, 56), ("tail 3×3 (sub-pixel)", 3, 56, 48))
+
+
+def step_rate(batch: int, reps: int) -> float:
+    config = load_config("quickstart")
+    spec = ModelSpec("network", "fsrcnn", (56,), 4, {})
+    mesh = parallel.create_mesh()
+    tx = train.make_optimizer(config.original, config.optimizer)
+    state = parallel.replicate(train.create_train_state(spec.init(), tx, None), mesh)
+    step = parallel.data_parallel(functools.partial(train.train_step, model=spec.build(), tx=tx, objective=Objective("l1")), mesh)
+    rng = np.random.default_rng(0)
+    tiles = parallel.global_batch({"lr": rng.random((batch, 32, 32, 3), np.float32),
+                                   "hr": rng.random((batch, 128, 128, 3), np.float32)}, mesh)
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = step(holder["state"], tiles)
+        return metrics
+
+    return 1.0 / harness.median(harness.time_interleaved({"step": run}, reps, warmup=2)["step"])
+
+
+def layer_rows(batch: int, reps: int) -> list[list[str]]:
+    rng = np.random.default_rng(1)
+    rows = []
+    for name, k, cin, cout in LAYERS:
+        x = jnp.asarray(rng.normal(size=(batch, 32, 32, cin)), jnp.float32)
+        w = jnp.asarray(rng.normal(size=(k, k, cin, cout)) * 0.05, jnp.float32)
+        xla = lambda x, w, k=k: jax.lax.conv_general_dilated(x, w, (1, 1), [(k // 2, k // 2)] * 2, dimension_numbers=DN)
+        forms = {"XLA conv": xla, "im2col": conv_forms.conv_as_im2col_matmul}
+        np.testing.assert_allclose(forms["im2col"](x, w), xla(x, w), rtol=1e-4, atol=1e-4)
+        grads = {f: jax.jit(jax.grad(lambda x, w, g=g: jnp.sum(g(x, w) ** 2), argnums=(0, 1))) for f, g in forms.items()}
+        times = harness.time_interleaved({f: functools.partial(g, x, w) for f, g in grads.items()}, reps)
+        a, b = harness.median(times["XLA conv"]), harness.median(times["im2col"])
+        rows.append([name, harness.seconds(a), harness.seconds(b), f"{a / b:.2f}×"])
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=15)
+    args = parser.parse_args(argv)
+    print(harness.machine_line(), flush=True)
+    rate = step_rate(args.batch, args.reps)
+    print(f"FSRCNN-O train step, batch {args.batch}, no input pipeline: {rate:.1f} steps/s ({1e3 / rate:.1f} ms)\n")
+    print(harness.table(["conv (forward + backward)", "XLA conv", "im2col", "XLA / im2col"], layer_rows(args.batch, args.reps)))
+
+
+if __name__ == "__main__":
+    main()
