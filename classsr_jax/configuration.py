@@ -22,6 +22,7 @@ from typing import Any
 
 from classsr_jax.colour import ColourAugment
 from classsr_jax.errors import ConfigError, reason
+from classsr_jax.models import slim
 from classsr_jax.models.backbones import NETWORKS
 from classsr_jax.models.registry import ModelSpec
 
@@ -169,6 +170,12 @@ def validate_config(config) -> None:
     for stage, choices in TILE_SOURCES.items():
         if _field(config, f"{stage}.tiles") not in choices:
             raise ConfigError(f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: use {' or '.join(repr(c) for c in choices)}")
+    if not isinstance(_field(config, "branches.slim_from_original"), bool):
+        raise ConfigError(f"config field branches.slim_from_original is {_field(config, 'branches.slim_from_original')!r}: use True or False")
+    if _field(config, "branches.slim_from_original") and network not in slim.SUPPORTED:
+        raise ConfigError(f"config field branches.slim_from_original: cutting branches out of -O is implemented for {', '.join(slim.SUPPORTED)}, not {network}")
+    if _field(config, "branches.slim_from_original") and max(widths) != widths[-1]:
+        raise ConfigError(f"config field branches.slim_from_original needs branches no wider than -O (the last width), got {tuple(widths)}")
     for stage in ("joint", "finetune"):
         if not isinstance(_field(config, f"{stage}.calibrate_routing"), bool):
             raise ConfigError(f"config field {stage}.calibrate_routing is {_field(config, f'{stage}.calibrate_routing')!r}: use True or False")

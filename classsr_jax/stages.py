@@ -41,6 +41,7 @@ from classsr_jax.evaluation import bicubic_average, evaluate_pairs, format_resul
 from classsr_jax.inference import Upscaler
 from classsr_jax.input_pipeline import create_train_iterator
 from classsr_jax.losses import Objective
+from classsr_jax.models import slim
 from classsr_jax.models.registry import ModelSpec
 from classsr_jax.workdir import (
     CLASSSR_EXPORT,
@@ -178,9 +179,15 @@ def _start_branch(ctx: StageContext, spec: ModelSpec, k: int) -> dict[str, Any]:
         logging.info("stage %s: starting from %s", name, pretrained[k])
         return load_variables(pretrained[k])
     source = original_source(ctx.config, ctx.workdir)
-    if ctx.config.branches.init_from_original and source and spec.widths == ctx.spec.branch(ctx.spec.num_branches - 1).widths:
+    widest = ctx.spec.branch(ctx.spec.num_branches - 1).widths
+    if ctx.config.branches.init_from_original and source and spec.widths == widest:
         logging.info("stage %s: starting from the -O network %s", name, source)
         return load_variables(source)
+    if ctx.config.branches.slim_from_original and source and spec.widths != widest:
+        logging.info("stage %s: starting from the %d most important channels of the -O network %s", name, spec.widths[0], source)
+        variables = {"params": slim.slim_params(spec.network, load_variables(source)["params"], spec.widths[0])}
+        spec.check(variables, f"stage {name}'s start cut out of {source}")
+        return variables
     return _fresh_variables(ctx, spec, ctx.config.seed + k + 1)
 
 

@@ -128,6 +128,8 @@ def check_stage_inputs(config, workdir: Workdir, stages: tuple[str, ...]) -> Non
     original = "original" in stages or original_source(config, workdir) is not None
     if config.branches.reuse_original and ("branches" in stages or "joint" in stages) and not original:
         raise TrainError("config field branches.reuse_original needs the -O network: run stage original, or give --config.pretrained.original")
+    if config.branches.slim_from_original and "branches" in stages and not original and not config.pretrained.branches:
+        raise TrainError("config field branches.slim_from_original needs the -O network: run stage original, or give --config.pretrained.original")
     if "joint" in stages and "branches" not in stages:
         if not (all(has_model(b) for b in trained_branch_stages(config)) or config.pretrained.branches or config.pretrained.classsr):
             raise TrainError(

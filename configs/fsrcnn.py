@@ -71,6 +71,7 @@ def get_config():
     config.branches = stage(16, 500_000, 1e-3, 1e-7, 500_000, log_every=100, eval_every=5000, checkpoint_every=5000)
     config.branches.init_from_original = False  # start the branch as wide as -O from -O instead of from scratch
     config.branches.reuse_original = False  # the branch as wide as -O is -O itself, not trained again
+    config.branches.slim_from_original = False  # start the narrower branches from -O's most important channels
     config.branches.tiles = "class"  # each branch on its class's tiles; "any": every branch on any training tile
 
     # (b) The division: PSNR of the reference network on every 32x32 tile (grid step 16), split into thirds.

@@ -23,7 +23,7 @@ from PIL import Image
 from classsr_jax import checkpointing, configuration, parallel, stages, train, validation
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
 from classsr_jax.losses import Objective
-from classsr_jax.models import ModelSpec
+from classsr_jax.models import ModelSpec, slim
 from classsr_jax.workdir import Workdir, resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,6 +139,15 @@ def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
     config.finetune.calibrate_routing = 1
     with pytest.raises(ConfigError, match=r"^config field finetune.calibrate_routing is 1: use True or False$"):
         configuration.validate_config(config)
+    config = tiny_config(data)
+    del config.branches["slim_from_original"]
+    config.branches.slim_from_original = "yes"
+    with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original is 'yes': use True or False$"):
+        configuration.validate_config(config)
+    with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original: cutting branches out of -O is implemented for fsrcnn, not carn$"):
+        configuration.validate_config(tiny_config(data, **{"model.network": "carn", "model.extra": {}, "branches.slim_from_original": True}))
+    with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original needs branches no wider than -O \(the last width\), got \(4, 10, 8\)$"):
+        configuration.validate_config(tiny_config(data, **{"model.widths": (4, 10, 8), "branches.slim_from_original": True}))
     assert configuration.selected_stages(tiny_config(data)) == ("original", "divide", "branches", "joint", "evaluate")
     assert "finetune" in configuration.selected_stages(tiny_config(data, **{"finetune.enabled": True}))
 
@@ -435,9 +444,13 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
 
 
 def test_reused_original_is_the_widest_branch_and_tiles_any_needs_no_division(data, tmp_path):
-    overrides = {"branches.reuse_original": True, "branches.tiles": "any", "joint.tiles": "any", "joint.calibrate_routing": True}
+    # The narrow branches start cut out of -O; at a learning rate of 0 they end where they started.
+    overrides = {"branches.reuse_original": True, "branches.tiles": "any", "joint.tiles": "any", "joint.calibrate_routing": True,
+                 "branches.slim_from_original": True, "branches.learning_rate": 0.0, "branches.eta_min": 0.0}
     with pytest.raises(TrainError, match=r"^config field branches.reuse_original needs the -O network: run stage original, or give --config.pretrained.original$"):
         train.train_and_evaluate(tiny_config(data, stages="branches,joint", **overrides), str(tmp_path / "none"))
+    with pytest.raises(TrainError, match=r"^config field branches.slim_from_original needs the -O network: run stage original, or give --config.pretrained.original$"):
+        train.train_and_evaluate(tiny_config(data, stages="branches", **{**overrides, "branches.reuse_original": False}), str(tmp_path / "none"))
     assert not os.path.exists(tmp_path / "none")
     workdir = str(tmp_path / "run")
     out = train.train_and_evaluate(tiny_config(data, stages="original,branches,joint", **overrides), workdir)
@@ -447,6 +460,9 @@ def test_reused_original_is_the_widest_branch_and_tiles_any_needs_no_division(da
     params = out["variables"]["joint"]["params"]
     jax.tree_util.tree_map(np.testing.assert_array_equal, params["net3"], out["variables"]["original"]["params"])
     jax.tree_util.tree_map(np.testing.assert_array_equal, params["net1"], out["variables"]["branch1"]["params"])
+    for k, width in ((1, 4), (2, 6)):
+        cut = slim.slim_params("fsrcnn", jax.tree_util.tree_map(np.asarray, out["variables"]["original"]["params"]), width)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, out["variables"][f"branch{k}"]["params"], cut)
     # The joint model's routing was calibrated on 256 of its training tiles (the smoke config's): equal shares
     # after, and its record (in the stage's model and its export) holds the offsets added to the Class-Module's
     # last bias.
