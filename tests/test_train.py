@@ -107,6 +107,14 @@ def test_paper_configs_carry_the_papers_hyperparameters():
     assert rcan.branches.num_steps == 1_000_000
 
 
+def retyped(data, section, field, value):
+    """The smoke config with one field holding a value of another type (an override of it would be refused)."""
+    config = tiny_config(data)
+    del config[section][field]
+    config[section][field] = value
+    return config
+
+
 def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
     # The config is the only schema: an override of a field it does not have, or of another type, is refused.
     with pytest.raises(ConfigError, match=r"^unknown config field\(s\): joint\.lr$"):
@@ -119,11 +127,8 @@ def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
         configuration.validate_config(config)
     with pytest.raises(ConfigError, match=r"^config field stages has unknown stage\(s\) jointt: use 'all'"):
         configuration.validate_config(tiny_config(data, stages="original,jointt"))
-    config = tiny_config(data)
-    del config.joint["batch_size"]
-    config.joint.batch_size = "8"
     with pytest.raises(ConfigError, match=r"^config field joint.batch_size must be int, got '8'$"):
-        configuration.validate_config(config)
+        configuration.validate_config(retyped(data, "joint", "batch_size", "8"))
     with pytest.raises(ConfigError, match=r"^config field joint.num_steps must be positive, got 0$"):
         configuration.validate_config(tiny_config(data, **{"joint.num_steps": 0}))
     with pytest.raises(ConfigError, match=r"^config field model.widths needs 3 widths \(simple, medium, hard\), got \(4, 6\)$"):
@@ -134,16 +139,10 @@ def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
         configuration.validate_config(tiny_config(data, **{"evaluate.datasets": "validation,test=div2k"}))
     with pytest.raises(ConfigError, match=r"^config field evaluate.budget is -0.5: use a positive share of the -O FLOPs, or 0 for none$"):
         configuration.validate_config(tiny_config(data, **{"evaluate.budget": -0.5}))
-    config = tiny_config(data)
-    del config.finetune["calibrate_routing"]
-    config.finetune.calibrate_routing = 1
     with pytest.raises(ConfigError, match=r"^config field finetune.calibrate_routing is 1: use True or False$"):
-        configuration.validate_config(config)
-    config = tiny_config(data)
-    del config.branches["slim_from_original"]
-    config.branches.slim_from_original = "yes"
+        configuration.validate_config(retyped(data, "finetune", "calibrate_routing", 1))
     with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original is 'yes': use True or False$"):
-        configuration.validate_config(config)
+        configuration.validate_config(retyped(data, "branches", "slim_from_original", "yes"))
     with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original: cutting branches out of -O is implemented for fsrcnn, not carn$"):
         configuration.validate_config(tiny_config(data, **{"model.network": "carn", "model.extra": {}, "branches.slim_from_original": True}))
     with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original needs branches no wider than -O \(the last width\), got \(4, 10, 8\)$"):
