@@ -1,10 +1,12 @@
 """Where FSRCNN-O's training step spends its time on XLA:CPU, and what an im2col form of its convs would save.
 
-  python -m benchmarks.investigations.train_step_profile [--batch 8] [--reps 15]
+  python -m benchmarks.investigations.train_step_profile [--batch 8] [--reps 15] [--step-only]
 
 - step: `train.train_step` of the -O network (the quickstart's first stage: FSRCNN 56 wide, ×4, L1, Adam)
   through `parallel.data_parallel`, on random tiles already on the device, so without the input pipeline;
-  steps/s from the median of interleaved timings.
+  steps/s from the median of interleaved timings, with the tail's sub-pixel conv as XLA's conv (the
+  library's) and as im2col. `--step-only` prints the library's step rate alone (to compare XLA_FLAGS, which
+  only take effect in a fresh process).
 - layers: forward and backward (gradients of input and kernel) of each of its convs on a batch of 32×32
   tiles, as XLA computes the conv and as im2col (`conv_forms.conv_as_im2col_matmul`); outputs asserted
   equal. The tail is the transposed conv's sub-pixel form, a 3×3 conv to 3·16 channels.
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +28,7 @@ from benchmarks.investigations import conv_forms
 from classsr_jax import parallel, train
 from classsr_jax.configuration import load_config
 from classsr_jax.losses import Objective
+from classsr_jax.models import common, fsrcnn
 from classsr_jax.models.registry import ModelSpec
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -32,23 +37,54 @@ LAYERS = (("head 5×5", 5, 3, 56), ("shrink 1×1", 1, 56, 12), ("map 3×3 (one o
           ("expand 1×1", 1, 12, 56), ("tail 3×3 (sub-pixel)", 3, 56, 48))
 
 
-def step_rate(batch: int, reps: int) -> float:
+class Im2colTail(common.SubPixelConvTranspose):
+    """FSRCNN's tail with the same parameters and numbers (up to summation order), its LR-grid conv as im2col."""
+
+    @nn.compact
+    def __call__(self, x):
+        bound = 1.0 / math.sqrt(self.features * self.kernel_size**2)
+        uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+        kernel = self.param("kernel", uniform, (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
+        bias = self.param("bias", uniform, (self.features,))
+        sub_kernel, padding = common.deconv_as_subpixel_kernel(kernel, self.stride, self.padding)
+        assert padding == ((sub_kernel.shape[0] // 2,) * 2,) * 2  # 'same', as im2col computes it
+        y = conv_forms.conv_as_im2col_matmul(x, sub_kernel) + jnp.repeat(bias, self.stride**2)
+        return common.pixel_shuffle(y, self.stride)
+
+
+def step_runner(batch: int, tail: type = common.SubPixelConvTranspose):
+    """A function running one train step of -O (its tail computed by `tail`), and the tiles' SR output."""
     config = load_config("quickstart")
     spec = ModelSpec("network", "fsrcnn", (56,), 4, {})
     mesh = parallel.create_mesh()
     tx = train.make_optimizer(config.original, config.optimizer)
     state = parallel.replicate(train.create_train_state(spec.init(), tx, None), mesh)
-    step = parallel.data_parallel(functools.partial(train.train_step, model=spec.build(), tx=tx, objective=Objective("l1")), mesh)
     rng = np.random.default_rng(0)
     tiles = parallel.global_batch({"lr": rng.random((batch, 32, 32, 3), np.float32),
                                    "hr": rng.random((batch, 128, 128, 3), np.float32)}, mesh)
-    holder = {"state": state}
+    saved, fsrcnn.SubPixelConvTranspose = fsrcnn.SubPixelConvTranspose, tail
+    try:
+        model = spec.build()
+        step = parallel.data_parallel(functools.partial(train.train_step, model=model, tx=tx, objective=Objective("l1")), mesh)
+        holder = {"state": state}
 
-    def run():
-        holder["state"], metrics = step(holder["state"], tiles)
-        return metrics
+        def run():
+            holder["state"], metrics = step(holder["state"], tiles)
+            return metrics
 
-    return 1.0 / harness.median(harness.time_interleaved({"step": run}, reps, warmup=2)["step"])
+        jax.block_until_ready(run())  # traced here, with this tail
+        return run, model.apply(spec.init(), tiles["lr"])
+    finally:
+        fsrcnn.SubPixelConvTranspose = saved
+
+
+def step_rates(batch: int, reps: int, forms: dict[str, type]) -> dict[str, float]:
+    runners = {name: step_runner(batch, tail) for name, tail in forms.items()}
+    reference = next(iter(runners.values()))[1]
+    for run, out in runners.values():
+        np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-5)
+    times = harness.time_interleaved({name: run for name, (run, _) in runners.items()}, reps, warmup=2)
+    return {name: 1.0 / harness.median(t) for name, t in times.items()}
 
 
 def layer_rows(batch: int, reps: int) -> list[list[str]]:
@@ -71,10 +107,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--step-only", action="store_true", help="only the library's step rate")
     args = parser.parse_args(argv)
     print(harness.machine_line(), flush=True)
-    rate = step_rate(args.batch, args.reps)
-    print(f"FSRCNN-O train step, batch {args.batch}, no input pipeline: {rate:.1f} steps/s ({1e3 / rate:.1f} ms)\n")
+    forms = {"XLA conv (the library's)": common.SubPixelConvTranspose}
+    if not args.step_only:
+        forms["im2col"] = Im2colTail
+    for name, rate in step_rates(args.batch, args.reps, forms).items():
+        print(f"FSRCNN-O train step, batch {args.batch}, no input pipeline, tail as {name}: {rate:.1f} steps/s ({1e3 / rate:.1f} ms)")
+    if args.step_only:
+        return
+    print()
     print(harness.table(["conv (forward + backward)", "XLA conv", "im2col", "XLA / im2col"], layer_rows(args.batch, args.reps)))
 
 
