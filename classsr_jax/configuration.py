@@ -146,6 +146,13 @@ def _field(config, dotted: str):
     return node
 
 
+def _bool(config, dotted: str) -> bool:
+    value = _field(config, dotted)
+    if not isinstance(value, bool):
+        raise ConfigError(f"config field {dotted} is {value!r}: use True or False")
+    return value
+
+
 def _positive_int(config, dotted: str) -> int:
     value = _field(config, dotted)
     if not isinstance(value, int) or isinstance(value, bool):
@@ -170,15 +177,12 @@ def validate_config(config) -> None:
     for stage, choices in TILE_SOURCES.items():
         if _field(config, f"{stage}.tiles") not in choices:
             raise ConfigError(f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: use {' or '.join(repr(c) for c in choices)}")
-    if not isinstance(_field(config, "branches.slim_from_original"), bool):
-        raise ConfigError(f"config field branches.slim_from_original is {_field(config, 'branches.slim_from_original')!r}: use True or False")
-    if _field(config, "branches.slim_from_original") and network not in slim.SUPPORTED:
+    if _bool(config, "branches.slim_from_original") and network not in slim.SUPPORTED:
         raise ConfigError(f"config field branches.slim_from_original: cutting branches out of -O is implemented for {', '.join(slim.SUPPORTED)}, not {network}")
-    if _field(config, "branches.slim_from_original") and max(widths) != widths[-1]:
+    if config.branches.slim_from_original and max(widths) != widths[-1]:
         raise ConfigError(f"config field branches.slim_from_original needs branches no wider than -O (the last width), got {tuple(widths)}")
     for stage in ("joint", "finetune"):
-        if not isinstance(_field(config, f"{stage}.calibrate_routing"), bool):
-            raise ConfigError(f"config field {stage}.calibrate_routing is {_field(config, f'{stage}.calibrate_routing')!r}: use True or False")
+        _bool(config, f"{stage}.calibrate_routing")
         _positive_int(config, f"{stage}.calibration_tiles")
     for name in ("validation.protocol", "evaluate.protocol"):
         if _field(config, name) not in PROTOCOLS:

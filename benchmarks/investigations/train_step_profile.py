@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,16 +38,9 @@ LAYERS = (("head 5×5", 5, 3, 56), ("shrink 1×1", 1, 56, 12), ("map 3×3 (one o
 class Im2colTail(common.SubPixelConvTranspose):
     """FSRCNN's tail with the same parameters and numbers (up to summation order), its LR-grid conv as im2col."""
 
-    @nn.compact
-    def __call__(self, x):
-        bound = 1.0 / math.sqrt(self.features * self.kernel_size**2)
-        uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-        kernel = self.param("kernel", uniform, (self.kernel_size, self.kernel_size, x.shape[-1], self.features))
-        bias = self.param("bias", uniform, (self.features,))
-        sub_kernel, padding = common.deconv_as_subpixel_kernel(kernel, self.stride, self.padding)
+    def lr_grid_conv(self, x, sub_kernel, padding):
         assert padding == ((sub_kernel.shape[0] // 2,) * 2,) * 2  # 'same', as im2col computes it
-        y = conv_forms.conv_as_im2col_matmul(x, sub_kernel) + jnp.repeat(bias, self.stride**2)
-        return common.pixel_shuffle(y, self.stride)
+        return conv_forms.conv_as_im2col_matmul(x, sub_kernel)
 
 
 def step_runner(batch: int, tail: type = common.SubPixelConvTranspose):

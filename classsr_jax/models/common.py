@@ -207,15 +207,15 @@ class SubPixelConvTranspose(nn.Module):
         kernel = self.param("kernel", uniform, (k, k, c_in, self.features))
         bias = self.param("bias", uniform, (self.features,))
         sub_kernel, padding = deconv_as_subpixel_kernel(kernel, s, self.padding)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            sub_kernel.astype(self.dtype),
-            window_strides=(1, 1),
-            padding=padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = self.lr_grid_conv(x.astype(self.dtype), sub_kernel.astype(self.dtype), padding)
         y = y + jnp.repeat(bias, s * s).astype(self.dtype)
         return pixel_shuffle(y, s)
+
+    def lr_grid_conv(self, x, sub_kernel, padding):
+        """The sub-pixel form's conv on the LR grid (a subclass may compute it another way)."""
+        return jax.lax.conv_general_dilated(
+            x, sub_kernel, window_strides=(1, 1), padding=padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
