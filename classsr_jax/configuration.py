@@ -162,9 +162,18 @@ def _positive_int(config, dotted: str) -> int:
     return value
 
 
+def cpu_devices(config) -> int:
+    """config.cpu_devices, checked: how many devices JAX's CPU backend runs as (0: JAX's default)."""
+    value = _field(config, "cpu_devices")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"config field cpu_devices is {value!r}: use a number of devices, or 0 for JAX's default")
+    return value
+
+
 def validate_config(config) -> None:
     """One-line ConfigError for a missing field or an impossible value (unknown fields and wrong types are
     refused earlier, by ml_collections, when an override is applied)."""
+    cpu_devices(config)
     network = _field(config, "model.network")
     if network not in NETWORKS:
         raise ConfigError(f"config field model.network is {network!r}: use one of {', '.join(NETWORKS)}")

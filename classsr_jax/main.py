@@ -16,7 +16,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from classsr_jax import cli, configuration, train
+from classsr_jax import cli, configuration, parallel, train
 from classsr_jax.errors import ConfigError
 
 FLAGS = flags.FlagValues()
@@ -60,6 +60,7 @@ def train_command(flag_values: flags.FlagValues) -> None:
     cli.require_flags(flag_values, "config", "workdir")
     logging.set_verbosity(logging.INFO)  # each stage's progress
     logging.get_absl_handler().addFilter(QuietLibraries())
+    parallel.use_cpu_devices(configuration.cpu_devices(flag_values.config))  # before JAX starts its backends
     if flag_values.coordinator_address or flag_values.distributed:
         # Only the CPU backend reads this; it must be set before the backends start.
         jax.config.update("jax_cpu_collectives_implementation", flag_values.cpu_collectives)

@@ -20,11 +20,31 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+
+
+def use_cpu_devices(count: int) -> None:
+    """Runs JAX's CPU backend as `count` devices (0: leave JAX's default), so that the 'data' mesh splits each
+    batch between the cores. One XLA:CPU program leaves a small CPU partly idle between its many small ops;
+    programs on two devices overlap (BENCHMARKS.md, "CPU devices"). GPUs and TPUs are not affected.
+
+    JAX reads the setting only before its backends start: once they have, a different count changes nothing
+    and is logged as a warning (the results then differ from a fresh process's in float rounding).
+    """
+    if count == 0:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # the backends have started
+        started = len(jax.local_devices(backend="cpu"))
+        if started != count:
+            logging.warning("cpu_devices=%d not applied: JAX started with %d CPU device(s) before it was read; "
+                            "set it in a fresh process, before any JAX computation", count, started)
 
 
 def create_mesh(devices=None) -> Mesh:

@@ -22,6 +22,7 @@ Deliberate differences from the original:
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import zlib
@@ -42,6 +43,11 @@ from classsr_jax.losses import Objective
 from classsr_jax.models.registry import ModelSpec
 from classsr_jax.validation import CollapseMonitor, Validator, scalar_summaries
 from classsr_jax.workdir import Workdir, config_record, preflight
+
+# Train steps the loop lets JAX queue ahead of the devices. Enough to keep them busy while the host prepares the
+# next batch; more gains nothing, and with several CPU devices XLA's in-process all-reduce deadlocks once a few
+# dozen multi-device steps are queued (seen at 32 on 2 cores; tests/test_train.py reproduces it).
+MAX_STEPS_IN_FLIGHT = 4
 
 # ------------------------------------------------------------------------------------------ state and steps
 
@@ -352,11 +358,15 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
     history = StepMetrics()
     collapse = CollapseMonitor(config.collapse_threshold)
     progress = {"stage": stage.name, "model": stage.spec.to_dict(), "trainable": list(stage.trainable or []), "started_at_step": start, "data_seed": seed}
+    in_flight = collections.deque()
     try:
         for step in range(start + 1, sc.num_steps + 1):
             with report.timed("data", wait_jax_async_dispatch=False):
                 batch = parallel.global_batch(next(iterator), ctx.mesh)
             state, metrics = p_train_step(state, batch)
+            in_flight.append(metrics)
+            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                jax.block_until_ready(in_flight.popleft())
             history.append(step, metrics)
             report(step)
             last = step == sc.num_steps
@@ -433,6 +443,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     happens before anything is written, and a bad batch size before any dataset is prepared.
     """
     configuration.validate_config(config)
+    parallel.use_cpu_devices(config.cpu_devices)  # from a notebook; main has done it before JAX started
     spec = configuration.model_spec(config)
     selected = configuration.selected_stages(config)
     work = Workdir(os.path.abspath(os.path.expanduser(workdir)))

@@ -33,6 +33,9 @@ def get_config():
     config.stages = "all"  # or a comma list of: original,divide,branches,joint,finetune,evaluate
     config.half_precision = False  # bfloat16 compute (for TPUs); parameters and losses stay float32
     config.collapse_threshold = 0.9  # warn when one class takes more than this share of the tiles
+    # On a CPU, run JAX as this many devices, each batch split between them (0: JAX's default, one device).
+    # One XLA:CPU program leaves cores idle between its small ops; with one device per core they overlap.
+    config.cpu_devices = 0
 
     config.model = ml_collections.ConfigDict()
     config.model.network = "fsrcnn"

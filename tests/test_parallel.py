@@ -1,5 +1,9 @@
 """The 1-D 'data' mesh, batch placement and the shard_map-in-jit step wrapper, on 8 simulated CPU devices."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +12,8 @@ from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
 
 from classsr_jax import parallel
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_mesh_spans_all_devices_with_an_auto_data_axis():
@@ -62,3 +68,22 @@ def test_local_batch_fn_applies_a_function_split_over_local_devices():
     fn = parallel.local_batch_fn(lambda v, x: x @ v["w"], {"w": w})
     x = np.random.default_rng(2).random((16, 3)).astype(np.float32)
     np.testing.assert_allclose(fn(x), x @ w, rtol=1e-6)
+
+
+def test_cpu_devices_apply_in_a_fresh_process_and_only_warn_once_jax_has_started(caplog):
+    script = "import jax; from classsr_jax import parallel; parallel.use_cpu_devices(3); print(jax.device_count())"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    fresh = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=REPO)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert fresh.stdout.strip() == "3"
+
+    started = jax.device_count()  # this test process's 8 simulated devices
+    parallel.use_cpu_devices(0)
+    parallel.use_cpu_devices(started)
+    assert not caplog.records
+    parallel.use_cpu_devices(3)
+    assert jax.device_count() == started
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cpu_devices=3 not applied: JAX started with {started} CPU device(s) before it was read; "
+        "set it in a fresh process, before any JAX computation"
+    ]
