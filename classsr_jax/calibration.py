@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from classsr_jax import parallel
+from classsr_jax.input_pipeline import finish_batch
 from classsr_jax.models.registry import ModelSpec
 
 
@@ -74,9 +75,9 @@ def draw_tiles(make_iterator: Callable[[int], Iterator[dict[str, np.ndarray]]], 
     """This process's share of `count` LR training tiles from a stage's own iterator (its data, its augmentation)."""
     iterator = make_iterator(seed)
     try:
-        first = next(iterator)["lr"]
+        first = finish_batch(next(iterator))["lr"]
         per_process = math.ceil(count / jax.process_count())
-        batches = [first] + [next(iterator)["lr"] for _ in range(math.ceil(per_process / len(first)) - 1)]
+        batches = [first] + [finish_batch(next(iterator))["lr"] for _ in range(math.ceil(per_process / len(first)) - 1)]
     finally:
         if hasattr(iterator, "close"):
             iterator.close()

@@ -1,4 +1,4 @@
-"""Colour augmentation of training pairs: one linear recolouring per LR/HR tile pair (numpy only).
+"""Colour augmentation of training pairs: one linear recolouring per LR/HR tile pair.
 
 Every recolouring is a 3×3 matrix that keeps each pixel's channel mean: a channel permutation, a hue turn about
 the grey axis and a saturation change. Being linear, it commutes with the bicubic degradation, so the LR of a
@@ -73,42 +73,35 @@ def colour_matrices(order: np.ndarray, hue_degrees: np.ndarray, saturation: np.n
     return scaling @ rotation @ perm
 
 
-def recolour_pair(lr: np.ndarray, hr: np.ndarray, matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def recolour_pair(lr, hr, matrices, xp=np):
     """Applies matrices[k] to pair k of float (B, h, w, 3) batches on [0, 1], the same to LR and HR.
 
     A pixel leaving [0, 1] would have to be clipped, and LR and HR clipped apart no longer match; so the colours
     of such a pair are instead pulled towards their channel mean (which every matrix keeps) by the one factor
     t < 1 that brings the whole pair back in range, the same as lowering its saturation. Pulling is linear too:
     it is the matrix J/3 + t·(M − J/3), J the all-ones matrix.
+
+    xp: numpy, or jax.numpy to do it inside a jitted program (the training step does, on uint8 tiles).
     """
     b = lr.shape[0]
     flats = [x.reshape(b, -1, 3) for x in (lr, hr)]
+    matrices = xp.asarray(matrices, xp.float32)
 
-    def apply(m: np.ndarray, flat: np.ndarray) -> np.ndarray:
-        return np.matmul(flat, m.astype(np.float32).transpose(0, 2, 1))
+    def apply(m, flat):
+        return xp.matmul(flat, xp.swapaxes(m, 1, 2))
 
-    outs = [apply(matrices, flat) for flat in flats]
-    outside = np.zeros(b, bool)
-    for out in outs:
-        outside |= (out.reshape(b, -1).min(axis=1) < 0) | (out.reshape(b, -1).max(axis=1) > 1)
-    pulled = np.flatnonzero(outside)
-    if pulled.size:
-        limit = np.ones(pulled.size)
-        for flat, out in zip(flats, outs):
-            x, y = flat[pulled], out[pulled]
-            grey = (x[..., 0] + x[..., 1] + x[..., 2]) / np.float32(3)
-            high = np.maximum(np.maximum(y[..., 0], y[..., 1]), y[..., 2])
-            low = np.minimum(np.minimum(y[..., 0], y[..., 1]), y[..., 2])
-            # Each pixel bounds t: its largest channel must stay ≤ 1 and its smallest ≥ 0. A value inside
-            # [0, 1] stays inside on its way to the mean, so only values outside bound t.
-            with np.errstate(divide="ignore", invalid="ignore"):
-                above = np.where(high > 1, (1 - grey) / (high - grey), np.inf).min(axis=1)
-                below = np.where(low < 0, grey / (grey - low), np.inf).min(axis=1)
-            limit = np.minimum(limit, np.minimum(above, below))
-        t = np.clip(limit, 0.0, 1.0)[:, None, None]
-        mean = np.full((3, 3), 1 / 3)
-        pulled_matrices = mean + t * (matrices[pulled] - mean)
-        for flat, out in zip(flats, outs):
-            out[pulled] = apply(pulled_matrices, flat[pulled])
+    # Each pixel outside [0, 1] bounds t: its largest channel must come down to 1 and its smallest up to 0. A
+    # value inside stays inside on its way to the mean, so only values outside bound t; t < 1 means pulled.
+    limit = xp.ones(b, xp.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for flat, out in zip(flats, (apply(matrices, flat) for flat in flats)):
+            grey = (flat[..., 0] + flat[..., 1] + flat[..., 2]) / np.float32(3)
+            high, low = out.max(axis=-1), out.min(axis=-1)
+            above = xp.where(high > 1, (1 - grey) / (high - grey), np.inf).min(axis=1)
+            below = xp.where(low < 0, grey / (grey - low), np.inf).min(axis=1)
+            limit = xp.minimum(limit, xp.minimum(above, below))
+    mean = np.full((3, 3), 1 / 3, np.float32)
+    pulled = mean + xp.clip(limit, 0.0, 1.0)[:, None, None] * (matrices - mean)
+    final = xp.where((limit < 1)[:, None, None], pulled, matrices)
     # The clip only removes float rounding (values a few ulp outside [0, 1]).
-    return tuple(np.clip(out, 0.0, 1.0, out=out).reshape(x.shape) for out, x in zip(outs, (lr, hr)))
+    return tuple(xp.clip(apply(final, flat), 0.0, 1.0).reshape(x.shape) for flat, x in zip(flats, (lr, hr)))

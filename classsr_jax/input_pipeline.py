@@ -21,7 +21,9 @@ How it works:
      bicubic of its recoloured HR (up to the LR's original rounding); where the matrix would push a pixel of the
      pair outside [0, 1], the pair's saturation is lowered just enough instead of clipping (clipping LR and HR
      separately would make them disagree).
-  5. A background thread keeps `prefetch` batches ready. One thread draws all random numbers in a fixed order
+  5. The training loop takes the tiles raw (uint8 and the colour matrices) and its jitted step finishes them
+     (`finish_batch`): on a device the host then only crops, and a quarter of the bytes cross over.
+  6. A background thread keeps `prefetch` batches ready. One thread draws all random numbers in a fixed order
      (the colours from a second stream of the same seed, so turning them on changes no crop or flip), so the
      same seed gives the same batches whatever the prefetch depth.
 """
@@ -33,7 +35,7 @@ import logging
 import math
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,12 +233,23 @@ class _Sampler:
             lr_batch[k] = image.lr[y : y + p, x : x + p]
             hr_batch[k] = image.hr[y * s : (y + p) * s, x * s : (x + p) * s]
         lr_batch, hr_batch = augment_pair(lr_batch, hr_batch, flips)
-        # Same arithmetic as the original (float32, then / 255).
-        lr_float = lr_batch.astype(np.float32) / np.float32(255.0)
-        hr_float = hr_batch.astype(np.float32) / np.float32(255.0)
+        batch = {"lr": lr_batch, "hr": hr_batch}
         if self.colour.enabled:
-            lr_float, hr_float = recolour_pair(lr_float, hr_float, self.colour.draw(self.colour_rng, b))
-        return {"lr": lr_float, "hr": hr_float}
+            batch["colour"] = self.colour.draw(self.colour_rng, b).astype(np.float32)
+        return batch
+
+
+def finish_batch(batch: dict[str, Any], xp: Any = np) -> dict[str, Any]:
+    """Raw tiles (uint8, with each pair's colour matrix under 'colour' when recoloured) → float {'lr', 'hr'} on
+    [0, 1]; float tiles without 'colour' pass through. With xp=jax.numpy it runs inside the jitted train step,
+    so the host only crops and flips, and a quarter of the bytes reach the device (`raw=True` iterators)."""
+    lr, hr = batch["lr"], batch["hr"]
+    if lr.dtype == np.uint8:
+        # Same arithmetic as the original (float32, then / 255).
+        lr, hr = (x.astype(np.float32) / np.float32(255.0) for x in (lr, hr))
+    if "colour" in batch:
+        lr, hr = recolour_pair(lr, hr, batch["colour"], xp)
+    return {"lr": lr, "hr": hr}
 
 
 def augment_pair(lr: np.ndarray, hr: np.ndarray, flips: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -256,7 +269,7 @@ def augment_pair(lr: np.ndarray, hr: np.ndarray, flips: np.ndarray) -> tuple[np.
     return out[0], out[1]
 
 
-def _produce(sampler: _Sampler, out: queue.Queue, stop: threading.Event) -> None:
+def _produce(next_batch: Callable[[], dict[str, np.ndarray]], out: queue.Queue, stop: threading.Event) -> None:
     """Prefetch thread body; holds no reference to the iterator, so dropping the iterator stops it."""
 
     def put(item: Any) -> None:
@@ -269,23 +282,25 @@ def _produce(sampler: _Sampler, out: queue.Queue, stop: threading.Event) -> None
 
     try:
         while not stop.is_set():
-            put(sampler.next_batch())
+            put(next_batch())
     except BaseException as err:  # Hand the failure to the consumer instead of dying silently.
         put(err)
 
 
 class TrainIterator:
-    """Iterator of numpy batches {'lr', 'hr'}; a background thread keeps `prefetch` batches ready."""
+    """Iterator of numpy batches {'lr', 'hr'} (raw: see `finish_batch`); a background thread keeps `prefetch`
+    batches ready."""
 
-    def __init__(self, sampler: _Sampler, prefetch: int):
+    def __init__(self, sampler: _Sampler, prefetch: int, raw: bool = False):
         self.sampler = sampler
+        self._next_batch = sampler.next_batch if raw else lambda: finish_batch(sampler.next_batch())
         self._queue: queue.Queue | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if prefetch > 0:
             self._queue = queue.Queue(maxsize=prefetch)
             self._thread = threading.Thread(
-                target=_produce, args=(sampler, self._queue, self._stop), name="classsr-input", daemon=True
+                target=_produce, args=(self._next_batch, self._queue, self._stop), name="classsr-input", daemon=True
             )
             self._thread.start()
 
@@ -294,7 +309,7 @@ class TrainIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         if self._queue is None:
-            return self.sampler.next_batch()
+            return self._next_batch()
         if self._stop.is_set():
             raise StopIteration
         item = self._queue.get()
@@ -328,6 +343,7 @@ def create_train_iterator(
     cache_bytes: int = 4 << 30,
     crops_per_decode: int = 256,
     colour: ColourAugment | None = None,
+    raw: bool = False,
 ) -> TrainIterator:
     """Endless iterator of training batches {'lr': float32 (B, p, p, 3), 'hr': float32 (B, p·s, p·s, 3)} in [0, 1].
 
@@ -346,6 +362,8 @@ def create_train_iterator(
       cache_bytes: decoded images kept in memory; a larger share streams through a pool of this size.
       crops_per_decode: when streaming, about how many tiles each decoded image yields before it is replaced.
       colour: colour augmentation of every tile pair (default: none).
+      raw: yield the tiles as uint8 and each pair's colour matrix, for `finish_batch` to finish on the device
+        (the training loop's batches); by default they are finished here.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -397,4 +415,4 @@ def create_train_iterator(
         colour=colour if colour is not None else ColourAugment(),
         colour_rng=colour_rng,
     )
-    return TrainIterator(sampler, prefetch)
+    return TrainIterator(sampler, prefetch, raw)

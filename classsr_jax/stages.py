@@ -237,6 +237,7 @@ def _iterator_factory(ctx: StageContext, batch_size: int, *, division=None, clas
             division=division,
             prefetch=ctx.config.data.prefetch,
             colour=ColourAugment(**ctx.config.data.colour_augment),
+            raw=True,  # finished inside the jitted step (train.train_step)
         )
 
     return make

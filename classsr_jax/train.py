@@ -36,7 +36,7 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from classsr_jax import calibration, checkpointing, configuration, fileio, losses, parallel, stages
+from classsr_jax import calibration, checkpointing, configuration, fileio, input_pipeline, losses, parallel, stages
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
 from classsr_jax.evaluation import class_shares
 from classsr_jax.losses import Objective
@@ -186,6 +186,7 @@ def train_step(
     Only `state.params` is differentiated: for joint training that is the classifier, so the frozen branches'
     outputs are constants to autodiff and their backward pass is never built.
     """
+    batch = input_pipeline.finish_batch(batch, jnp)  # raw uint8 tiles are made float, and recoloured, here
     params = state.params
     if axis_name is not None:
         # Per-device gradients, as under pmap. Without the cast, shard_map would treat the replicated

@@ -2,6 +2,8 @@
 
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,7 +14,7 @@ from classsr_jax.configuration import validate_config
 from classsr_jax.datasets.division import Division, tile_grid
 from classsr_jax.datasets.files import DataError
 from classsr_jax.errors import ConfigError
-from classsr_jax.input_pipeline import augment_pair, create_train_iterator, shard_indices
+from classsr_jax.input_pipeline import augment_pair, create_train_iterator, finish_batch, shard_indices
 from configs import fsrcnn, quickstart
 
 SCALE = 2
@@ -399,6 +401,28 @@ def test_colour_augmentation_is_deterministic_per_seed():
         np.testing.assert_array_equal(a["lr"], b["lr"])
         np.testing.assert_array_equal(a["hr"], b["hr"])
     assert not any(np.array_equal(a["hr"], c["hr"]) for a, c in zip(first, other))
+
+
+def test_raw_batches_are_the_uint8_tiles_and_colours_that_finish_into_the_float_batches():
+    """The training loop's raw batches carry a quarter of the bytes; finished on the host (numpy) they are the
+    default batches exactly, and inside a jitted program (jax.numpy) equal up to float32 rounding."""
+    data = colour_dataset()
+    finished = take(create_train_iterator(data, batch_size=8, scale=4, seed=11, colour=COLOURS, prefetch=0), 3)
+    raw = take(create_train_iterator(data, batch_size=8, scale=4, seed=11, colour=COLOURS, prefetch=2, raw=True), 3)
+    on_device = jax.jit(lambda batch: finish_batch(batch, jnp))
+    for f, r in zip(finished, raw):
+        assert (r["lr"].dtype, r["hr"].dtype, r["colour"].dtype) == (np.uint8, np.uint8, np.float32)
+        assert (r["lr"].shape, r["hr"].shape, r["colour"].shape) == ((8, 32, 32, 3), (8, 128, 128, 3), (8, 3, 3))
+        host = finish_batch(r)
+        np.testing.assert_array_equal(host["lr"], f["lr"])
+        np.testing.assert_array_equal(host["hr"], f["hr"])
+        device = on_device(r)
+        np.testing.assert_allclose(device["lr"], f["lr"], atol=2e-6)
+        np.testing.assert_allclose(device["hr"], f["hr"], atol=2e-6)
+    plain = next(create_train_iterator(data, batch_size=8, scale=4, seed=11, prefetch=0, raw=True))
+    assert sorted(plain) == ["hr", "lr"]  # no colour matrices when colour augmentation is off
+    passed = finish_batch(finished[0])  # float tiles without colours pass through untouched
+    assert passed["lr"] is finished[0]["lr"] and passed["hr"] is finished[0]["hr"]
 
 
 def test_colour_probability_recolours_that_share_of_the_pairs():

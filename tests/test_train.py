@@ -20,7 +20,8 @@ import pytest
 from orbax_faults import TMP_SUFFIX, DiskFull, faulty_async_save
 from PIL import Image
 
-from classsr_jax import checkpointing, configuration, parallel, stages, train, validation
+from classsr_jax import checkpointing, configuration, input_pipeline, parallel, stages, train, validation
+from classsr_jax.colour import ColourAugment
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
 from classsr_jax.losses import Objective
 from classsr_jax.models import ModelSpec, slim
@@ -273,6 +274,25 @@ def test_eight_devices_equal_one_device_with_the_same_global_batch(kind):
     assert int(eight.step) == 3
     changed = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), eight.params, state.params))
     assert max(changed) > 1e-4  # the steps did train
+
+
+def test_a_raw_uint8_batch_with_colours_trains_like_its_host_finished_floats():
+    """The loop hands the step uint8 tiles and colour matrices (`input_pipeline.finish_batch` runs inside it)."""
+    spec, variables = tiny_classsr()
+    spec = spec.branch(2)
+    model, tx = spec.build(), optax.adam(1e-2, b1=0.9, b2=0.99)
+    state = train.create_train_state({"params": variables["params"]["net3"]}, tx, None)
+    rng = np.random.default_rng(3)
+    hr = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    raw = {"lr": hr[:, ::2, ::2].copy(), "hr": hr,
+           "colour": ColourAugment(permute_channels=True, hue_degrees=180.0, saturation=0.25).draw(rng, 16).astype(np.float32)}
+    step_fn = functools.partial(train.train_step, model=model, tx=tx, objective=Objective("l1"))
+    mesh = parallel.create_mesh()
+    from_raw, m_raw = run_steps(mesh, state, [raw], step_fn)
+    from_floats, m_floats = run_steps(mesh, state, [input_pipeline.finish_batch(raw)], step_fn)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=0), from_raw.params, from_floats.params)
+    np.testing.assert_allclose(m_raw["loss"], m_floats["loss"], rtol=1e-5)
+    assert not np.allclose(input_pipeline.finish_batch(raw)["hr"], hr / 255.0, atol=0.05)  # the colours did change
 
 
 def count_convs(jaxpr) -> int:
