@@ -6,7 +6,9 @@ Data: the bundled photos (7 train photos from scikit-image, 0.2–2 MP each), as
   * list:      a Python list of (HR, LR) uint8 pairs (decoded once, cached in memory),
   * tfds:      the `classsr_bundled/x<s>` TFDS dataset (PNG decode by tf.data, then cached in memory),
   * streaming: the same TFDS dataset with a 4 MiB cache, so the pool keeps decoding new images
-               (one image replaced every crops_per_decode = 256 tiles).
+               (one image replaced every crops_per_decode = 256 tiles);
+  * list, colours: the list with the quickstart's colour augmentation, finished on the host (float32), and
+    raw as the training loop takes it (uint8 tiles and colour matrices; its jitted step recolours them).
 Each case times whole batches after 5 warm-up batches; the consumer only receives the numpy arrays.
 """
 
@@ -18,6 +20,8 @@ import time
 
 from benchmarks import harness
 from classsr_jax.bicubic import bicubic_degrade, modcrop
+from classsr_jax.colour import ColourAugment
+from classsr_jax.configuration import load_config
 from classsr_jax.datasets import load_dataset
 from classsr_jax.datasets.bundled import bundled_photos
 from classsr_jax.input_pipeline import create_train_iterator
@@ -47,6 +51,7 @@ def main(argv=None) -> None:
     for _, photo in bundled_photos("train"):
         hr = modcrop(photo, args.scale)
         pairs.append((hr, bicubic_degrade(hr, args.scale)))
+    colours = ColourAugment(**load_config("quickstart").data.colour_augment)
     with tempfile.TemporaryDirectory() as data_dir:
         tfds_ds = load_dataset(f"classsr_bundled/x{args.scale}", "train", data_dir=data_dir)
         cases = [
@@ -55,6 +60,8 @@ def main(argv=None) -> None:
             ("tfds", tfds_ds, 16, {}),
             ("tfds", tfds_ds, 96, {}),
             ("streaming", tfds_ds, 16, {"cache_bytes": 4 << 20}),
+            ("list, colours", pairs, 16, {"colour": colours}),
+            ("list, colours, raw", pairs, 16, {"colour": colours, "raw": True}),
         ]
         print(f"{harness.machine_line()}; scale x{args.scale}, lr_patch 32, prefetch 2", flush=True)
         rows = []

@@ -43,10 +43,11 @@ class Im2colTail(common.SubPixelConvTranspose):
         return conv_forms.conv_as_im2col_matmul(x, sub_kernel)
 
 
-def step_runner(batch: int, tail: type = common.SubPixelConvTranspose):
-    """A function running one train step of -O (its tail computed by `tail`), and the tiles' SR output."""
+def step_runner(batch: int, tail: type = common.SubPixelConvTranspose, width: int = 56):
+    """A function running one train step of -O (or of the FSRCNN `width` wide; its tail computed by `tail`) on
+    every device, and the tiles' SR output."""
     config = load_config("quickstart")
-    spec = ModelSpec("network", "fsrcnn", (56,), 4, {})
+    spec = ModelSpec("network", "fsrcnn", (width,), 4, {})
     mesh = parallel.create_mesh()
     tx = train.make_optimizer(config.original, config.optimizer)
     state = parallel.replicate(train.create_train_state(spec.init(), tx, None), mesh)
