@@ -517,7 +517,8 @@ def test_a_batch_that_does_not_split_over_the_devices_fails_before_any_data_is_p
 
 
 class PoisonedBatches:
-    """Training batches with a NaN in the first LR pixel of batch `bad` (1-based)."""
+    """Training batches with a NaN in the first LR pixel of batch `bad` (1-based); that batch is finished into
+    floats on the host (the others stay raw uint8, as the stage iterators yield them)."""
 
     def __init__(self, inner, bad):
         self.inner, self.bad, self.count = inner, bad, 0
@@ -526,7 +527,7 @@ class PoisonedBatches:
         batch = next(self.inner)
         self.count += 1
         if self.count == self.bad:
-            batch = {**batch, "lr": np.array(batch["lr"], copy=True)}
+            batch = input_pipeline.finish_batch(batch)
             batch["lr"][0, 0, 0, 0] = np.nan
         return batch
 
