@@ -10,9 +10,9 @@ them, and ends with the paper's table (ClassSR-FSRCNN, FSRCNN-O and bicubic, and
 FLOPs) on photos never trained on: the 2 held-out photos (chelsea, coffee) as they are, with their channels
 permuted and with their hue turned; and on the 4 training photos.
 
-The recipe is the paper's (configs/fsrcnn.py) made short: 16000 (-O) and 8000 (branch) steps of batch 8 on a
-fully decayed cosine from 5e-3 to 1e-5, then 4000 joint steps of batch 8 from 1e-3 with 10× the paper's
-Class-Loss.
+The recipe is the paper's (configs/fsrcnn.py) made short: 8000 (-O) and 4000 (branch) steps of batch 16 on a
+fully decayed cosine from 5e-3 to 1e-5, then 2000 joint steps of batch 16 from 1e-3 with 10× the paper's
+Class-Loss. On a CPU each batch is split over 2 JAX devices, one per core (`cpu_devices`).
 The data: the 4 natural photos of the bundled train split (astronaut, motorcycle_left, motorcycle_right,
 rocket) and scikit-image's colour wheel, each with the paper's 0.9/0.8/0.7/0.6 scale copies; half the tile
 pairs recoloured. The colour augmentation and the colour wheel are what keep colours right on photos unlike
@@ -35,22 +35,26 @@ def get_config():
     config.data.colour_augment.hue_degrees = 180.0
     config.data.colour_augment.saturation = 0.25
     config.data.colour_augment.probability = 0.5
-    config.original.update(fsrcnn.stage(8, 16000, 5e-3, 1e-5, 16000, log_every=500, eval_every=4000, checkpoint_every=2000))
-    config.branches.update(fsrcnn.stage(8, 8000, 5e-3, 1e-5, 8000, log_every=500, eval_every=2000, checkpoint_every=1000))
+    # The CPU's 2 cores as 2 JAX devices, each batch split between them: more tiles per second than one device
+    # (BENCHMARKS.md, "CPU devices"). What the networks learn depends on the tile pairs seen, not the steps, so
+    # batches of 16 take half the steps of the batches of 8 this recipe was first measured with.
+    config.cpu_devices = 2
+    config.original.update(fsrcnn.stage(16, 8000, 5e-3, 1e-5, 8000, log_every=250, eval_every=2000, checkpoint_every=1000))
+    config.branches.update(fsrcnn.stage(8, 8000, 5e-3, 1e-5, 8000, log_every=500, eval_every=4000, checkpoint_every=2000))
     # The narrow branches learn from every tile, not a third of the division's 762: trained on its class alone,
     # the medium branch fell below bicubic on recoloured photos. The hard branch is -O itself, unchanged.
     config.branches.tiles = "any"
     config.branches.reuse_original = True
-    # Each narrow branch starts as -O's most important channels: in 8000 steps it beats the same branch trained
-    # from scratch for 16000.
+    # Each narrow branch starts as -O's most important channels: in 64k tile pairs it beats the same branch
+    # trained from scratch on 128k.
     config.branches.slim_from_original = True
-    # The Class-Module: 4000 steps of batch 8 on the division's grid tiles. At the paper's Class-Loss (0.5) the
+    # The Class-Module: 2000 steps of batch 16 on the division's grid tiles. At the paper's Class-Loss (0.5) the
     # soft mixture of three branches this close is an ensemble that beats any routing, so the probabilities stay
     # uniform and the logits differ from tile to tile by 1e-9: routing follows float rounding (bfloat16 agrees
     # on a quarter of the tiles). Ten times that weight gives one-hot outputs with logits that rank the tiles;
     # the L1 then sends them all to the hard branch, and the calibration routes equal shares of the training
     # tiles to each branch in that order.
-    config.joint.update(fsrcnn.stage(8, 4000, 1e-3, 1e-5, 4000, log_every=500, eval_every=1000, checkpoint_every=1000))
+    config.joint.update(fsrcnn.stage(16, 2000, 1e-3, 1e-5, 2000, log_every=250, eval_every=1000, checkpoint_every=1000))
     config.joint.class_loss_weight = 5.0
     config.joint.calibrate_routing = True
     config.validation.num_tiles = 256
