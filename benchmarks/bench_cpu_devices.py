@@ -4,7 +4,7 @@
 
 For each FSRCNN width of the quickstart (16, 36, 56 = -O) and global batch (8, 16): `train.train_step` through
 `parallel.data_parallel` on random tiles already on the devices, `--steps` steps queued as the training loop
-queues them (at most `train.MAX_STEPS_IN_FLIGHT` ahead). The device count is fixed when JAX starts, so each
+queues them (`train.StepsInFlight`: at most `train.MAX_STEPS_IN_FLIGHT` ahead). The device count is fixed when JAX starts, so each
 count runs in its own worker process; the workers take turns, one round each at a time, so a shared machine's
 load falls on every count alike. The table gives the median over the rounds and the ratio to 1 device.
 """
@@ -12,7 +12,6 @@ load falls on every count alike. The table gives the median over the rounds and 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import subprocess
 import sys
@@ -31,13 +30,11 @@ def measure(steps: int, widths: list[int], batches: list[int]) -> dict[str, floa
     for width in widths:
         for batch in batches:
             run, _ = step_runner(batch, width=width)  # compiled, one step run
-            in_flight = collections.deque()
+            in_flight = train.StepsInFlight()
             t0 = time.perf_counter()
             for _ in range(steps):
-                in_flight.append(run())
-                if len(in_flight) > train.MAX_STEPS_IN_FLIGHT:
-                    jax.block_until_ready(in_flight.popleft())
-            jax.block_until_ready(list(in_flight))
+                in_flight.add(run())
+            in_flight.wait()
             rates[f"{width},{batch}"] = batch * steps / (time.perf_counter() - t0)
     return rates
 

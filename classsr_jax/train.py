@@ -49,6 +49,25 @@ from classsr_jax.workdir import Workdir, config_record, preflight
 # dozen multi-device steps are queued (seen at 32 on 2 cores; tests/test_train.py reproduces it).
 MAX_STEPS_IN_FLIGHT = 4
 
+
+class StepsInFlight:
+    """Holds the outputs of the steps queued so far and waits for the one `limit` back before another joins."""
+
+    def __init__(self, limit: int = MAX_STEPS_IN_FLIGHT):
+        self.limit = limit
+        self.pending: collections.deque = collections.deque()
+
+    def add(self, outputs: Any) -> None:
+        self.pending.append(outputs)
+        if len(self.pending) > self.limit:
+            jax.block_until_ready(self.pending.popleft())
+
+    def wait(self) -> None:
+        """Waits for every queued step."""
+        jax.block_until_ready(list(self.pending))
+        self.pending.clear()
+
+
 # ------------------------------------------------------------------------------------------ state and steps
 
 
@@ -359,15 +378,13 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
     history = StepMetrics()
     collapse = CollapseMonitor(config.collapse_threshold)
     progress = {"stage": stage.name, "model": stage.spec.to_dict(), "trainable": list(stage.trainable or []), "started_at_step": start, "data_seed": seed}
-    in_flight = collections.deque()
+    in_flight = StepsInFlight()
     try:
         for step in range(start + 1, sc.num_steps + 1):
             with report.timed("data", wait_jax_async_dispatch=False):
                 batch = parallel.global_batch(next(iterator), ctx.mesh)
             state, metrics = p_train_step(state, batch)
-            in_flight.append(metrics)
-            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-                jax.block_until_ready(in_flight.popleft())
+            in_flight.add(metrics)
             history.append(step, metrics)
             report(step)
             last = step == sc.num_steps
