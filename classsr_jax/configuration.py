@@ -22,7 +22,7 @@ from typing import Any
 
 from classsr_jax.colour import ColourAugment
 from classsr_jax.errors import ConfigError, reason
-from classsr_jax.models import slim
+from classsr_jax.models import interpolation_init, slim
 from classsr_jax.models.backbones import NETWORKS
 from classsr_jax.models.registry import ModelSpec
 
@@ -180,6 +180,11 @@ def validate_config(config) -> None:
     widths = _field(config, "model.widths")
     if len(widths) != NUM_CLASSES:
         raise ConfigError(f"config field model.widths needs {NUM_CLASSES} widths (simple, medium, hard), got {tuple(widths)}")
+    init = _field(config, "model.init")
+    if init not in interpolation_init.INITS:
+        raise ConfigError(f"config field model.init is {init!r}: use {' or '.join(repr(i) for i in interpolation_init.INITS)}")
+    if init == "interpolation" and network not in interpolation_init.SUPPORTED:
+        raise ConfigError(f"config field model.init: an interpolating start is implemented for {', '.join(interpolation_init.SUPPORTED)}, not {network}")
     for stage in TRAINING_STAGES:
         for field in ("batch_size", "num_steps", "cosine_period", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
             _positive_int(config, f"{stage}.{field}")

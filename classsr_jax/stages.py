@@ -41,7 +41,7 @@ from classsr_jax.evaluation import bicubic_average, evaluate_pairs, format_resul
 from classsr_jax.inference import Upscaler
 from classsr_jax.input_pipeline import create_train_iterator
 from classsr_jax.losses import Objective
-from classsr_jax.models import slim
+from classsr_jax.models import interpolation_init, slim
 from classsr_jax.models.registry import ModelSpec
 from classsr_jax.workdir import (
     CLASSSR_EXPORT,
@@ -161,7 +161,12 @@ def objective_for(config, section: str, spec: ModelSpec) -> Objective:
 
 
 def _fresh_variables(ctx: StageContext, spec: ModelSpec, seed: int) -> dict[str, Any]:
-    return spec.init(seed=seed, tile=ctx.lr_patch)
+    """A model trained from scratch. A single network starts as config.model.init says; in a ClassSR model only
+    the Class-Module is new (its branches are replaced by trained ones)."""
+    variables = spec.init(seed=seed, tile=ctx.lr_patch)
+    if spec.kind == "network" and ctx.config.model.init == "interpolation":
+        variables = {**variables, "params": interpolation_init.interpolating_params(spec.network, variables["params"], spec.scale)}
+    return variables
 
 
 def _start_original(ctx: StageContext, spec: ModelSpec, k: int | None) -> dict[str, Any]:

@@ -42,6 +42,10 @@ def get_config():
     config.model.widths = (16, 36, 56)  # branches simple / medium / hard; the hard one is FSRCNN-O
     config.model.scale = 4
     config.model.extra = ml_collections.ConfigDict()  # extra network fields, e.g. FSRCNN's s, m
+    # How a network trained from scratch starts: "paper" (the original's random initialisation) or, FSRCNN only,
+    # "interpolation": as cubic interpolation, its colours right from the first step (not in the paper;
+    # classsr_jax/models/interpolation_init.py).
+    config.model.init = "paper"
 
     config.data = ml_collections.ConfigDict()
     config.data.dataset = "classsr_div2k/x4_aug"  # DIV2K 0001–0800 and its 0.9/0.8/0.7/0.6 copies

@@ -25,6 +25,7 @@ from classsr_jax.colour import ColourAugment
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
 from classsr_jax.losses import Objective
 from classsr_jax.models import ModelSpec, slim
+from classsr_jax.models.interpolation_init import interpolating_params
 from classsr_jax.workdir import Workdir, resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,6 +149,10 @@ def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
         configuration.validate_config(tiny_config(data, **{"model.network": "carn", "model.extra": {}, "branches.slim_from_original": True}))
     with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original needs branches no wider than -O \(the last width\), got \(4, 10, 8\)$"):
         configuration.validate_config(tiny_config(data, **{"model.widths": (4, 10, 8), "branches.slim_from_original": True}))
+    with pytest.raises(ConfigError, match=r"^config field model.init is 'bicubic': use 'paper' or 'interpolation'$"):
+        configuration.validate_config(tiny_config(data, **{"model.init": "bicubic"}))
+    with pytest.raises(ConfigError, match=r"^config field model.init: an interpolating start is implemented for fsrcnn, not carn$"):
+        configuration.validate_config(tiny_config(data, **{"model.network": "carn", "model.extra": {}, "model.init": "interpolation"}))
     with pytest.raises(ConfigError, match=r"^config field cpu_devices is -1: use a number of devices, or 0 for JAX's default$"):
         configuration.validate_config(tiny_config(data, cpu_devices=-1))
     assert configuration.selected_stages(tiny_config(data)) == ("original", "divide", "branches", "joint", "evaluate")
@@ -492,6 +497,23 @@ def test_reused_original_is_the_widest_branch_and_tiles_any_needs_no_division(da
     assert report["tiles"] == 256 and len(report["offsets"]) == 3 and report["offsets"][2] == 0.0
     np.testing.assert_allclose(report["argmax_shares_after"], [1 / 3, 1 / 3, 1 / 3], atol=0.02)
     assert checkpointing.load_model(os.path.join(workdir, "export", "classsr")).metadata == record
+
+
+def test_networks_trained_from_scratch_start_as_model_init_says(data, tmp_path):
+    # At a learning rate of 0 the stages end where they started: -O and each branch trained from scratch start
+    # as cubic interpolation, from the random initialisation of their own seed (config seed, + k + 1 for branch k);
+    # the smoke config starts the widest branch from -O, so branch3 is -O's start.
+    zero = {"learning_rate": 0.0, "eta_min": 0.0}
+    overrides = {"model.init": "interpolation", "branches.tiles": "any",
+                 **{f"{stage}.{k}": v for stage in ("original", "branches") for k, v in zero.items()}}
+    config = tiny_config(data, stages="original,branches", **overrides)
+    out = train.train_and_evaluate(config, str(tmp_path / "run"))
+    spec = configuration.model_spec(config)
+    for name, k, seed in (("original", 2, config.seed), ("branch1", 0, config.seed + 1), ("branch2", 1, config.seed + 2),
+                            ("branch3", 2, config.seed)):
+        branch = spec.branch(k)
+        expected = interpolating_params("fsrcnn", branch.init(seed=seed, tile=config.data.lr_patch)["params"], branch.scale)
+        jax.tree_util.tree_map(functools.partial(np.testing.assert_array_equal, err_msg=name), out["variables"][name]["params"], expected)
 
 
 def test_missing_inputs_fail_before_the_workdir_is_touched(data, tmp_path):

@@ -1,6 +1,7 @@
 """FSRCNN as in ClassSR's `FSRCNN_net` (docs/original.md#fsrcnn), scale ×2/×3/×4.
 
-Quirks kept: scalar PReLUs, a single PReLU after the m mapping convs, default-initialised deconv.
+Quirks kept: scalar PReLUs, a single PReLU after the m mapping convs, default-initialised deconv
+(`interpolation_init` can start the network as cubic interpolation instead; not in the paper).
 The transposed conv runs in sub-pixel form (one LR-grid conv + pixel shuffle), exactly equal to PyTorch's.
 """
 
