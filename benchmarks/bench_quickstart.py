@@ -4,8 +4,9 @@
 
 For each workdir of `python -m classsr_jax.main --config configs/quickstart.py` (or of a run of only its
 `original` stage), this opens `export/original` and, when there is one, `export/classsr`, and measures:
-- on the held-out photos (chelsea, coffee) and on their recoloured copies (channels permuted; hue turned by 90°
-  and 270°), the mean RGB PSNR and PSNR-Y gain over MATLAB bicubic, every pixel (full protocol), and
+- on the held-out photos (chelsea, coffee), on their recoloured copies (channels permuted; hue turned by 90°
+  and 270°) and on the bundled photos outside the quickstart's train split ("unused": hubble_deep_field, ihc,
+  retina and the grey camera, coins, moon), the mean RGB PSNR and PSNR-Y gain over MATLAB bicubic, every pixel (full protocol), and
   ClassSR's FLOPs (% of -O, per tile) and its share of tiles per branch; with `--budget`, ClassSR again with
   its logits shifted to that share of the -O FLOPs;
 - with the workdir's class division, the share of each set's tiles that the division's own thresholds put in
@@ -39,7 +40,10 @@ from classsr_jax.pixels import to_uint8
 from classsr_jax.tables import markdown_table
 
 SCALE = 4
-UNSEEN_SPLITS = ("validation", "validation_permuted", "validation_hue")
+UNSEEN_SPLITS = ("validation", "validation_permuted", "validation_hue", "unused")
+# Bundled photos the quickstart never trains on besides the validation split: colour photos its train split
+# leaves out, and grey ones (read as RGB).
+UNUSED_PHOTOS = ("hubble_deep_field", "ihc", "retina", "camera", "coins", "moon")
 FLAT_LEVELS = (32, 128, 224)
 FLAT_COLOURS = [*itertools.product(FLAT_LEVELS, repeat=3), (30, 80, 40), (20, 40, 160)]
 FLAT_SIDE = 48  # LR pixels
@@ -47,9 +51,13 @@ FLAT_BORDER = 16  # HR pixels left out at each side: the networks zero-pad at th
 
 
 def unseen_pairs(split: str) -> list[Pair]:
-    """(name, LR, HR) of a bundled split made as the `classsr_bundled/x4` builder makes it."""
+    """(name, LR, HR) of a bundled split ('unused': UNUSED_PHOTOS) made as the `classsr_bundled/x4` builder makes it."""
+    if split == "unused":
+        photos = [(n, p) for s in ("train", "grey") for n, p in bundled.bundled_photos(s) if n in UNUSED_PHOTOS]
+    else:
+        photos = bundled.bundled_photos(split)
     pairs = []
-    for name, photo in bundled.bundled_photos(split):
+    for name, photo in photos:
         hr = modcrop(photo, SCALE)
         pairs.append(Pair(name, bicubic_degrade(hr, SCALE), hr))
     return pairs

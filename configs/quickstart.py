@@ -1,6 +1,6 @@
 r"""python -m classsr_jax.main --config configs/quickstart.py --workdir runs/quickstart
 
-ClassSR-FSRCNN ×4 on the images bundled with scikit-image, every stage on a 2-core CPU (TIME; README.md,
+ClassSR-FSRCNN ×4 on the images bundled with scikit-image, every stage on a 2-core CPU (9.6 min measured; README.md,
 "The quickstart's result").
 
 Trains FSRCNN-O, divides its training tiles into simple / medium / hard, trains the two narrow branches on every

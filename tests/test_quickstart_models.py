@@ -1,5 +1,5 @@
 """The quickstart's exported models keep flat colours and beat bicubic on photos they never saw, including ones in
-colours the training photos lack.
+colours the training photos lack and the bundled photos outside its train split (grey ones among them).
 
 tests/data/quickstart holds `export/original` and `export/classsr` of one run of the README's main command
 (tests/data/quickstart/README.md says which). The measurements are `benchmarks.bench_quickstart`'s, which
