@@ -6,9 +6,9 @@ For each workdir of `python -m classsr_jax.main --config configs/quickstart.py` 
 `original` stage), this opens `export/original` and, when there is one, `export/classsr`, and measures:
 - on the held-out photos (chelsea, coffee), on their recoloured copies (channels permuted; hue turned by 90°
   and 270°) and on the bundled photos outside the quickstart's train split ("unused": hubble_deep_field, ihc,
-  retina and the grey camera, coins, moon), the mean RGB PSNR and PSNR-Y gain over MATLAB bicubic, every pixel (full protocol), and
-  ClassSR's FLOPs (% of -O, per tile) and its share of tiles per branch; with `--budget`, ClassSR again with
-  its logits shifted to that share of the -O FLOPs;
+  retina and the grey camera, coins, moon), the mean RGB PSNR and PSNR-Y gain over MATLAB bicubic, every
+  pixel (full protocol), and ClassSR's FLOPs (% of -O, per tile) and its share of tiles per branch; with
+  `--budget`, ClassSR again with its logits shifted to that share of the -O FLOPs;
 - with the workdir's class division, the share of each set's tiles that the division's own thresholds put in
   each class when scored with -O: what the Class-Module should find if it generalised;
 - flat colours: constant LR images over the grid of every channel at 32, 128 and 224 (27 colours, saturated
@@ -51,7 +51,8 @@ FLAT_BORDER = 16  # HR pixels left out at each side: the networks zero-pad at th
 
 
 def unseen_pairs(split: str) -> list[Pair]:
-    """(name, LR, HR) of a bundled split ('unused': UNUSED_PHOTOS) made as the `classsr_bundled/x4` builder makes it."""
+    """(name, LR, HR) of a bundled split ('unused': UNUSED_PHOTOS), made as the `classsr_bundled/x4` builder
+    makes them."""
     if split == "unused":
         photos = [(n, p) for s in ("train", "grey") for n, p in bundled.bundled_photos(s) if n in UNUSED_PHOTOS]
     else:

@@ -14,8 +14,8 @@ change to the architecture:
 - every other channel keeps the original's random initialisation, and the tail reads them with zero weights, so
   the start computes exactly the interpolation and their gradients begin flowing after the first update.
 
-At ×4 the start is 0.3–0.6 dB below MATLAB bicubic on natural photos (tests/test_interpolation_init.py pins it); training
-then only has to learn what interpolation misses.
+At ×4 the start is 0.3–0.6 dB below MATLAB bicubic on natural photos (tests/test_interpolation_init.py pins
+it); training then only has to learn what interpolation misses.
 """
 
 from __future__ import annotations
