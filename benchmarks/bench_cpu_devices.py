@@ -21,7 +21,7 @@ import jax
 
 from benchmarks import harness
 from benchmarks.investigations.train_step_profile import step_runner
-from classsr_jax import train
+from classsr_jax.training import train
 
 
 def measure(steps: int, widths: list[int], batches: list[int]) -> dict[str, float]:

@@ -81,7 +81,7 @@ def speed(args) -> None:
 def _make_inputs(workdir: str, lr_hw) -> tuple[str, str]:
     """A photo-like LR PNG and a thirds-routing ClassSR-FSRCNN checkpoint in the format both trees read."""
     from classsr_jax.checkpointing import save_model
-    from classsr_jax.image_io import write_image
+    from classsr_jax.io.images import write_image
 
     image = fixtures.photo_like(*lr_hw, seed=0)
     spec, variables = fixtures.thirds_classsr("fsrcnn", image)
@@ -134,9 +134,9 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bf16(args) -> None:
-    from classsr_jax import convert
     from classsr_jax.checkpointing import load_model
-    from classsr_jax.inference import Upscaler
+    from classsr_jax.cli import convert
+    from classsr_jax.inference.upscaler import Upscaler
     from classsr_jax.models.torch_names import variables_to_state_dict
 
     print(harness.machine_line())
@@ -167,9 +167,9 @@ def bf16(args) -> None:
 def folder(args) -> None:
     import time
 
-    from classsr_jax import upscale
     from classsr_jax.checkpointing import save_model
-    from classsr_jax.image_io import write_image
+    from classsr_jax.cli import upscale
+    from classsr_jax.io.images import write_image
 
     print(harness.machine_line())
     with tempfile.TemporaryDirectory() as tmp:

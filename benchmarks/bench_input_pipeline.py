@@ -19,12 +19,12 @@ import tempfile
 import time
 
 from benchmarks import harness
-from classsr_jax.bicubic import bicubic_degrade, modcrop
-from classsr_jax.colour import ColourAugment
-from classsr_jax.configuration import load_config
-from classsr_jax.datasets import load_dataset
-from classsr_jax.datasets.bundled import bundled_photos
-from classsr_jax.input_pipeline import create_train_iterator
+from classsr_jax.data.bicubic import bicubic_degrade, modcrop
+from classsr_jax.data.bundled import bundled_photos
+from classsr_jax.data.colour_augment import ColourAugment
+from classsr_jax.data.input_pipeline import create_train_iterator
+from classsr_jax.data.loading import load_dataset
+from classsr_jax.training.configuration import load_config
 
 
 def measure(dataset, batch_size: int, scale: int, seconds: float, **kwargs) -> float:

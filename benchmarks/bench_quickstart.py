@@ -30,14 +30,14 @@ import jax
 import numpy as np
 
 from benchmarks import harness
-from classsr_jax.bicubic import bicubic_degrade, modcrop
 from classsr_jax.checkpointing import load_model
-from classsr_jax.datasets import bundled
-from classsr_jax.datasets.division import divide
-from classsr_jax.evaluation import Pair, bicubic_average, evaluate_models
-from classsr_jax.inference import Upscaler
-from classsr_jax.pixels import to_uint8
-from classsr_jax.tables import markdown_table
+from classsr_jax.data import bundled
+from classsr_jax.data.bicubic import bicubic_degrade, modcrop
+from classsr_jax.data.division import divide
+from classsr_jax.evaluation.scoring import Pair, bicubic_average, evaluate_models
+from classsr_jax.evaluation.tables import markdown_table
+from classsr_jax.inference.upscaler import Upscaler
+from classsr_jax.io.pixels import to_uint8
 
 SCALE = 4
 UNSEEN_SPLITS = ("validation", "validation_permuted", "validation_hue", "unused")

@@ -39,12 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import fixtures, harness
-from classsr_jax import engine, tiling
-from classsr_jax import flops as flops_lib
-from classsr_jax.inference import Upscaler
+from classsr_jax.inference import bands, tiling
+from classsr_jax.inference.routing import GPU_BUCKETS, Buckets, RoutedModel
+from classsr_jax.inference.upscaler import Upscaler
+from classsr_jax.io.pixels import to_uint8
 from classsr_jax.models import PAPER_WIDTHS
-from classsr_jax.pixels import to_uint8
-from classsr_jax.routing import GPU_BUCKETS, Buckets, RoutedModel
+from classsr_jax.models import flops as flops_lib
 
 PARTS = ("efficiency", "tile-loop")
 DEFAULT_REPS = {"fsrcnn": 9, "carn": 5, "srresnet": 5, "rcan": 3}
@@ -57,7 +57,7 @@ def variant_settings(name: str) -> dict:
     if name == "default":
         return {}
     if name == "accelerator":
-        return {"buckets": GPU_BUCKETS, "band_tiles": engine.default_band_tiles("gpu")}
+        return {"buckets": GPU_BUCKETS, "band_tiles": bands.default_band_tiles("gpu")}
     kind, _, value = name.partition(":")
     try:
         numbers = tuple(int(v) for v in value.split("/"))

@@ -20,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness
-from classsr_jax import parallel, train
-from classsr_jax.configuration import load_config, model_spec
-from classsr_jax.losses import Objective
+from classsr_jax import parallel
+from classsr_jax.training import train
+from classsr_jax.training.configuration import load_config, model_spec
+from classsr_jax.training.losses import Objective
 
 
 def bench(name: str, batch: str, steps: int, blocks: int, half_precision: bool):

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classsr_jax import tiling
-from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
+from classsr_jax.inference import tiling
+from classsr_jax.models.spec import PAPER_WIDTHS, ModelSpec
 
 
 def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import fixtures, harness
-from classsr_jax import flops as flops_lib
-from classsr_jax import tiling
-from classsr_jax.inference import Upscaler
-from classsr_jax.routing import Buckets
+from classsr_jax.inference import tiling
+from classsr_jax.inference.routing import Buckets
+from classsr_jax.inference.upscaler import Upscaler
+from classsr_jax.models import flops as flops_lib
 
 FULL = {"lr_hw": (1080, 1920), "reps": 5, "loop_tiles": 256, "budget_s": 420.0, "network": "rcan",
         "ratio_networks": ("srresnet", "rcan"), "buckets": ((32, 8), (64, 16), (128, 16))}

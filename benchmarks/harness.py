@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from classsr_jax.tables import markdown_table
+from classsr_jax.evaluation.tables import markdown_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -27,9 +27,9 @@ def _load(name):
 
 fixtures = _load("fixtures")  # only what both code trees provide: fixtures import nothing newer
 
-from classsr_jax import inference  # noqa: E402  (the tree on PYTHONPATH, after the fixtures)
+from classsr_jax.inference import upscaler  # noqa: E402  (the tree on PYTHONPATH, after the fixtures)
 
-DEVICE_ENGINE = hasattr(inference.Upscaler, "band_shape")  # this session's engine; older trees merge on the host
+DEVICE_ENGINE = hasattr(upscaler.Upscaler, "band_shape")  # this session's engine; older trees merge on the host
 state = {}
 
 
@@ -47,7 +47,7 @@ def upscale_once():
         result = up.upscale(image)
         out = result.sr
     else:
-        from classsr_jax.image_io import to_uint8
+        from classsr_jax.io.images import to_uint8
 
         result = up.upscale(image.astype(np.float32) / np.float32(255.0))
         out = to_uint8(result.sr)
@@ -64,7 +64,7 @@ def handle(request):
             kw["band_tiles"] = request["band_tiles"]
         if DEVICE_ENGINE and request.get("dtype"):
             kw["dtype"] = request["dtype"]
-        state["upscaler"] = inference.Upscaler(spec, variables, **kw)
+        state["upscaler"] = upscaler.Upscaler(spec, variables, **kw)
         state["image"] = np.rint(image01 * 255).astype(np.uint8)
         seconds, result, _ = upscale_once()
         return {"first_s": seconds, "compile_s": result.compile_s, "engine": "device" if DEVICE_ENGINE else "host"}

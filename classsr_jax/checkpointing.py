@@ -25,7 +25,7 @@ from flax.traverse_util import flatten_dict
 
 from classsr_jax import parallel
 from classsr_jax.errors import CheckpointError
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
 
 FORMAT = "classsr_jax.model"
 FORMAT_VERSION = 1

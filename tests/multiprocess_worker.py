@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(HERE))  # the repository root: classsr_jax an
 def main(process_id, num_processes, port, workdir, photos, tfds_dir, out):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{port}", int(num_processes), int(process_id))
-    from classsr_jax import train
-    from classsr_jax.configuration import load_config
+    from classsr_jax.training import train
+    from classsr_jax.training.configuration import load_config
 
     overrides = {"stages": "original", "original.num_steps": 2, "original.eval_every_steps": 2}
     config = load_config(os.path.join(os.path.dirname(HERE), "configs", "smoke.py"), overrides)

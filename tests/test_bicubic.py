@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from classsr_jax.bicubic import (
+from classsr_jax.data.bicubic import (
     bicubic_degrade,
     candidate_weights,
     contributions,
@@ -14,7 +14,7 @@ from classsr_jax.bicubic import (
     modcrop,
     rescale_uint8,
 )
-from classsr_jax.pixels import to_uint8 as quantise_01
+from classsr_jax.io.pixels import to_uint8 as quantise_01
 
 
 def to_uint8(values):

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from classsr_jax.calibration import RoutingCalibrator, argmax_shares, balance_offsets
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
+from classsr_jax.training.calibration import RoutingCalibrator, argmax_shares, balance_offsets
 
 
 def test_two_classes_match_the_quantile_threshold():

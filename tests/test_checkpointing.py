@@ -13,10 +13,11 @@ import pytest
 from flax.traverse_util import flatten_dict, unflatten_dict
 from orbax_faults import DiskFull, faulty_async_save
 
-from classsr_jax import checkpointing, parallel, train
+from classsr_jax import checkpointing, parallel
 from classsr_jax.errors import CheckpointError
 from classsr_jax.models import ModelSpec
-from classsr_jax.workdir import resolve_model_dir
+from classsr_jax.training import train
+from classsr_jax.training.workdir import resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EXTRA = {"s": 4, "m": 1}
@@ -156,7 +157,7 @@ def test_a_failing_background_save_is_one_line_at_the_next_save_or_the_wait(tmp_
 def test_the_model_door_runs_without_tensorflow_clu_or_ml_collections():
     """upscale and evaluate open workdirs through workdir.resolve_model_dir on a bare JAX machine."""
     code = (
-        "import sys; import classsr_jax.workdir, classsr_jax.checkpointing; "
+        "import sys; import classsr_jax.training.workdir, classsr_jax.checkpointing; "
         "print(sorted(m for m in ('tensorflow', 'clu', 'ml_collections') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

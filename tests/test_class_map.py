@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from classsr_jax.class_map import class_colours, class_map_overlay
+from classsr_jax.inference.class_map import class_colours, class_map_overlay
 
 
 def test_class_colours():

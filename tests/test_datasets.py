@@ -9,12 +9,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import classsr_jax.datasets as datasets
-from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
-from classsr_jax.datasets import bundled
-from classsr_jax.datasets.files import DataError, read_rgb_uint8
-from classsr_jax.datasets.loading import crop_hr_to_lr
-from classsr_jax.pixels import to_uint8
+import classsr_jax.data as datasets
+from classsr_jax.data import bundled
+from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
+from classsr_jax.data.files import DataError, read_rgb_uint8
+from classsr_jax.data.loading import crop_hr_to_lr
+from classsr_jax.io.pixels import to_uint8
 
 
 def save(path: Path, array: np.ndarray, mode: str | None = None) -> np.ndarray:
@@ -282,7 +282,7 @@ def test_bundled_aug_config_scales_train_grey_and_colorwheel_only(tmp_path, monk
     # under one x4 HR tile (128 px) and skipped.
     rng = np.random.default_rng(4)
     photos = {split: [(f"{split}_photo", noise(rng, (200, 200, 3)))] for split in bundled.SPLITS}
-    monkeypatch.setattr("classsr_jax.datasets.builders.bundled_photos", lambda split: photos[split])
+    monkeypatch.setattr("classsr_jax.data.builders.bundled_photos", lambda split: photos[split])
     builder = datasets.ClassSRBundled(config="x4_aug", data_dir=str(tmp_path))
     builder.download_and_prepare()
     for split in ("train", "grey", "colorwheel"):

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from classsr_jax.bicubic import imresize
-from classsr_jax.datasets.division import (
+from classsr_jax.data.bicubic import imresize
+from classsr_jax.data.division import (
     PAPER_THRESHOLDS,
     Division,
     bicubic_sr_fn,
@@ -20,7 +20,7 @@ from classsr_jax.datasets.division import (
     tile_grid,
     tile_psnr,
 )
-from classsr_jax.datasets.files import DataError
+from classsr_jax.data.files import DataError
 
 SCALE = 2
 

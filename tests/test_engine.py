@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from routing_fixtures import SPEC, spread_classifier, textured_image
 
-from classsr_jax import engine, tiling
-from classsr_jax.inference import Upscaler
+from classsr_jax.inference import bands, tiling
+from classsr_jax.inference.upscaler import Upscaler
 from classsr_jax.models import ModelSpec
 from classsr_jax.parallel import create_mesh
 
@@ -89,32 +89,32 @@ def test_sixteen_bit_in_and_out(variables):
 
 
 def test_column_buckets_grow_by_root_two():
-    assert [engine.column_bucket(c) for c in (1, 16, 17, 23, 24, 80, 91, 92, 667)] == [16, 16, 23, 23, 32, 91, 91, 128, 724]
+    assert [bands.column_bucket(c) for c in (1, 16, 17, 23, 24, 80, 91, 92, 667)] == [16, 16, 23, 23, 32, 91, 91, 128, 724]
 
 
 def test_band_plan_covers_every_tile_row_once():
     grid = tiling.full_grid(300, 50)  # tile rows at 0, 24, …, 264 and the flush one at 268
-    bands = engine.plan_bands(grid, 4)
+    plan = bands.plan_bands(grid, 4)
     rows = np.unique(grid.positions[:, 0])
-    assert [(b.first_row, b.stop_row) for b in bands] == [(0, 4), (4, 8), (8, 12), (12, 13)]
-    assert [b.base for b in bands] == [0, 96, 192, 288 if rows.size > 13 else int(rows[12])]
+    assert [(b.first_row, b.stop_row) for b in plan] == [(0, 4), (4, 8), (8, 12), (12, 13)]
+    assert [b.base for b in plan] == [0, 96, 192, 288 if rows.size > 13 else int(rows[12])]
     # Each band finishes the rows up to the next band's first tile row; the last one finishes the image.
-    assert [b.finished for b in bands] == [96, 96, int(rows[12]) - 192, 300 - int(rows[12])]
-    assert sum(b.finished for b in bands) == 300
+    assert [b.finished for b in plan] == [96, 96, int(rows[12]) - 192, 300 - int(rows[12])]
+    assert sum(b.finished for b in plan) == 300
 
 
 def test_band_inputs_deal_tiles_evenly_with_valid_prefixes():
     grid = tiling.full_grid(80, 210)  # 3 tile rows x 9 columns
-    shape = engine.band_shape(9, 3, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
+    shape = bands.band_shape(9, 3, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
     assert (shape.rows, shape.cols, shape.slots) == (4, 16, 64)
     # Images of a few tile rows get a band a quarter as tall.
-    short = engine.band_shape(9, 1, tile=32, step=24, scale=4, band_tiles=256, max_rows=32, devices=8)
+    short = bands.band_shape(9, 1, tile=32, step=24, scale=4, band_tiles=256, max_rows=32, devices=8)
     assert (short.rows, short.cols, short.slots) == (4, 16, 64)
-    tall = engine.band_shape(9, 5, tile=32, step=24, scale=4, band_tiles=256, max_rows=32, devices=8)
+    tall = bands.band_shape(9, 5, tile=32, step=24, scale=4, band_tiles=256, max_rows=32, devices=8)
     assert (tall.rows, tall.slots) == (16, 256)
-    band = engine.plan_bands(grid, shape.rows)[0]
+    band = bands.plan_bands(grid, shape.rows)[0]
     image = np.arange(80 * 210 * 3, dtype=np.uint16).reshape(80, 210, 3)
-    inputs = engine.band_inputs(image, grid, band, shape, devices=8)
+    inputs = bands.band_inputs(image, grid, band, shape, devices=8)
     assert inputs.lr.shape == (*shape.lr_hw, 3) and (inputs.lr[:80, :210] == image).all() and (inputs.lr[80:] == 0).all()
     per_device = inputs.valid.reshape(8, 8)
     counts = per_device.sum(1)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from classsr_jax.errors import DataError
-from classsr_jax.evaluation import check_pair_shapes, class_shares, format_results_table, image_metrics
-from classsr_jax.tables import markdown_table
+from classsr_jax.evaluation.scoring import check_pair_shapes, class_shares, format_results_table, image_metrics
+from classsr_jax.evaluation.tables import markdown_table
 
 
 def test_pairs_must_be_scale_times_their_lr_after_the_modcrop():

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch_reference as ref
 
-from classsr_jax.flops import count_layer_macs, format_flops, model_flops
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec, build_network
+from classsr_jax.models.flops import count_layer_macs, format_flops, model_flops
 
 # MACs per 32x32 LR tile at ×4 of the original networks (docs/original.md#the-papers-convention).
 ORIGINAL_MACS = {

@@ -1,4 +1,4 @@
-"""Tests for classsr_jax.image_io and png16: round trips, orientation, colour profiles, the pixel limit, integer
+"""Tests for classsr_jax.io.images and png16: round trips, orientation, colour profiles, the pixel limit, integer
 samples, error handling, atomic writes."""
 
 import errno
@@ -13,8 +13,8 @@ import pytest
 import tifffile
 from PIL import Image, ImageCms, ImageOps
 
-from classsr_jax import png16
-from classsr_jax.image_io import (
+from classsr_jax.io import png16
+from classsr_jax.io.images import (
     ImageError,
     LoadedImage,
     image_size,

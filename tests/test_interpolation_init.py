@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import skimage.data
 
-from classsr_jax import metrics
-from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
+from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
+from classsr_jax.evaluation import metrics
+from classsr_jax.io.pixels import to_uint8
 from classsr_jax.models import ModelSpec
 from classsr_jax.models.fsrcnn import DECONV_PADDING
 from classsr_jax.models.interpolation_init import deconv_cubic_taps, interpolating_params
-from classsr_jax.pixels import to_uint8
 
 
 def test_taps_at_x4_are_keys_cubic_renormalised_per_phase():

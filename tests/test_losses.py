@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from classsr_jax import losses, parallel
+from classsr_jax import parallel
+from classsr_jax.training import losses
 
 
 def numpy_class_loss(p):

@@ -1,10 +1,10 @@
-"""Tests for classsr_jax.metrics against hand-computed values and scikit-image."""
+"""Tests for classsr_jax.evaluation.metrics against hand-computed values and scikit-image."""
 
 import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from classsr_jax.metrics import psnr, psnr_y, rgb_to_y, ssim, ssim_y
+from classsr_jax.evaluation.metrics import psnr, psnr_y, rgb_to_y, ssim, ssim_y
 
 
 def _smooth(img: np.ndarray, passes: int = 3) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""classsr_jax.notebook_helpers: what the Colab notebooks compute (configs, curves, exports, checkpoints,
+"""classsr_jax.notebooks: what the Colab notebooks compute (configs, curves, exports, checkpoints,
 side-by-side comparison, budget sweep), tested without a notebook kernel."""
 
 import os
@@ -11,9 +11,12 @@ import torch
 import torch_reference as ref
 from PIL import Image
 
-from classsr_jax import checkpointing, configuration, evaluation, inference
-from classsr_jax import notebook_helpers as nh
+from classsr_jax import checkpointing
+from classsr_jax import notebooks as nh
 from classsr_jax.errors import ConfigError
+from classsr_jax.evaluation import scoring
+from classsr_jax.inference.upscaler import Upscaler
+from classsr_jax.training import configuration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -152,7 +155,7 @@ def test_demo_setup_makes_an_untrained_checkpoint_only_in_smoke_mode(tmp_path, m
 
 
 def test_demo_pair_degrades_a_bundled_photo_or_a_file_with_the_matlab_bicubic(tmp_path):
-    from classsr_jax.bicubic import bicubic_degrade
+    from classsr_jax.data.bicubic import bicubic_degrade
 
     name, lr, hr = nh.demo_pair("chelsea", 4)  # 451 x 300: cropped to 448 x 300
     assert name == "chelsea" and hr.shape == (300, 448, 3) and lr.shape == (75, 112, 3)
@@ -171,11 +174,11 @@ def test_demo_pair_degrades_a_bundled_photo_or_a_file_with_the_matlab_bicubic(tm
 @pytest.fixture(scope="module")
 def upscaler(official):
     loaded, _ = official
-    return inference.Upscaler(loaded.spec, loaded.variables)
+    return Upscaler(loaded.spec, loaded.variables)
 
 
 def test_compare_shows_lr_bicubic_classsr_and_the_class_map_with_the_flops_saved(upscaler):
-    from classsr_jax.class_map import class_map_overlay
+    from classsr_jax.inference.class_map import class_map_overlay
 
     name, lr, hr = nh.demo_pair("coffee", 4)
     c = nh.compare(upscaler, lr, hr, name)
@@ -203,9 +206,9 @@ def test_budget_sweep_follows_the_budget_and_leaves_the_upscaler_as_it_was(offic
     for row in sweep:
         assert row["flops_percent"] <= 100 * row["budget"]  # a ceiling, the Class-Module's FLOPs included
     # A budget above -O plus the Class-Module sends every tile to the -O branch: its PSNR is the -O network's.
-    alone = inference.Upscaler(official[0].spec, official[0].variables, force_class=2).upscale(lr / np.float32(255))
+    alone = Upscaler(official[0].spec, official[0].variables, force_class=2).upscale(lr / np.float32(255))
     assert sweep[-1]["class_counts"] == [0, 0, alone.grid.num_tiles]
-    assert sweep[-1]["psnr"] == pytest.approx(evaluation.image_metrics(alone, hr, 4)["psnr"], abs=1e-3)
+    assert sweep[-1]["psnr"] == pytest.approx(scoring.image_metrics(alone, hr, 4)["psnr"], abs=1e-3)
     assert "| 0.35 |" in nh.format_sweep(sweep)
     assert nh.figure_png(nh.budget_figure(sweep)).startswith(PNG_MAGIC)
     with pytest.raises(ValueError, match="positive"):
@@ -215,6 +218,6 @@ def test_budget_sweep_follows_the_budget_and_leaves_the_upscaler_as_it_was(offic
 def test_budget_sweep_needs_a_classsr_model(official):
     loaded, _ = official
     spec = loaded.spec.branch(2)
-    single = inference.Upscaler(spec, {"params": loaded.variables["params"]["net3"]})
+    single = Upscaler(spec, {"params": loaded.variables["params"]["net3"]})
     with pytest.raises(ValueError, match="single network"):
         nh.budget_sweep(single, np.zeros((8, 8, 3), np.uint8), np.zeros((32, 32, 3), np.uint8))

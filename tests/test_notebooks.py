@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 
 from classsr_jax import checkpointing
 from classsr_jax.models import ModelSpec
-from classsr_jax.workdir import resolve_model_dir
+from classsr_jax.training.workdir import resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = ("train_tpu", "upscale_demo")
@@ -108,7 +108,7 @@ def test_committed_notebook_is_valid_clean_and_starts_with_its_colab_badge(name)
 def test_notebooks_hold_calls_only_and_read_the_smoke_switch_once(name):
     code = [c.source for c in read_notebook(name).cells if c.cell_type == "code"]
     source = "\n".join(code)
-    assert not re.search(r"^\s*(def|class|lambda)\b", source, re.M), "logic belongs in classsr_jax.notebook_helpers"
+    assert not re.search(r"^\s*(def|class|lambda)\b", source, re.M), "logic belongs in classsr_jax.notebooks"
     assert not re.search(r"^\s*(import|from)\s+(numpy|matplotlib|PIL|tensorflow|orbax)\b", source, re.M)
     assert source.count("os.environ") == 1 and 'os.environ.get("CLASSSR_SMOKE") == "1"' in code[0]
 

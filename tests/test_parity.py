@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch_reference as ref
 
-from classsr_jax import convert
+from classsr_jax.cli import convert
 from classsr_jax.models import ModelSpec
 from classsr_jax.models.common import SubPixelConvTranspose, deconv_as_subpixel_kernel, pixel_shuffle
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classsr_jax import prepare
-from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
-from classsr_jax.datasets.bundled import bundled_photos
-from classsr_jax.pixels import to_uint8
+from classsr_jax.cli import prepare
+from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
+from classsr_jax.data.bundled import bundled_photos
+from classsr_jax.io.pixels import to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 

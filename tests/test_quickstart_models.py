@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks import bench_quickstart
 from classsr_jax.checkpointing import load_model
-from classsr_jax.inference import Upscaler
+from classsr_jax.inference.upscaler import Upscaler
 from configs import quickstart
 
 MODELS = Path(__file__).parent / "data" / "quickstart"

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from routing_fixtures import SPEC, spread_classifier, textured_image, textured_tiles
 
-from classsr_jax.evaluation import evaluate_pairs
-from classsr_jax.inference import Upscaler, budget_offsets
+from classsr_jax.evaluation.scoring import evaluate_pairs
+from classsr_jax.inference.routing import Buckets, RoutedModel
+from classsr_jax.inference.upscaler import Upscaler, budget_offsets
 from classsr_jax.models import ModelSpec
-from classsr_jax.routing import Buckets, RoutedModel
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def original_paper_pipeline(model, variables, lr_uint8, hr_uint8, scale=4):
         canvas[:, j * step : j * step + overlap] /= 2
     for i in range(1, len(ys)):
         canvas[i * step : i * step + overlap] /= 2
-    from classsr_jax import metrics
+    from classsr_jax.evaluation import metrics
 
     gt = hr_uint8[: canvas.shape[0], : canvas.shape[1]]
     return canvas, classes, metrics.psnr(canvas, gt, crop_border=scale)
@@ -196,8 +196,8 @@ def test_errors_are_one_line(variables):
 
 
 def test_default_sizes_depend_on_the_backend():
-    from classsr_jax.engine import default_band_tiles
-    from classsr_jax.routing import default_buckets
+    from classsr_jax.inference.bands import default_band_tiles
+    from classsr_jax.inference.routing import default_buckets
 
     srresnet = ModelSpec("classsr", "srresnet", (36, 52, 64))
     assert default_buckets(srresnet, "cpu") == Buckets(4, 1)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from classsr_jax.models import slim
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
 
 
 def fsrcnn(width, seed=0):

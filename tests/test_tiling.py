@@ -1,9 +1,9 @@
-"""Tests for classsr_jax.tiling: grids, tile extraction and merging."""
+"""Tests for classsr_jax.inference.tiling: grids, tile extraction and merging."""
 
 import numpy as np
 import pytest
 
-from classsr_jax.tiling import (
+from classsr_jax.inference.tiling import (
     TileMerger,
     blend_window,
     extract_tiles,

@@ -20,13 +20,15 @@ import pytest
 from orbax_faults import TMP_SUFFIX, DiskFull, faulty_async_save
 from PIL import Image
 
-from classsr_jax import checkpointing, configuration, input_pipeline, parallel, stages, train, validation
-from classsr_jax.colour import ColourAugment
+from classsr_jax import checkpointing, parallel
+from classsr_jax.data import input_pipeline
+from classsr_jax.data.colour_augment import ColourAugment
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
-from classsr_jax.losses import Objective
 from classsr_jax.models import ModelSpec, slim
 from classsr_jax.models.interpolation_init import interpolating_params
-from classsr_jax.workdir import Workdir, resolve_model_dir
+from classsr_jax.training import configuration, stages, train, validation
+from classsr_jax.training.losses import Objective
+from classsr_jax.training.workdir import Workdir, resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EXTRA = {"s": 4, "m": 1}
@@ -162,7 +164,7 @@ def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
 def test_each_stage_draws_its_tiles_where_its_config_says(data, tmp_path, monkeypatch):
     """branches.tiles 'class': branch k gets the division and class k, 'any': neither; joint/finetune.tiles
     'grid': the division without a class, 'any': neither; stage original always draws any tile."""
-    from classsr_jax.datasets import division as division_lib
+    from classsr_jax.data import division as division_lib
 
     work = Workdir(str(tmp_path))
     division_lib.save_division(division_lib.Division(

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classsr_jax import evaluate, upscale
 from classsr_jax.checkpointing import save_model
-from classsr_jax.image_io import read_image, write_image
+from classsr_jax.cli import evaluate, upscale
+from classsr_jax.io.images import read_image, write_image
 from classsr_jax.models import ModelSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -231,14 +231,14 @@ def test_output_file_in_folder_mode_and_report_in_a_missing_folder_fail_before_a
 def test_a_write_that_fails_half_way_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     import errno
 
-    from classsr_jax import image_io
+    from classsr_jax.io import images
 
     def half_then_full(f, *args, **kwargs):
         f.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     write_image(str(tmp_path / "in.png"), photo(20, 24))
-    monkeypatch.setattr(image_io, "_encode", half_then_full)
+    monkeypatch.setattr(images, "_encode", half_then_full)
     rc = upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "in.png"), "--output", str(tmp_path / "o.png")])
     assert rc == 1
     assert sorted(os.listdir(tmp_path)) == ["in.png"]

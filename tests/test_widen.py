@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from classsr_jax.inference.routing import RoutedModel, default_compute_widths
 from classsr_jax.models import ModelSpec, build_network
 from classsr_jax.models.widen import cpu_compute_widths, widen, widen_network_variables, wider_spec
-from classsr_jax.routing import RoutedModel, default_compute_widths
 
 # Small depths keep the test fast; every kind of layer of each network is still there.
 CASES = [

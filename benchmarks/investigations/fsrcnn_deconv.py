@@ -11,7 +11,7 @@ benchmark times, for each branch width d ∈ {16, 36, 56} on a batch of 32×32 L
 - lax.conv_transpose: JAX's own transposed conv (also lhs_dilation inside);
 
 asserts that the three agree, and reports XLA's own FLOPs count of each compiled program
-(`jax.jit(f).lower(...).compile().cost_analysis()['flops']`) next to `classsr_jax.flops`'s true and paper
+(`jax.jit(f).lower(...).compile().cost_analysis()['flops']`) next to `classsr_jax.models.flops`'s true and paper
 counts. It then times the whole FSRCNN branch both ways (the zero-insertion twin is the same module with its
 tail patched, same parameters).
 """
@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import harness
-from classsr_jax import flops as flops_lib
 from classsr_jax.models import ModelSpec, build_network
+from classsr_jax.models import flops as flops_lib
 from classsr_jax.models import fsrcnn as fsrcnn_module
 from classsr_jax.models.common import SubPixelConvTranspose, deconv_as_subpixel_kernel, pixel_shuffle
 from classsr_jax.models.fsrcnn import DECONV_PADDING

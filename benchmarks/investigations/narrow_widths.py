@@ -31,8 +31,8 @@ import numpy as np
 
 from benchmarks import harness
 from benchmarks.investigations import conv_forms
-from classsr_jax import flops as flops_lib
 from classsr_jax.models import PAPER_WIDTHS, ModelSpec, build_network
+from classsr_jax.models import flops as flops_lib
 from classsr_jax.models.widen import widen_network_variables
 
 DN = ("NHWC", "HWIO", "NHWC")

@@ -23,11 +23,12 @@ import numpy as np
 
 from benchmarks import harness
 from benchmarks.investigations import conv_forms
-from classsr_jax import parallel, train
-from classsr_jax.configuration import load_config
-from classsr_jax.losses import Objective
+from classsr_jax import parallel
 from classsr_jax.models import common, fsrcnn
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
+from classsr_jax.training import train
+from classsr_jax.training.configuration import load_config
+from classsr_jax.training.losses import Objective
 
 DN = ("NHWC", "HWIO", "NHWC")
 # (name, kernel size, input channels, output channels) of FSRCNN-O's convs on the LR grid (d=56, s=12).

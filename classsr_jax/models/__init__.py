@@ -6,7 +6,7 @@ from classsr_jax.models.classifier import Classifier
 from classsr_jax.models.classsr import ClassSR
 from classsr_jax.models.fsrcnn import FSRCNN
 from classsr_jax.models.rcan import RCAN
-from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
+from classsr_jax.models.spec import PAPER_WIDTHS, ModelSpec
 from classsr_jax.models.srresnet import MSRResNet
 
 __all__ = [

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from classsr_jax.bicubic import cubic
+from classsr_jax.data.bicubic import cubic
 from classsr_jax.models.fsrcnn import DECONV_PADDING
 
 SUPPORTED = ("fsrcnn",)

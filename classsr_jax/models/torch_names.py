@@ -16,7 +16,7 @@ from flax.traverse_util import flatten_dict
 from classsr_jax.errors import ConvertError
 from classsr_jax.models.backbones import NETWORK_DEFAULTS
 from classsr_jax.models.common import upsample_stages
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
 
 # Layout rules, torch → Flax.
 CONV = "conv"  # (O, I/g, kh, kw) → (kh, kw, I/g, O)

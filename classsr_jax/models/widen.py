@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from classsr_jax.models.backbones import NETWORK_DEFAULTS, build_network
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
 
 # Convs whose output channels are c·r² + phase (the pixel-shuffle order).
 _SHUFFLE_LAYERS = ("upconv", "upsample")

@@ -25,7 +25,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from classsr_jax.models import widen
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
 from classsr_jax.parallel import DATA_AXIS, local_mesh
 
 

@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from classsr_jax import flops as flops_lib
-from classsr_jax import metrics, tiling
-from classsr_jax.bicubic import imresize
+from classsr_jax.data.bicubic import imresize
 from classsr_jax.errors import DataError, UserError
-from classsr_jax.inference import Upscaler, UpscaleResult
-from classsr_jax.pixels import to_uint8
-from classsr_jax.tables import markdown_table
+from classsr_jax.evaluation import metrics
+from classsr_jax.evaluation.tables import markdown_table
+from classsr_jax.inference import tiling
+from classsr_jax.inference.upscaler import Upscaler, UpscaleResult
+from classsr_jax.io.pixels import to_uint8
+from classsr_jax.models import flops as flops_lib
 
 
 @dataclasses.dataclass

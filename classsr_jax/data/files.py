@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from classsr_jax import fileio
 from classsr_jax.errors import DataError, UnreadableImageError
-from classsr_jax.image_io import list_images
+from classsr_jax.io import atomic
+from classsr_jax.io.images import list_images
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +108,11 @@ def check_folder(folder: str | os.PathLike[str] | None, flag: str, what: str) ->
 
 
 def write_png_atomic(path: str | os.PathLike[str], image: np.ndarray, compress_level: int = 3) -> None:
-    """Writes a uint8 HxW(x3) PNG through `fileio.atomic_write` (no half files), creating its folder.
+    """Writes a uint8 HxW(x3) PNG through `atomic.atomic_write` (no half files), creating its folder.
 
     compress_level 3 is what the original's sub-image extraction uses (cv2.IMWRITE_PNG_COMPRESSION 3).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    fileio.atomic_write(path, lambda handle: pixels.save(handle, format="PNG", compress_level=compress_level))
+    atomic.atomic_write(path, lambda handle: pixels.save(handle, format="PNG", compress_level=compress_level))

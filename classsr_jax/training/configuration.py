@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from classsr_jax.colour import ColourAugment
+from classsr_jax.data.colour_augment import ColourAugment
 from classsr_jax.errors import ConfigError, reason
 from classsr_jax.models import interpolation_init, slim
 from classsr_jax.models.backbones import NETWORKS
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
 
 STAGES = ("original", "divide", "branches", "joint", "finetune", "evaluate")
 TRAINING_STAGES = ("original", "branches", "joint", "finetune")  # the stages with an optimiser (and a config section)

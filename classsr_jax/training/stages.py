@@ -32,18 +32,20 @@ import jax
 import numpy as np
 from absl import logging
 
-from classsr_jax import checkpointing, configuration, fileio, parallel
-from classsr_jax.colour import ColourAugment
-from classsr_jax.datasets import division as division_lib
-from classsr_jax.datasets import load_dataset
+from classsr_jax import checkpointing, parallel
+from classsr_jax.data import division as division_lib
+from classsr_jax.data.colour_augment import ColourAugment
+from classsr_jax.data.input_pipeline import create_train_iterator
+from classsr_jax.data.loading import load_dataset
 from classsr_jax.errors import DataError, TrainError
-from classsr_jax.evaluation import bicubic_average, evaluate_pairs, format_results_table
-from classsr_jax.inference import Upscaler
-from classsr_jax.input_pipeline import create_train_iterator
-from classsr_jax.losses import Objective
+from classsr_jax.evaluation.scoring import bicubic_average, evaluate_pairs, format_results_table
+from classsr_jax.inference.upscaler import Upscaler
+from classsr_jax.io import atomic
 from classsr_jax.models import interpolation_init, slim
-from classsr_jax.models.registry import ModelSpec
-from classsr_jax.workdir import (
+from classsr_jax.models.spec import ModelSpec
+from classsr_jax.training import configuration
+from classsr_jax.training.losses import Objective
+from classsr_jax.training.workdir import (
     CLASSSR_EXPORT,
     ORIGINAL_EXPORT,
     Workdir,
@@ -493,8 +495,8 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
     results["table"] = format_results_table(results, ctx.config.collapse_threshold)
     if parallel.is_primary_process():
         os.makedirs(os.path.dirname(ctx.workdir.results_json), exist_ok=True)
-        fileio.write_text(ctx.workdir.table_md, results["table"] + "\n")
-        fileio.write_json(ctx.workdir.results_json, results)
+        atomic.write_text(ctx.workdir.table_md, results["table"] + "\n")
+        atomic.write_json(ctx.workdir.results_json, results)
         print(results["table"], flush=True)
     parallel.sync_processes("evaluate")
     return results

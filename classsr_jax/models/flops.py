@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from classsr_jax.models.classifier import Classifier
 from classsr_jax.models.common import SubPixelConvTranspose
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)

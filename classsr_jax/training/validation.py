@@ -14,13 +14,13 @@ import numpy as np
 from absl import logging
 
 from classsr_jax import parallel
-from classsr_jax.class_map import class_map_overlay
 from classsr_jax.errors import DataError
-from classsr_jax.evaluation import evaluate_pairs
-from classsr_jax.inference import Upscaler
-from classsr_jax.losses import Objective
-from classsr_jax.models.registry import ModelSpec
-from classsr_jax.pixels import to_uint8
+from classsr_jax.evaluation.scoring import evaluate_pairs
+from classsr_jax.inference.class_map import class_map_overlay
+from classsr_jax.inference.upscaler import Upscaler
+from classsr_jax.io.pixels import to_uint8
+from classsr_jax.models.spec import ModelSpec
+from classsr_jax.training.losses import Objective
 
 CLASS_NAMES = ("simple", "medium", "hard")
 

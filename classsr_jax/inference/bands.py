@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from classsr_jax import tiling
+from classsr_jax.inference import tiling
+from classsr_jax.inference.routing import RoutedModel, classify, route_classes
+from classsr_jax.inference.tiling import weight_sums
 from classsr_jax.parallel import DATA_AXIS
-from classsr_jax.routing import RoutedModel, classify, route_classes
-from classsr_jax.tiling import weight_sums
 
 # Tiles per band by backend, and the most tile rows a band may have. A band pays a fixed cost (a call, zeroing
 # its canvas, the carry, a download), so bands should be big; on a CPU the tiles of one call also compete for

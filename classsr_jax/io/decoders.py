@@ -16,8 +16,8 @@ import numpy as np
 import tifffile
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-from classsr_jax import png16
 from classsr_jax.errors import ImageError, one_line, reason
+from classsr_jax.io import png16
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _ORIENTATION_TAG = 274

@@ -9,9 +9,9 @@ from absl import flags
 
 from classsr_jax import checkpointing
 from classsr_jax.cli import UsageError
-from classsr_jax.image_io import pixel_limit
-from classsr_jax.inference import DTYPES, Upscaler
-from classsr_jax.workdir import resolve_model_dir
+from classsr_jax.inference.upscaler import DTYPES, Upscaler
+from classsr_jax.io.images import pixel_limit
+from classsr_jax.training.workdir import resolve_model_dir
 
 
 def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:

@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from classsr_jax import parallel
-from classsr_jax.input_pipeline import finish_batch
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.data.input_pipeline import finish_batch
+from classsr_jax.models.spec import ModelSpec
 
 
 def balance_offsets(logits: np.ndarray, target_shares: np.ndarray, cycles: int = 50) -> np.ndarray:

@@ -36,13 +36,16 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from classsr_jax import calibration, checkpointing, configuration, fileio, input_pipeline, losses, parallel, stages
+from classsr_jax import checkpointing, parallel
+from classsr_jax.data import input_pipeline
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
-from classsr_jax.evaluation import class_shares
-from classsr_jax.losses import Objective
-from classsr_jax.models.registry import ModelSpec
-from classsr_jax.validation import CollapseMonitor, Validator, scalar_summaries
-from classsr_jax.workdir import Workdir, config_record, preflight
+from classsr_jax.evaluation.scoring import class_shares
+from classsr_jax.io import atomic
+from classsr_jax.models.spec import ModelSpec
+from classsr_jax.training import calibration, configuration, losses, stages
+from classsr_jax.training.losses import Objective
+from classsr_jax.training.validation import CollapseMonitor, Validator, scalar_summaries
+from classsr_jax.training.workdir import Workdir, config_record, preflight
 
 # Train steps the loop lets JAX queue ahead of the devices. Enough to keep them busy while the host prepares the
 # next batch; more gains nothing, and with several CPU devices XLA's in-process all-reduce deadlocks once a few
@@ -477,7 +480,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if parallel.is_primary_process():
         os.makedirs(work.root, exist_ok=True)
         if not os.path.isfile(work.config_json):
-            fileio.write_text(work.config_json, config_record(config.to_json_best_effort(), spec))
+            atomic.write_text(work.config_json, config_record(config.to_json_best_effort(), spec))
     parallel.sync_processes("workdir")
     logging.info("workdir %s: %s, stages %s, %d devices", work.root, spec.describe(), ",".join(selected), mesh.devices.size)
     evaluation, variables = None, {}

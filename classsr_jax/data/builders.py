@@ -1,4 +1,4 @@
-"""TFDS builders for ClassSR training data, registered when `classsr_jax.datasets` is imported.
+"""TFDS builders for ClassSR training data, registered when `classsr_jax.data` is imported.
 
 Every builder turns HR photos into examples `{'name': str, 'hr': uint8 HxWx3 (modcropped to the scale),
 'lr': uint8 (H/s)x(W/s)x3 = bicubic_degrade(hr, s)}` exactly as the original's `generate_mod_LR_bic.py` would.
@@ -13,7 +13,7 @@ HR tile (32·scale px) on either side, are skipped, logged, and listed in the da
 `skipped` ({split: [[name, reason], …]}).
 
 Usage:
-    import classsr_jax.datasets  # registers the builders
+    import classsr_jax.data  # registers the builders
     ds = tfds.load('classsr_div2k/x4', split='train', data_dir=DATA,
                    download_and_prepare_kwargs={'download_config':
                                                 tfds.download.DownloadConfig(manual_dir=DIV2K_HR_DIR)})
@@ -30,16 +30,16 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
-from classsr_jax.bicubic import bicubic_degrade, modcrop, rescale_uint8
-from classsr_jax.datasets.bundled import SPLITS as BUNDLED_SPLIT_NAMES
-from classsr_jax.datasets.bundled import bundled_photos
-from classsr_jax.datasets.files import (
+from classsr_jax.data.bicubic import bicubic_degrade, modcrop, rescale_uint8
+from classsr_jax.data.bundled import SPLITS as BUNDLED_SPLIT_NAMES
+from classsr_jax.data.bundled import bundled_photos
+from classsr_jax.data.files import (
     DataError,
     SkipReport,
     UnreadableImageError,
     read_rgb_uint8,
 )
-from classsr_jax.image_io import list_images
+from classsr_jax.io.images import list_images
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class ClassSRFolder(_FolderRule):
 class ClassSRBundled(_ClassSRBuilder):
     """scikit-image's bundled photos: train (7 colour photos), grey (8 grey photos and textures as RGB),
     validation (2 held-out colour photos) and the held-out photos recoloured (validation_permuted,
-    validation_hue); see `classsr_jax.datasets.bundled`."""
+    validation_hue); see `classsr_jax.data.bundled`."""
 
     name = "classsr_bundled"
     VERSION = tfds.core.Version("1.2.0")

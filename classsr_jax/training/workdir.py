@@ -22,9 +22,9 @@ import os
 from typing import Any
 
 from classsr_jax import checkpointing
-from classsr_jax.configuration import NUM_CLASSES, STAGES
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
-from classsr_jax.models.registry import ModelSpec
+from classsr_jax.models.spec import ModelSpec
+from classsr_jax.training.configuration import NUM_CLASSES, STAGES
 
 EXPORT_DIR = "export"
 CLASSSR_EXPORT = "classsr"  # what a workdir means as a model: its export/classsr

@@ -29,17 +29,19 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from classsr_jax import checkpointing, convert, metrics
-from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
-from classsr_jax.class_map import class_map_overlay
-from classsr_jax.configuration import apply_overrides, load_config, validate_config
-from classsr_jax.datasets.bundled import BUNDLED_FILES, bundled_paths
-from classsr_jax.evaluation import image_metrics
-from classsr_jax.image_io import read_image
-from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
-from classsr_jax.pixels import to_uint8
-from classsr_jax.tables import markdown_table
-from classsr_jax.workdir import EXPORT_DIR, Workdir, resolve_model_dir
+from classsr_jax import checkpointing
+from classsr_jax.cli import convert
+from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
+from classsr_jax.data.bundled import BUNDLED_FILES, bundled_paths
+from classsr_jax.evaluation import metrics
+from classsr_jax.evaluation.scoring import image_metrics
+from classsr_jax.evaluation.tables import markdown_table
+from classsr_jax.inference.class_map import class_map_overlay
+from classsr_jax.io.images import read_image
+from classsr_jax.io.pixels import to_uint8
+from classsr_jax.models.spec import PAPER_WIDTHS, ModelSpec
+from classsr_jax.training.configuration import apply_overrides, load_config, validate_config
+from classsr_jax.training.workdir import EXPORT_DIR, Workdir, resolve_model_dir
 
 DATA_SOURCES = ("drive", "catalogue")
 DEFAULT_BUDGETS = (0.4, 0.6, 0.8, 1.0)

@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from classsr_jax.colour import ColourAugment, recolour_pair
-from classsr_jax.datasets.division import Division, check_pair, example_arrays
-from classsr_jax.datasets.files import DataError
+from classsr_jax.data.colour_augment import ColourAugment, recolour_pair
+from classsr_jax.data.division import Division, check_pair, example_arrays
+from classsr_jax.data.files import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from classsr_jax import decoders, png16
 from classsr_jax.errors import ImageError, WriteError
-from classsr_jax.fileio import atomic_write
-from classsr_jax.pixels import quantise, to_float01, to_uint8  # noqa: F401  (to_uint8 is part of this module's API)
+from classsr_jax.io import decoders, png16
+from classsr_jax.io.atomic import atomic_write
+from classsr_jax.io.pixels import quantise, to_float01, to_uint8  # noqa: F401  (to_uint8 is part of this module's API)
 
 ImageMode = Literal["rgb", "gray", "rgba", "gray_alpha"]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from classsr_jax.datasets.files import DataError, read_rgb_uint8
-from classsr_jax.pixels import to_uint8
+from classsr_jax.data.files import DataError, read_rgb_uint8
+from classsr_jax.io.pixels import to_uint8
 
 # name -> file inside skimage/data (sizes as W x H).
 BUNDLED_FILES: dict[str, str] = {

@@ -1,7 +1,7 @@
 """Whole-image ClassSR inference: the `Upscaler`, its results and the FLOPs budget.
 
 `Upscaler` is the library entry point that `upscale`, `evaluate`, training validation and the notebooks share.
-The device does all the pixel work (engine.py): for each band of tile rows one compiled program cuts the
+The device does all the pixel work (bands.py): for each band of tile rows one compiled program cuts the
 tiles, classifies and routes them, merges them and returns finished uint8 rows. The host cuts the image into
 bands, uploads them, and copies the finished rows into the output; it dispatches the next band before it
 waits for the previous one, so the device never waits for the host. Band shapes come from a short list, so
@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classsr_jax import engine, tiling
-from classsr_jax import flops as flops_lib
-from classsr_jax.models.registry import ModelSpec
-from classsr_jax.routing import Buckets, RoutedModel
+from classsr_jax.inference import bands, tiling
+from classsr_jax.inference.routing import Buckets, RoutedModel
+from classsr_jax.models import flops as flops_lib
+from classsr_jax.models.spec import ModelSpec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -96,7 +96,7 @@ class Upscaler:
     force_class: send every tile to this branch (0-based). budget: route to at most this fraction of the -O
     FLOPs per tile, the Class-Module included.
     buckets: tiles per branch call (default: measured best for the backend, `routing.default_buckets`).
-    band_tiles: tiles per band program (default `engine.default_band_tiles`). dtype: 'float32' or
+    band_tiles: tiles per band program (default `bands.default_band_tiles`). dtype: 'float32' or
     'bfloat16' (parameters and activations; the merge and the quantisation stay float32). mesh: the local
     devices to spread each band's tiles over (default: all of them).
     """
@@ -134,8 +134,8 @@ class Upscaler:
         self.dtype = dtype
         self.routed = RoutedModel(spec, buckets, mesh=mesh, dtype=DTYPES[dtype])  # resolves the default buckets for the backend
         self.buckets = self.routed.buckets
-        self.band_tiles = band_tiles or engine.default_band_tiles()
-        self.programs = engine.BandPrograms(self.routed)
+        self.band_tiles = band_tiles or bands.default_band_tiles()
+        self.programs = bands.BandPrograms(self.routed)
         self.flops = flops_lib.model_flops(spec, tile)
         # What the device computes: branches widened for speed (`RoutedModel.compute_spec`) cost their wide FLOPs.
         self.computed_flops = flops_lib.model_flops(self.routed.compute_spec, tile)
@@ -152,22 +152,22 @@ class Upscaler:
         """New weights (e.g. during training) reuse the compiled programs."""
         self._placed = self.routed.place_variables(variables)
 
-    def band_shape(self, grid: tiling.TileGrid) -> engine.BandShape:
+    def band_shape(self, grid: tiling.TileGrid) -> bands.BandShape:
         rows, cols = grid.grid_shape
-        return engine.band_shape(
+        return bands.band_shape(
             cols, rows, tile=self.tile, step=self.step, scale=self.spec.scale, band_tiles=self.band_tiles,
-            max_rows=engine.MAX_BAND_ROWS, devices=self.routed.num_devices,
+            max_rows=bands.MAX_BAND_ROWS, devices=self.routed.num_devices,
         )
 
-    def _output_format(self, bit_depth: int, float_merge: bool) -> engine.OutputFormat:
+    def _output_format(self, bit_depth: int, float_merge: bool) -> bands.OutputFormat:
         merge = "paper" if self.protocol == "paper" else "blend"
-        return engine.OutputFormat(merge, self.overlap, bit_depth, float_merge)
+        return bands.OutputFormat(merge, self.overlap, bit_depth, float_merge)
 
-    def _budget_offsets(self, program, image, grid, shape, bands) -> np.ndarray:
+    def _budget_offsets(self, program, image, grid, shape, plan) -> np.ndarray:
         """The budget's first pass: every tile's logits, then the offsets that meet the budget for this image."""
         pending = []
-        for band in bands:
-            inputs = engine.band_inputs(image, grid, band, shape, self.routed.num_devices)
+        for band in plan:
+            inputs = bands.band_inputs(image, grid, band, shape, self.routed.num_devices)
             pending.append((inputs.slot_of_tile, program(self._placed, *self.programs.put(inputs)[:2])))
         logits = np.concatenate([np.asarray(out)[slots] for slots, out in pending])
         return budget_offsets(logits, self.flops.branches, self.budget, self.flops.classifier)
@@ -198,15 +198,15 @@ class Upscaler:
         with_budget = self.budget is not None and self.force_class is None
         classify = self.programs.classify(self._placed, shape, image.dtype) if with_budget else None
         t0 = time.perf_counter()
-        image = engine.padded_image(image, grid)
-        bands = engine.plan_bands(grid, shape.rows)
+        image = bands.padded_image(image, grid)
+        plan = bands.plan_bands(grid, shape.rows)
         offsets = np.zeros(self.spec.num_branches, np.float32)
         if with_budget:
-            offsets = self._budget_offsets(classify, image, grid, shape, bands)
+            offsets = self._budget_offsets(classify, image, grid, shape, plan)
         out = _Outputs(grid, self.spec.scale, self.spec.num_branches, bit_depth, float_merge, self.buckets)
-        host_s = self._run_bands(program, image, grid, shape, fmt, bands, offsets, out)
+        host_s = self._run_bands(program, image, grid, shape, fmt, plan, offsets, out)
         elapsed = time.perf_counter() - t0
-        classified = shape.slots * len(bands) if self.spec.kind == "classsr" else 0
+        classified = shape.slots * len(plan) if self.spec.kind == "classsr" else 0
         figure = flops_lib.paper_flops_figure(out.counts, self.flops, self.spec.network)
         return UpscaleResult(
             sr=out.sr,
@@ -223,7 +223,7 @@ class Upscaler:
             host_s=host_s,
         )
 
-    def _run_bands(self, program, image, grid, shape, fmt, bands, offsets, out: "_Outputs") -> float:
+    def _run_bands(self, program, image, grid, shape, fmt, plan, offsets, out: "_Outputs") -> float:
         """Dispatches every band, collecting each one's rows after the next one is queued, so the device
         never waits for the host; returns the seconds the host spent preparing bands and storing rows."""
         scale, put = self.spec.scale, self.programs.put_replicated
@@ -231,12 +231,12 @@ class Upscaler:
         put_force = put(-1 if self.force_class is None else self.force_class)
         carry = self.programs.empty_carry(shape)
         band_rows = shape.lr_hw[0] * scale
-        row_weights = engine.axis_weights(grid, fmt, scale, 0, grid.padded_hw[0] * scale + band_rows)
-        col_weights = put(engine.axis_weights(grid, fmt, scale, 1, shape.lr_hw[1] * scale), np.float32)
+        row_weights = bands.axis_weights(grid, fmt, scale, 0, grid.padded_hw[0] * scale + band_rows)
+        col_weights = put(bands.axis_weights(grid, fmt, scale, 1, shape.lr_hw[1] * scale), np.float32)
         host_s, pending = 0.0, None
-        for band in bands:
+        for band in plan:
             t = time.perf_counter()
-            inputs = engine.band_inputs(image, grid, band, shape, self.routed.num_devices)
+            inputs = bands.band_inputs(image, grid, band, shape, self.routed.num_devices)
             lr_band, positions, valid = self.programs.put(inputs)
             next_base = put(band.next_base - band.base if band.next_base else 0)
             top = band.base * scale
@@ -265,7 +265,7 @@ class _Outputs:
         self.counts = np.zeros(num_branches, np.int64)
         self.padded = np.zeros(num_branches, np.int64)
 
-    def store(self, band: engine.Band, inputs: engine.BandInputs, outputs) -> float:
+    def store(self, band: bands.Band, inputs: bands.BandInputs, outputs) -> float:
         """Copies one band's results into place (waiting for the device first); returns the host's seconds."""
         rows, merged, _, band_classes, device_counts = outputs
         rows = np.asarray(rows)  # waits for the device

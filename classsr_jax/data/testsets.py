@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from classsr_jax.bicubic import bicubic_degrade, imresize, modcrop
-from classsr_jax.datasets.bundled import bundled_photos
-from classsr_jax.datasets.files import (
+from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
+from classsr_jax.data.bundled import bundled_photos
+from classsr_jax.data.files import (
     DataError,
     UnreadableImageError,
     check_folder,
@@ -36,7 +36,7 @@ from classsr_jax.datasets.files import (
     read_rgb_uint8,
     write_png_atomic,
 )
-from classsr_jax.pixels import to_uint8
+from classsr_jax.io.pixels import to_uint8
 
 # name -> (first DIV8K index, last index, downscale factor applied to the 8K photo)
 DIV8K_TEST_SETS: dict[str, tuple[int, int, int]] = {

@@ -27,9 +27,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from classsr_jax import fileio
-from classsr_jax.bicubic import imresize
+from classsr_jax.data.bicubic import imresize
 from classsr_jax.errors import DataError
+from classsr_jax.io import atomic
 
 PAPER_THRESHOLDS: tuple[float, float] = (27.16882, 35.149761)
 CLASS_NAMES: tuple[str, str, str] = ("simple", "medium", "hard")
@@ -373,9 +373,9 @@ def save_division(division: Division, path: str | os.PathLike[str]) -> tuple[Pat
         "skipped_reasons": np.asarray([r for _, r in division.skipped], dtype=np.str_).reshape(-1),
     }
     npz_path.parent.mkdir(parents=True, exist_ok=True)
-    fileio.atomic_write(npz_path, lambda handle: np.savez_compressed(handle, **arrays))
-    fileio.write_json(json_path, division.summary())
-    fileio.atomic_write(png_path, lambda handle: _histogram_png(division, handle))
+    atomic.atomic_write(npz_path, lambda handle: np.savez_compressed(handle, **arrays))
+    atomic.write_json(json_path, division.summary())
+    atomic.atomic_write(png_path, lambda handle: _histogram_png(division, handle))
     return npz_path, json_path, png_path
 
 

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from classsr_jax.pixels import to_uint8
+from classsr_jax.io.pixels import to_uint8
 
 # Keys' cubic convolution parameter used by MATLAB's imresize and the original code.
 CUBIC_A = -0.5

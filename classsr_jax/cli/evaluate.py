@@ -1,0 +1,139 @@
+"""Evaluate a model on LR/HR folders: PSNR, PSNR-Y, SSIM-Y, the paper's FLOPs figure, class ratios, time.
+
+  python -m classsr_jax.evaluate --checkpoint DIR --lr-dir LR --hr-dir HR [--protocol paper|full]
+      [--force-class K] [--budget F] [--with-original] [--dtype bfloat16] [--report R.json]
+
+LR and HR images are paired by name; an LR name may carry the scale suffix of DIV2K (0801x4.png ↔ 0801.png).
+Every bad pair (no partner, two files with one name, an HR that is not scale × its LR, an unreadable or
+too-large image, an image the protocol cannot tile) is named in one line, skipped and listed under `failed` in
+the report; the others are evaluated, and the exit code says that some failed. A thread decodes the next pair
+while the device works on the current one.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import sys
+
+from absl import flags
+
+from classsr_jax import cli
+from classsr_jax.cli.model_flags import define_model_flags, make_upscaler
+from classsr_jax.errors import DataError, UserError
+from classsr_jax.evaluation.scoring import Pair, check_pair_shapes, evaluate_models, format_table
+from classsr_jax.inference.upscaler import Upscaler
+from classsr_jax.io import atomic
+from classsr_jax.io.background import prefetched
+from classsr_jax.io.images import image_size, list_images, read_image
+
+FLAGS = flags.FlagValues()
+define_model_flags(FLAGS, default_protocol="paper")
+flags.DEFINE_string("lr-dir", None, "Folder of LR images.", flag_values=FLAGS)
+flags.DEFINE_string("hr-dir", None, "Folder of the ground-truth HR images.", flag_values=FLAGS)
+flags.DEFINE_bool("with-original", False, "Also evaluate the -O network (the last branch).", flag_values=FLAGS)
+
+
+def pair_folders(lr_dir: str, hr_dir: str, scale: int) -> tuple[list[tuple[str, str, str]], list[dict]]:
+    """((name, lr path, hr path) for every LR image with exactly one HR partner, failures for the rest)."""
+    lr_paths, hr_paths = list_images(lr_dir), list_images(hr_dir)
+    stem = lambda path: os.path.splitext(os.path.basename(path))[0]
+    hr_by_stem, lr_by_stem = collections.defaultdict(list), collections.defaultdict(list)
+    for path in hr_paths:
+        hr_by_stem[stem(path)].append(path)
+    for path in lr_paths:
+        lr_by_stem[stem(path)].append(path)
+    pairs, failures = [], []
+
+    def fail(name: str, message: str) -> None:
+        failures.append({"name": name, "error": message})
+
+    for lr_stem, lrs in sorted(lr_by_stem.items()):
+        bare = re.sub(rf"x{scale}$", "", lr_stem, flags=re.IGNORECASE)
+        if len(lrs) > 1:
+            fail(bare, f"{bare}: several LR files share the name {lr_stem}: {', '.join(map(os.path.basename, lrs))}")
+            continue
+        hrs = hr_by_stem.get(lr_stem) or hr_by_stem.get(bare) or []
+        if not hrs:
+            fail(bare, f"{bare}: no HR image in {hr_dir} for {lrs[0]} (looked for {lr_stem} and {bare})")
+        elif len(hrs) > 1:
+            fail(bare, f"{bare}: several HR files could be the partner of {lrs[0]}: {', '.join(map(os.path.basename, hrs))}")
+        else:
+            pairs.append((bare, lrs[0], hrs[0]))
+    return pairs, failures
+
+
+def checked_pairs(pairs, scale: int, max_pixels: int | None, failures: list[dict]) -> list[tuple[str, str, str]]:
+    """The pairs whose headers fit (sizes within the pixel limit, HR = scale × LR); the others go to failures."""
+    good = []
+    for name, lr_path, hr_path in pairs:
+        try:
+            lr_hw, hr_hw = image_size(lr_path, max_pixels), image_size(hr_path, max_pixels)
+            check_pair_shapes(f"{name} ({os.path.basename(lr_path)}, {os.path.basename(hr_path)})", lr_hw, hr_hw, scale)
+        except UserError as e:
+            failures.append({"name": name, "error": str(e)})
+            continue
+        good.append((name, lr_path, hr_path))
+    return good
+
+
+def report_failure(failures: list[dict], name: str, error: Exception) -> None:
+    failures.append({"name": name, "error": str(error)})
+    print(f"error: {error}", file=sys.stderr, flush=True)
+
+
+def read_pairs(pairs, max_pixels: int | None, failures: list[dict]):
+    """Pairs decoded on a background thread, one ahead of the device; unreadable ones go to failures."""
+    load = lambda job: (read_image(job[1], max_pixels), read_image(job[2], max_pixels))
+    for (name, _, _), images, error, seconds in prefetched(pairs, load):
+        if error is not None:
+            if not isinstance(error, UserError):
+                raise error
+            report_failure(failures, name, error)
+            continue
+        lr, hr = images
+        yield Pair(name, lr.pixels, hr.pixels, seconds)
+
+
+def run(fv: flags.FlagValues) -> int:
+    cli.require_flags(fv, "checkpoint", "lr-dir", "hr-dir")
+    if fv.report:
+        atomic.check_output_path(fv.report, overwrite=fv.overwrite, what="report")
+    loaded, upscaler = make_upscaler(fv)
+    spec, max_pixels = loaded.spec, fv["max-pixels"].value
+    pairs, failures = pair_folders(fv["lr-dir"].value, fv["hr-dir"].value, spec.scale)
+    pairs = checked_pairs(pairs, spec.scale, max_pixels, failures)
+    for failure in failures:
+        print(f"error: {failure['error']}", file=sys.stderr)
+    label = f"ClassSR-{spec.network}" if spec.kind == "classsr" else spec.network
+    upscalers = {"model": upscaler}
+    if fv["with-original"].value and spec.kind == "classsr":
+        upscalers["original"] = Upscaler(spec, loaded.variables, protocol=fv.protocol,
+                                         force_class=spec.num_branches - 1, dtype=fv.dtype)
+    results = evaluate_models(
+        upscalers, read_pairs(pairs, max_pixels, failures), progress=True, total=len(pairs),
+        on_error=lambda name, e: report_failure(failures, name, e),
+    )
+    if "model" not in results:
+        raise DataError(f"no pair could be evaluated ({len(failures)} failed)")
+    report = dict(results["model"])
+    rows = [(label, report["average"])]
+    if "original" in results:
+        report["original"] = results["original"]
+        rows.append((f"{spec.network}-O", results["original"]["average"]))
+    report.update(failed=failures, protocol=fv.protocol)
+    print(format_table(rows))
+    if fv.report:
+        atomic.write_json(fv.report, report)
+    if failures:
+        print(f"evaluated {len(report['images'])} pairs; {len(failures)} failed (listed above)", file=sys.stderr)
+    return cli.FAILED if failures else cli.OK
+
+
+def main(argv=None) -> int:
+    return cli.run(run, FLAGS, argv, program="classsr-evaluate")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

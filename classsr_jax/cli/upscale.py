@@ -1,0 +1,225 @@
+"""Upscale images with a ClassSR model (or a single network) through routed, seam-free tiling.
+
+  python -m classsr_jax.upscale --checkpoint DIR --input IN --output OUT [--protocol full|paper]
+      [--mask MASK.png] [--force-class K] [--budget F] [--dtype bfloat16] [--report R.json] [--overwrite]
+
+IN and OUT are files, or folders (every image in IN, with a progress bar); in folder mode --mask names a
+folder for the class maps. Inputs are never written: an output that is an input (the same path, a symlink or
+a hard link) is refused before any work. Existing outputs are kept unless --overwrite: for a single file that
+is an error; in folder mode they are skipped and counted, so a rerun continues where a crash stopped. A bad
+image is reported and skipped, and the exit code says that something failed. While the device upscales one
+image, threads decode the next one and encode the previous one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from tqdm import tqdm
+
+from classsr_jax import cli
+from classsr_jax.cli.model_flags import define_model_flags, make_upscaler
+from classsr_jax.errors import UserError, WriteError
+from classsr_jax.inference.class_map import class_map_overlay
+from classsr_jax.inference.upscaler import Upscaler, UpscaleResult
+from classsr_jax.io import atomic
+from classsr_jax.io.background import BackgroundWriter, prefetched
+from classsr_jax.io.images import IMAGE_EXTENSIONS, LoadedImage, list_images, read_image, write_image
+from classsr_jax.io.pixels import to_uint8
+
+FLAGS = flags.FlagValues()
+define_model_flags(FLAGS, default_protocol="full")
+flags.DEFINE_string("input", None, "An image file or a folder of images.", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "The output file, or a folder when --input is a folder.", flag_values=FLAGS)
+flags.DEFINE_string("mask", None, "The class-map picture (a folder in folder mode).", flag_values=FLAGS)
+
+# 16-bit inputs stay 16-bit where the output format can hold them.
+SIXTEEN_BIT_FORMATS = (".png", ".tif", ".tiff")
+# What a bad image can raise: a user error (unreadable, too big, unwritable) or a ValueError of the tiling
+# (an image smaller than a tile under the paper protocol). Anything else is a bug and stops the command.
+ITEM_ERRORS = (UserError, ValueError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    input: str
+    output: str
+    mask: str | None
+
+
+@functools.partial(jax.jit, static_argnames=("out_hw", "scale"))
+def _upscale_alpha(alpha: jax.Array, out_hw: tuple[int, int], scale: int) -> jax.Array:
+    peak = 65535.0 if alpha.dtype == jnp.uint16 else 255.0
+    h, w = alpha.shape
+    big = jax.image.resize(alpha.astype(jnp.float32) / peak, (h * scale, w * scale), "bicubic")
+    return jnp.round(jnp.clip(big[: out_hw[0], : out_hw[1]], 0.0, 1.0) * peak).astype(alpha.dtype)
+
+
+def upscale_alpha(alpha: np.ndarray, out_hw: tuple[int, int], scale: int) -> np.ndarray:
+    """Bicubic upscaling of an alpha channel (integer samples) on the device, cropped to the SR output."""
+    return np.asarray(_upscale_alpha(alpha, out_hw=tuple(out_hw), scale=scale))
+
+
+def upscale_image(upscaler: Upscaler, image: LoadedImage, output: str) -> UpscaleResult:
+    sixteen = image.bit_depth == 16 and os.path.splitext(output)[1].lower() in SIXTEEN_BIT_FORMATS
+    return upscaler.upscale(image.pixels, bit_depth=16 if sixteen else 8)
+
+
+def write_outputs(upscaler: Upscaler, job: Job, image: LoadedImage, result: UpscaleResult) -> None:
+    """The SR image (in the input's layout, depth and colour profile) and the class map, each written atomically."""
+    scale = upscaler.spec.scale
+    alpha = None if image.alpha_pixels is None else upscale_alpha(image.alpha_pixels, result.sr.shape[:2], scale)
+    write_image(job.output, result.sr, like=image, alpha=alpha)
+    if job.mask:
+        sr8 = result.sr if result.sr.dtype == np.uint8 else to_uint8(result.sr / np.float32(65535.0))
+        boxes = result.grid.hr_boxes(scale)
+        write_image(job.mask, class_map_overlay(sr8, boxes, result.classes, num_classes=upscaler.spec.num_branches))
+
+
+def report_entry(job: Job, result: UpscaleResult, scale: int, read_s: float, write_s: float) -> dict:
+    report = {"input": job.input, "output": job.output, **result.report(scale)}
+    report["timing"].update(read_s=read_s, write_s=write_s)
+    return report
+
+
+def summary_line(report: dict) -> str:
+    t = report["timing"]
+    return (
+        f"{report['input']} → {report['output']}: {report['output_hw'][0]}x{report['output_hw'][1]}, "
+        f"{report['tiles']} tiles {report['class_counts']}, FLOPs {report['flops_percent']:.0f}% of -O, "
+        f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
+    )
+
+
+def check_extension(path: str, what: str) -> None:
+    if os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
+        raise cli.UsageError(f"{what} {path} has an unknown extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
+
+
+def plan_file(fv: flags.FlagValues) -> Job:
+    """The one job of file mode, with every output checked before any work."""
+    output = os.path.join(fv.output, os.path.basename(fv.input)) if os.path.isdir(fv.output) else fv.output
+    check_extension(output, "output")
+    atomic.check_output_path(output, [fv.input], overwrite=fv.overwrite)
+    if fv.mask:
+        check_extension(fv.mask, "--mask")
+        atomic.check_output_path(fv.mask, [fv.input, output], overwrite=fv.overwrite, what="mask")
+    return Job(fv.input, output, fv.mask)
+
+
+def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int]:
+    """(jobs to run, outputs kept because they exist, images found) in folder mode. Refuses before any work an
+    output or mask folder that is a file, and any output that would be an input."""
+    inputs = list_images(fv.input)
+    for folder, flag in ((fv.output, "--output"), (fv.mask, "--mask")):
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise cli.UsageError(f"{flag} {folder} is a file, but --input {fv.input} is a folder: give a folder")
+    jobs, kept = [], []
+    for path in inputs:
+        name = os.path.basename(path)
+        output = os.path.join(fv.output, name)
+        mask = os.path.join(fv.mask, os.path.splitext(name)[0] + "_mask.png") if fv.mask else None
+        for target in (output, mask):
+            if target and any(atomic.same_file(target, source) for source in inputs):
+                raise WriteError(f"{target} would overwrite an input image; inputs are never written, choose another folder")
+        if not fv.overwrite and (os.path.lexists(output) or (mask is not None and os.path.lexists(mask))):
+            kept.append(output)
+        else:
+            jobs.append(Job(path, output, mask))
+    return jobs, kept, len(inputs)
+
+
+def run_file(fv: flags.FlagValues, upscaler: Upscaler, job: Job) -> int:
+    t0 = time.perf_counter()
+    image = read_image(job.input, fv["max-pixels"].value)
+    read_s = time.perf_counter() - t0
+    result = upscale_image(upscaler, image, job.output)
+    t0 = time.perf_counter()
+    write_outputs(upscaler, job, image, result)
+    report = report_entry(job, result, upscaler.spec.scale, read_s, time.perf_counter() - t0)
+    if fv.report:
+        atomic.write_json(fv.report, report)
+    print(summary_line(report))
+    return cli.OK
+
+
+def run_folder(fv: flags.FlagValues, upscaler: Upscaler, jobs: list[Job], kept: list[str], found: int) -> int:
+    """Decodes ahead and encodes behind on threads while the device upscales; bad images are reported and skipped."""
+    os.makedirs(fv.output, exist_ok=True)
+    if fv.mask:
+        os.makedirs(fv.mask, exist_ok=True)
+    reports, failures = [], []
+    lock = threading.Lock()
+
+    def failed(job: Job, error: BaseException) -> None:
+        with lock:
+            failures.append({"input": job.input, "error": str(error)})
+        tqdm.write(f"error: {error}", file=sys.stderr)
+
+    read = lambda job: read_image(job.input, fv["max-pixels"].value)
+    with BackgroundWriter() as writer:
+        for job, image, error, read_s in tqdm(prefetched(jobs, read), total=len(jobs), desc="upscale", unit="image"):
+            if error is not None:
+                if not isinstance(error, ITEM_ERRORS):
+                    raise error
+                failed(job, error)
+                continue
+            try:
+                result = upscale_image(upscaler, image, job.output)
+            except ITEM_ERRORS as e:
+                failed(job, e)
+                continue
+
+            def done(_, error, write_s, job=job, result=result, read_s=read_s):
+                if error is not None:
+                    if not isinstance(error, ITEM_ERRORS):
+                        raise error
+                    failed(job, error)
+                else:
+                    with lock:
+                        reports.append(report_entry(job, result, upscaler.spec.scale, read_s, write_s))
+
+            writer.submit(functools.partial(write_outputs, upscaler, job, image, result), done)
+    if fv.report:
+        atomic.write_json(fv.report, {"images": reports, "failed": failures, "kept": kept})
+    line = f"upscaled {len(reports)} of {found} images into {fv.output}"
+    if kept:
+        line += f"; {len(kept)} kept because their outputs exist (--overwrite replaces them)"
+    if failures:
+        line += f"; {len(failures)} failed"
+    print(line)
+    return cli.FAILED if failures else cli.OK
+
+
+def run(fv: flags.FlagValues) -> int:
+    cli.require_flags(fv, "checkpoint", "input", "output")
+    if not os.path.exists(fv.input):
+        raise cli.UsageError(f"input {fv.input} does not exist")
+    folder_mode = os.path.isdir(fv.input)
+    if folder_mode:
+        jobs, kept, found = plan_folder(fv)
+        outputs = [job.output for job in jobs]
+    else:
+        job = plan_file(fv)
+        outputs = [job.output]
+    if fv.report:
+        atomic.check_output_path(fv.report, [fv.input, *outputs], overwrite=fv.overwrite, what="report")
+    _, upscaler = make_upscaler(fv)
+    return run_folder(fv, upscaler, jobs, kept, found) if folder_mode else run_file(fv, upscaler, job)
+
+
+def main(argv=None) -> int:
+    return cli.run(run, FLAGS, argv, program="classsr-upscale")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
