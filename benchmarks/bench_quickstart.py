@@ -64,13 +64,14 @@ def unseen_pairs(split: str) -> list[Pair]:
     return pairs
 
 
-def unseen_results(upscalers: dict[str, Upscaler]) -> dict[str, dict[str, dict[str, Any]]]:
+def unseen_results(upscalers: dict[str, Upscaler], options: dict[str, dict] | None = None
+                   ) -> dict[str, dict[str, dict[str, Any]]]:
     """{split: {'bicubic' | model key: average}} on every unseen split, full protocol: each average has psnr,
     psnr_y and, for the models, flops_percent (per tile, as the paper's tables) and class_counts."""
     out = {}
     for split in UNSEEN_SPLITS:
         pairs = unseen_pairs(split)
-        results = evaluate_models(upscalers, pairs)
+        results = evaluate_models(upscalers, pairs, options=options)
         out[split] = {"bicubic": bicubic_average([(p.name, p.lr, p.hr) for p in pairs], SCALE, "full", 32)}
         out[split].update({key: value["average"] for key, value in results.items()})
     return out
@@ -108,22 +109,24 @@ def division_shares(workdir: str) -> dict[str, list[float]] | None:
     return out
 
 
-def workdir_upscalers(workdir: str, budget: float | None) -> dict[str, Upscaler]:
-    """'original' and, when exported, 'classsr' (and 'classsr_budget' with a budget), full protocol."""
-    out = {}
+def workdir_upscalers(workdir: str, budget: float | None) -> tuple[dict[str, Upscaler], dict[str, dict]]:
+    """'original' and, when exported, 'classsr' (and 'classsr_budget' with a budget), full protocol; and each
+    one's routing options."""
+    out, options = {}, {}
     for key, folder in (("original", "original"), ("classsr", "classsr")):
         path = os.path.join(workdir, "export", folder)
         if os.path.isdir(path):
             model = load_model(path)
             out[key] = Upscaler(model.spec, model.variables)
             if key == "classsr" and budget is not None:
-                out["classsr_budget"] = Upscaler(model.spec, model.variables, budget=budget)
-    return out
+                out["classsr_budget"] = out["classsr"]
+                options["classsr_budget"] = {"budget": budget}
+    return out, options
 
 
 def report(workdir: str, budget: float | None) -> str:
-    upscalers = workdir_upscalers(workdir, budget)
-    results = unseen_results(upscalers)
+    upscalers, options = workdir_upscalers(workdir, budget)
+    results = unseen_results(upscalers, options)
     rows = []
     for split, row in results.items():
         base = row["bicubic"]

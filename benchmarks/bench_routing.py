@@ -23,7 +23,7 @@ widths:A/B/C (branches computed at these widths with zero-padded weights; widths
 widening of 50/52-wide branches off). "default" is the library's choice for this backend.
 
 tile-loop. The original tests one tile at a time: the classifier at batch 1, the class read on the host, the
-branch at batch 1, the SR tile merged on the host (`tiling.TileMerger`), then the canvas quantised. That loop,
+branch at batch 1, the SR tile merged on the host (`reference.TileMerger`), then the canvas quantised. That loop,
 written in JAX, against `Upscaler.upscale` (asserted: the same classes, outputs within one uint8 level).
 "Best compute" is Σ_k n_k × branch k's fastest per-tile time over calls of 1, 2, 4, 8 or all n_k tiles: every
 scheme must compute every tile's branch, so loop / best compute bounds what batching can gain on this machine.
@@ -39,7 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import fixtures, harness
-from classsr_jax.inference import bands, tiling
+from classsr_jax.inference import bands, reference, tiling
+from classsr_jax.inference.reference import ReferenceRouter
 from classsr_jax.inference.routing import GPU_BUCKETS, Buckets, RoutedModel
 from classsr_jax.inference.upscaler import Upscaler
 from classsr_jax.io.pixels import to_uint8
@@ -89,10 +90,10 @@ class TileLoop:
 
     def upscale(self, image: np.ndarray):
         grid = tiling.full_grid(*image.shape[:2])
-        merger = tiling.TileMerger(grid, self.scale)
+        merger = reference.TileMerger(grid, self.scale)
         classes = np.zeros(grid.num_tiles, np.int32)
         for i in range(grid.num_tiles):
-            tile = jnp.asarray(tiling.extract_tiles(image, grid, [i]))
+            tile = jnp.asarray(reference.extract_tiles(image, grid, [i]))
             classes[i] = int(np.argmax(np.asarray(self.classify(self.variables, tile))[0]))
             merger.add([i], np.asarray(self.branches[classes[i]](self.variables, tile)))
         return to_uint8(merger.result()), classes
@@ -101,15 +102,15 @@ class TileLoop:
 def routed_calls(spec, variables, tiles, settings, name, fns):
     """Adds the routed program's forced and mixed calls of one variant to `fns`; returns its settings row."""
     routed = RoutedModel(spec, settings.get("buckets"), compute_widths=settings.get("widths"))
-    placed = routed.place_variables(variables)
+    placed, router = routed.place_variables(variables), ReferenceRouter(routed)
     n, devices = len(tiles), routed.num_devices
     padded = np.zeros((-(-n // devices) * devices, *tiles.shape[1:]), np.float32)
     padded[:n] = tiles
     valid = np.arange(len(padded)) < n
     offsets = np.zeros(spec.num_branches, np.float32)
     for k in range(spec.num_branches):
-        fns[name, f"forced {k + 1}"] = lambda k=k: routed.route(placed, padded, valid, offsets, k)
-    fns[name, "mixed"] = lambda: routed.route(placed, padded, valid, offsets, -1)
+        fns[name, f"forced {k + 1}"] = lambda k=k: router.route(placed, padded, valid, offsets, k)
+    fns[name, "mixed"] = lambda: router.route(placed, padded, valid, offsets, -1)
     b = routed.buckets
     return {"buckets": f"{b.big}/{b.small}", "widths": "/".join(map(str, routed.compute_spec.widths))}
 
@@ -118,7 +119,7 @@ def bench_network(network, parts, variants, reps, size, seed, with_upscale):
     """Builds every call the parts need, checks they agree, and times them in one interleaved run."""
     image = fixtures.photo_like(size, size, seed)
     spec, variables = fixtures.thirds_classsr(network, image, seed=seed)
-    tiles = tiling.extract_tiles(image, tiling.full_grid(size, size)).astype(np.float32)
+    tiles = reference.extract_tiles(image, tiling.full_grid(size, size)).astype(np.float32)
     model = spec.build()
     dvars = jax.device_put(variables)
     classify = jax.jit(lambda v, x: model.apply(v, x, method=model.classify))

@@ -7,8 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classsr_jax.inference import tiling
-from classsr_jax.models.spec import PAPER_WIDTHS, ModelSpec
+try:
+    from classsr_jax.models.spec import PAPER_WIDTHS, ModelSpec
+except ImportError:  # a code tree from before the package was grouped by role, measured side by side
+    from classsr_jax.models.registry import PAPER_WIDTHS, ModelSpec
 
 
 def photo_like(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -105,7 +107,13 @@ def thirds_classsr(network: str, image: np.ndarray, scale: int = 4, sample: int 
     """(spec, variables) of a random ClassSR with the paper's widths whose Class-Module splits the tiles of
     `image` (float (H, W, 3) in [0, 1]) into thirds. `extra`: network fields (e.g. a shallower RCAN)."""
     spec = ModelSpec("classsr", network, PAPER_WIDTHS[network], scale, dict(extra or {}))
-    grid = tiling.full_grid(*image.shape[:2])
+    return spec, tertile_classifier(spec, init_variables(spec, seed), sample_tiles(image, sample, seed))
+
+
+def sample_tiles(image: np.ndarray, count: int, seed: int = 0, tile: int = 32) -> np.ndarray:
+    """`count` tiles at random positions of an (H, W, 3) image of at least one tile (no package code, so that
+    every code tree measured side by side gets the same tiles)."""
     rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(grid.num_tiles, size=min(sample, grid.num_tiles), replace=False))
-    return spec, tertile_classifier(spec, init_variables(spec, seed), tiling.extract_tiles(image, grid, picked))
+    ys = rng.integers(0, image.shape[0] - tile + 1, count)
+    xs = rng.integers(0, image.shape[1] - tile + 1, count)
+    return np.stack([image[y : y + tile, x : x + tile] for y, x in zip(ys, xs)])

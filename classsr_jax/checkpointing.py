@@ -3,8 +3,8 @@
 A model checkpoint is a self-describing directory with two items:
 - `variables`: the Flax variables (`params`, and `batch_stats` for CARN), float32;
 - `model`: JSON with the format marker and the `ModelSpec` that rebuilds the module.
-`load_model` opens one from its directory (`workdir.resolve_model_dir` turns a training workdir into its
-exported model). A model with a non-finite parameter is never written and never opened: it would upscale
+`load_model` opens one from its directory; `open_model` also takes a training workdir (its exported
+`export/classsr`), and is what every command, the Python API and the notebooks call. A model with a non-finite parameter is never written and never opened: it would upscale
 to black images.
 """
 
@@ -29,6 +29,9 @@ from classsr_jax.models.spec import ModelSpec
 
 FORMAT = "classsr_jax.model"
 FORMAT_VERSION = 1
+EXPORT_DIR = "export"  # a training workdir's inference models: export/classsr and export/original
+CLASSSR_EXPORT = "classsr"  # what a workdir means as a model
+ORIGINAL_EXPORT = "original"
 
 
 @dataclasses.dataclass
@@ -152,6 +155,28 @@ def load_model(model_dir: str) -> LoadedModel:
     if bad is not None:
         raise CheckpointError(f"checkpoint {model_dir} has non-finite values (NaN or infinity) in {bad}; it cannot be used")
     return LoadedModel(spec, variables, description.get("metadata", {}), path)
+
+
+def resolve_model_dir(path: str) -> str:
+    """The model directory a path names: a model checkpoint itself, or a training workdir's export/classsr.
+
+    A path that is neither is a one-line CheckpointError.
+    """
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if os.path.isdir(os.path.join(path, "model")):
+        return path
+    exported = os.path.join(path, EXPORT_DIR, CLASSSR_EXPORT)
+    if os.path.isdir(exported):
+        return exported
+    raise CheckpointError(
+        f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no {EXPORT_DIR}/{CLASSSR_EXPORT})"
+    )
+
+
+def open_model(path: str) -> LoadedModel:
+    """A model from a converted checkpoint, an exported model or a training workdir (its export/classsr)."""
+    return load_model(resolve_model_dir(path))
 
 
 # --------------------------------------------------------------------------------------------------------------

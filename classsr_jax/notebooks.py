@@ -30,6 +30,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from classsr_jax import checkpointing
+from classsr_jax.checkpointing import EXPORT_DIR
 from classsr_jax.cli import convert
 from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.data.bundled import BUNDLED_FILES, bundled_paths
@@ -37,11 +38,12 @@ from classsr_jax.evaluation import metrics
 from classsr_jax.evaluation.scoring import image_metrics
 from classsr_jax.evaluation.tables import markdown_table
 from classsr_jax.inference.class_map import class_map_overlay
+from classsr_jax.inference.upscaler import check_routing
 from classsr_jax.io.images import read_image
 from classsr_jax.io.pixels import to_uint8
 from classsr_jax.models.spec import PAPER_WIDTHS, ModelSpec
 from classsr_jax.training.configuration import apply_overrides, load_config, validate_config
-from classsr_jax.training.workdir import EXPORT_DIR, Workdir, resolve_model_dir
+from classsr_jax.training.workdir import Workdir
 
 DATA_SOURCES = ("drive", "catalogue")
 DEFAULT_BUDGETS = (0.4, 0.6, 0.8, 1.0)
@@ -250,7 +252,7 @@ def open_checkpoint(path: str, official_pth: str | None = None, network: str | N
         state_dict = convert.load_torch_state_dict(official_pth)
         spec, variables = convert.convert_state_dict(network, state_dict, official_pth, scale=scale)
         checkpointing.save_model(path, spec, variables, metadata={"converted_from": official_pth})
-    return checkpointing.load_model(resolve_model_dir(path))
+    return checkpointing.open_model(path)
 
 
 # ------------------------------------------------------------------------------------------------ images
@@ -299,7 +301,7 @@ class Comparison:
 def compare(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, name: str = "image") -> Comparison:
     """Upscales `lr_uint8` with `upscaler` (an inference.Upscaler) and with bicubic; PSNR against the HR."""
     scale = upscaler.spec.scale
-    result = upscaler.upscale(np.asarray(lr_uint8, np.float32) / 255.0)
+    result = upscaler.upscale(np.asarray(lr_uint8))
     sr = to_uint8(result.sr)
     h, w = sr.shape[:2]
     hr = np.asarray(hr_uint8)[:h, :w]
@@ -345,32 +347,22 @@ def comparison_figure(c: Comparison, panel_width: float = 4.0):
 
 
 def budget_sweep(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: Sequence[float] = DEFAULT_BUDGETS) -> list[dict[str, Any]]:
-    """[{budget, flops_percent, psnr, class_counts}] for each budget (fraction of the -O FLOPs), with the
-    upscaler's compiled programs reused (the budget only shifts the classifier's logits); the upscaler's own
-    budget is restored afterwards."""
-    if upscaler.spec.kind != "classsr":
-        raise ValueError("a budget needs a ClassSR model; this checkpoint is a single network")
-    bad = [b for b in budgets if not b > 0]
-    if bad:
-        raise ValueError(f"budgets must be positive fractions of the -O FLOPs, got {bad}")
+    """[{budget, flops_percent, psnr, class_counts}] for each FLOPs cap (fraction of the -O FLOPs); the budget is
+    an argument of each call, so the upscaler's compiled programs are reused."""
+    for budget in budgets:
+        check_routing(upscaler.spec, float(budget), None)
     scale = upscaler.spec.scale
-    lr = np.asarray(lr_uint8, np.float32) / 255.0
-    saved = upscaler.budget
     rows = []
-    try:
-        for budget in budgets:
-            upscaler.budget = float(budget)
-            result = upscaler.upscale(lr)
-            rows.append(
-                {
-                    "budget": float(budget),
-                    "flops_percent": float(result.flops_percent),
-                    "psnr": float(image_metrics(result, np.asarray(hr_uint8), scale)["psnr"]),
-                    "class_counts": list(result.class_counts),
-                }
-            )
-    finally:
-        upscaler.budget = saved
+    for budget in budgets:
+        result = upscaler.upscale(np.asarray(lr_uint8), budget=float(budget))
+        rows.append(
+            {
+                "budget": float(budget),
+                "flops_percent": float(result.flops_percent),
+                "psnr": float(image_metrics(result, np.asarray(hr_uint8), scale)["psnr"]),
+                "class_counts": list(result.class_counts),
+            }
+        )
     return rows
 
 

@@ -14,10 +14,10 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from orbax_faults import DiskFull, faulty_async_save
 
 from classsr_jax import checkpointing, parallel
+from classsr_jax.checkpointing import resolve_model_dir
 from classsr_jax.errors import CheckpointError
 from classsr_jax.models import ModelSpec
 from classsr_jax.training import train
-from classsr_jax.training.workdir import resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EXTRA = {"s": 4, "m": 1}

@@ -12,9 +12,9 @@ import torch
 import torch_reference as ref
 
 from classsr_jax import checkpointing
+from classsr_jax.checkpointing import resolve_model_dir
 from classsr_jax.cli import convert
 from classsr_jax.models import ModelSpec
-from classsr_jax.training.workdir import resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

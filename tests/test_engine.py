@@ -1,12 +1,12 @@
 """Whole-image inference as device programs: bands, carries and the on-device merge against the numpy
-reference (tiling.TileMerger), on 8 simulated devices and on 1."""
+reference (reference.TileMerger), on 8 simulated devices and on 1."""
 
 import jax
 import numpy as np
 import pytest
 from routing_fixtures import SPEC, spread_classifier, textured_image
 
-from classsr_jax.inference import bands, tiling
+from classsr_jax.inference import bands, reference, tiling
 from classsr_jax.inference.upscaler import Upscaler
 from classsr_jax.models import ModelSpec
 from classsr_jax.parallel import create_mesh
@@ -17,18 +17,18 @@ def variables():
     return spread_classifier(SPEC.init(seed=1))
 
 
-def reference(variables, lr_uint8, protocol):
-    """Tiles cut and merged on the host by tiling.py, each branch applied to its own tiles: the old path."""
+def host_merge(variables, lr_uint8, protocol):
+    """Tiles cut and merged on the host (inference/reference.py), each branch applied to its own tiles."""
     model = SPEC.build()
     grid = tiling.make_grid(lr_uint8.shape[0], lr_uint8.shape[1], protocol)
-    tiles = tiling.extract_tiles(lr_uint8.astype(np.float32) / 255.0, grid)
+    tiles = reference.extract_tiles(lr_uint8.astype(np.float32) / 255.0, grid)
     classes = np.asarray(model.apply(variables, tiles, method=model.classify)).argmax(-1)
     sr = np.zeros((len(tiles), 128, 128, 3), np.float32)
     for k in range(3):
         picked = np.flatnonzero(classes == k)
         if picked.size:
             sr[picked] = np.asarray(model.apply(variables, tiles[picked], k, method=model.branch))
-    merger = tiling.TileMerger(grid, 4)
+    merger = reference.TileMerger(grid, 4)
     merger.add(np.arange(len(tiles)), sr)
     return merger, classes
 
@@ -45,7 +45,7 @@ def test_bands_equal_the_host_merge(variables, protocol, sizes):
     for h, w in sizes:
         lr = as_uint8(textured_image(h, w, seed=h))
         result = up.upscale(lr)
-        merger, classes = reference(variables, lr, protocol)
+        merger, classes = host_merge(variables, lr, protocol)
         np.testing.assert_array_equal(result.classes, classes)
         expected = np.rint(merger.result() * 255).astype(np.uint8)
         assert result.sr.dtype == np.uint8 and result.sr.shape == expected.shape

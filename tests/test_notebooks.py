@@ -14,8 +14,8 @@ from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 from classsr_jax import checkpointing
+from classsr_jax.checkpointing import resolve_model_dir
 from classsr_jax.models import ModelSpec
-from classsr_jax.training.workdir import resolve_model_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = ("train_tpu", "upscale_demo")

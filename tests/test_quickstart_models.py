@@ -24,7 +24,7 @@ TOLERANCE = 3  # uint8 levels per channel
 def upscalers():
     """The quickstart's models as its evaluate stage runs them: -O, ClassSR, and ClassSR at the configured budget."""
     budget = quickstart.get_config().evaluate.budget
-    return bench_quickstart.workdir_upscalers(str(MODELS), budget or None)
+    return bench_quickstart.workdir_upscalers(str(MODELS), budget or None)[0]
 
 
 def test_the_models_are_the_quickstarts_and_small(upscalers):
@@ -59,8 +59,9 @@ def test_classsr_keeps_flat_colours(upscalers):
 
 
 @pytest.fixture(scope="module")
-def unseen(upscalers):
-    return bench_quickstart.unseen_results(upscalers)
+def unseen():
+    budget = quickstart.get_config().evaluate.budget
+    return bench_quickstart.unseen_results(*bench_quickstart.workdir_upscalers(str(MODELS), budget or None))
 
 
 @pytest.mark.parametrize("split", bench_quickstart.UNSEEN_SPLITS)
@@ -72,9 +73,11 @@ def test_fsrcnn_o_beats_bicubic_on_unseen_photos(unseen, split):
 
 @pytest.mark.parametrize("split", bench_quickstart.UNSEEN_SPLITS)
 def test_the_budget_row_holds_classsr_to_three_quarters_of_the_o_flops(unseen, split):
-    budget = unseen[split]["classsr_budget"]
-    # The most FLOPs not over 75%, the Class-Module's included; a set of ~100 tiles moves in steps of about 1%.
-    assert 72.0 <= budget["flops_percent"] <= 75.0, (split, budget["flops_percent"], budget["class_counts"])
+    budget, free = unseen[split]["classsr_budget"], unseen[split]["classsr"]
+    # A cap per image, the Class-Module's FLOPs included: never over 75%, never above free routing, and images
+    # over the cap are held close to it (a photo of ~100 tiles moves in steps of about 1%).
+    assert budget["flops_percent"] <= min(75.0, free["flops_percent"] + 1e-9), (split, budget, free)
+    assert budget["flops_percent"] >= min(70.0, free["flops_percent"]), (split, budget["flops_percent"])
     assert np.count_nonzero(budget["class_counts"]) >= 2  # really routed
 
 

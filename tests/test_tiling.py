@@ -3,10 +3,8 @@
 import numpy as np
 import pytest
 
+from classsr_jax.inference.reference import TileMerger, blend_window, extract_tiles
 from classsr_jax.inference.tiling import (
-    TileMerger,
-    blend_window,
-    extract_tiles,
     full_grid,
     make_grid,
     paper_grid,

@@ -21,6 +21,7 @@ from orbax_faults import TMP_SUFFIX, DiskFull, faulty_async_save
 from PIL import Image
 
 from classsr_jax import checkpointing, parallel
+from classsr_jax.checkpointing import resolve_model_dir
 from classsr_jax.data import input_pipeline
 from classsr_jax.data.colour_augment import ColourAugment
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
@@ -28,7 +29,7 @@ from classsr_jax.models import ModelSpec, slim
 from classsr_jax.models.interpolation_init import interpolating_params
 from classsr_jax.training import configuration, stages, train, validation
 from classsr_jax.training.losses import Objective
-from classsr_jax.training.workdir import Workdir, resolve_model_dir
+from classsr_jax.training.workdir import Workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EXTRA = {"s": 4, "m": 1}

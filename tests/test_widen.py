@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from classsr_jax.inference.reference import ReferenceRouter
 from classsr_jax.inference.routing import RoutedModel, default_compute_widths
 from classsr_jax.models import ModelSpec, build_network
 from classsr_jax.models.widen import cpu_compute_widths, widen, widen_network_variables, wider_spec
@@ -80,7 +81,7 @@ def test_routed_model_widens_on_cpu_and_routes_the_same_numbers():
     for widths in ((36, 52, 64), (36, 64, 64)):
         routed = RoutedModel(spec, compute_widths=widths)
         assert routed.compute_spec.widths == widths
-        outs.append(np.asarray(routed.route(routed.place_variables(variables), tiles, valid, np.zeros(3), 1)[0]))
+        outs.append(np.asarray(ReferenceRouter(routed).route(routed.place_variables(variables), tiles, valid, np.zeros(3), 1)[0]))
     np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
 
 

@@ -100,7 +100,7 @@ def run(fv: flags.FlagValues) -> int:
     cli.require_flags(fv, "checkpoint", "lr-dir", "hr-dir")
     if fv.report:
         atomic.check_output_path(fv.report, overwrite=fv.overwrite, what="report")
-    loaded, upscaler = make_upscaler(fv)
+    loaded, upscaler, routing = make_upscaler(fv)
     spec, max_pixels = loaded.spec, fv["max-pixels"].value
     pairs, failures = pair_folders(fv["lr-dir"].value, fv["hr-dir"].value, spec.scale)
     pairs = checked_pairs(pairs, spec.scale, max_pixels, failures)
@@ -108,11 +108,13 @@ def run(fv: flags.FlagValues) -> int:
         print(f"error: {failure['error']}", file=sys.stderr)
     label = f"ClassSR-{spec.network}" if spec.kind == "classsr" else spec.network
     upscalers = {"model": upscaler}
-    if fv["with-original"].value and spec.kind == "classsr":
-        upscalers["original"] = Upscaler(spec, loaded.variables, protocol=fv.protocol,
-                                         force_class=spec.num_branches - 1, dtype=fv.dtype)
+    if fv["with-original"].value and spec.kind == "classsr":  # the -O network alone: no Class-Module, 100% of itself
+        last = spec.num_branches - 1
+        upscalers["original"] = Upscaler(spec.branch(last), spec.branch_variables(loaded.variables, last),
+                                         protocol=fv.protocol, dtype=fv.dtype)
     results = evaluate_models(
-        upscalers, read_pairs(pairs, max_pixels, failures), progress=True, total=len(pairs),
+        upscalers, read_pairs(pairs, max_pixels, failures), options={"model": routing}, progress=True,
+        total=len(pairs),
         on_error=lambda name, e: report_failure(failures, name, e),
     )
     if "model" not in results:

@@ -9,9 +9,8 @@ from absl import flags
 
 from classsr_jax import checkpointing
 from classsr_jax.cli import UsageError
-from classsr_jax.inference.upscaler import DTYPES, Upscaler
+from classsr_jax.inference.upscaler import DTYPES, Upscaler, check_routing
 from classsr_jax.io.images import pixel_limit
-from classsr_jax.training.workdir import resolve_model_dir
 
 
 def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
@@ -21,7 +20,8 @@ def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
                       "full: every pixel, overlaps blended; paper: the original's test pipeline.", flag_values=fv)
     flags.DEFINE_integer("force-class", None, "Send every tile to branch K (1 = simplest; the last is the -O network).",
                          flag_values=fv)
-    flags.DEFINE_float("budget", None, "At most this fraction of the -O network's FLOPs per tile (Class-Module included), by shifting the logits.",
+    flags.DEFINE_float("budget", None, "Cap the FLOPs per tile (Class-Module included) at this fraction of the -O "
+                       "network's: free routing when it fits, else the least useful tiles go to cheaper branches.",
                        flag_values=fv)
     flags.DEFINE_enum("dtype", "float32", list(DTYPES),
                       "Compute dtype of parameters and activations; bfloat16 for accelerators.", flag_values=fv)
@@ -32,18 +32,22 @@ def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs (by default they are kept).", flag_values=fv)
 
 
-def make_upscaler(fv: flags.FlagValues, **kw) -> tuple[checkpointing.LoadedModel, Upscaler]:
-    """Opens --checkpoint and builds the Upscaler the flags ask for."""
-    loaded = checkpointing.load_model(resolve_model_dir(fv.checkpoint))
+def routing_options(fv: flags.FlagValues, spec) -> dict:
+    """{'budget', 'force_class' (0-based)} for `Upscaler.upscale`, checked against the model; --force-class counts
+    branches from 1 on the command line."""
     force = fv["force-class"].value
-    if force is not None:
-        if not 1 <= force <= loaded.spec.num_branches:
-            raise UsageError(f"--force-class {force} is out of range: the model has branches 1–{loaded.spec.num_branches}")
-        force -= 1
-    if fv.budget is not None and not fv.budget > 0:
-        raise UsageError(f"--budget must be a positive fraction of the -O FLOPs, got {fv.budget}")
-    if fv.budget is not None and loaded.spec.kind != "classsr":
-        raise UsageError(f"--budget needs a ClassSR model; {fv.checkpoint} is a single network")
-    upscaler = Upscaler(loaded.spec, loaded.variables, protocol=fv.protocol, force_class=force, budget=fv.budget,
-                        dtype=fv.dtype, **kw)
-    return loaded, upscaler
+    if force is not None and not 1 <= force <= spec.num_branches:
+        raise UsageError(f"--force-class {force} is out of range: the model has branches 1–{spec.num_branches}")
+    options = {"budget": fv.budget, "force_class": None if force is None else force - 1}
+    try:
+        check_routing(spec, **options)
+    except ValueError as e:
+        raise UsageError(f"--budget {fv.budget}: {e}") from None
+    return options
+
+
+def make_upscaler(fv: flags.FlagValues, **kw) -> tuple[checkpointing.LoadedModel, Upscaler, dict]:
+    """Opens --checkpoint; returns it, the Upscaler the flags ask for, and the routing options of each call."""
+    loaded = checkpointing.open_model(fv.checkpoint)
+    options = routing_options(fv, loaded.spec)
+    return loaded, Upscaler(loaded.spec, loaded.variables, protocol=fv.protocol, dtype=fv.dtype, **kw), options

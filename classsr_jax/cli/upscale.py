@@ -20,8 +20,6 @@ import sys
 import threading
 import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 from tqdm import tqdm
@@ -30,6 +28,7 @@ from classsr_jax import cli
 from classsr_jax.cli.model_flags import define_model_flags, make_upscaler
 from classsr_jax.errors import UserError, WriteError
 from classsr_jax.inference.class_map import class_map_overlay
+from classsr_jax.inference.layouts import upscale_image
 from classsr_jax.inference.upscaler import Upscaler, UpscaleResult
 from classsr_jax.io import atomic
 from classsr_jax.io.background import BackgroundWriter, prefetched
@@ -56,33 +55,19 @@ class Job:
     mask: str | None
 
 
-@functools.partial(jax.jit, static_argnames=("out_hw", "scale"))
-def _upscale_alpha(alpha: jax.Array, out_hw: tuple[int, int], scale: int) -> jax.Array:
-    peak = 65535.0 if alpha.dtype == jnp.uint16 else 255.0
-    h, w = alpha.shape
-    big = jax.image.resize(alpha.astype(jnp.float32) / peak, (h * scale, w * scale), "bicubic")
-    return jnp.round(jnp.clip(big[: out_hw[0], : out_hw[1]], 0.0, 1.0) * peak).astype(alpha.dtype)
-
-
-def upscale_alpha(alpha: np.ndarray, out_hw: tuple[int, int], scale: int) -> np.ndarray:
-    """Bicubic upscaling of an alpha channel (integer samples) on the device, cropped to the SR output."""
-    return np.asarray(_upscale_alpha(alpha, out_hw=tuple(out_hw), scale=scale))
-
-
-def upscale_image(upscaler: Upscaler, image: LoadedImage, output: str) -> UpscaleResult:
-    sixteen = image.bit_depth == 16 and os.path.splitext(output)[1].lower() in SIXTEEN_BIT_FORMATS
-    return upscaler.upscale(image.pixels, bit_depth=16 if sixteen else 8)
-
-
-def write_outputs(upscaler: Upscaler, job: Job, image: LoadedImage, result: UpscaleResult) -> None:
+def write_outputs(upscaler: Upscaler, job: Job, image: LoadedImage, result: UpscaleResult,
+                  alpha: np.ndarray | None) -> None:
     """The SR image (in the input's layout, depth and colour profile) and the class map, each written atomically."""
-    scale = upscaler.spec.scale
-    alpha = None if image.alpha_pixels is None else upscale_alpha(image.alpha_pixels, result.sr.shape[:2], scale)
     write_image(job.output, result.sr, like=image, alpha=alpha)
     if job.mask:
         sr8 = result.sr if result.sr.dtype == np.uint8 else to_uint8(result.sr / np.float32(65535.0))
-        boxes = result.grid.hr_boxes(scale)
+        boxes = result.grid.hr_boxes(upscaler.spec.scale)
         write_image(job.mask, class_map_overlay(sr8, boxes, result.classes, num_classes=upscaler.spec.num_branches))
+
+
+def bit_depth_for(image: LoadedImage, output: str) -> int:
+    """16-bit inputs stay 16-bit where the output format can hold them."""
+    return 16 if image.bit_depth == 16 and os.path.splitext(output)[1].lower() in SIXTEEN_BIT_FORMATS else 8
 
 
 def report_entry(job: Job, result: UpscaleResult, scale: int, read_s: float, write_s: float) -> dict:
@@ -98,6 +83,13 @@ def summary_line(report: dict) -> str:
         f"{report['tiles']} tiles {report['class_counts']}, FLOPs {report['flops_percent']:.0f}% of -O, "
         f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
     )
+
+
+def budget_warning(report: dict) -> None:
+    """One line on stderr when a FLOPs cap could not be met (every tile already went to the cheapest branch)."""
+    if report.get("budget_met") is False:
+        print(f"warning: {report['input']}: the budget {report['budget']:g} cannot be met; every tile went to the "
+              f"cheapest branch ({report['flops_percent']:.0f}% of the -O FLOPs)", file=sys.stderr, flush=True)
 
 
 def check_extension(path: str, what: str) -> None:
@@ -138,21 +130,23 @@ def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int]:
     return jobs, kept, len(inputs)
 
 
-def run_file(fv: flags.FlagValues, upscaler: Upscaler, job: Job) -> int:
+def run_file(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, job: Job) -> int:
     t0 = time.perf_counter()
     image = read_image(job.input, fv["max-pixels"].value)
     read_s = time.perf_counter() - t0
-    result = upscale_image(upscaler, image, job.output)
+    result, alpha = upscale_image(upscaler, image, bit_depth=bit_depth_for(image, job.output), **routing)
     t0 = time.perf_counter()
-    write_outputs(upscaler, job, image, result)
+    write_outputs(upscaler, job, image, result, alpha)
     report = report_entry(job, result, upscaler.spec.scale, read_s, time.perf_counter() - t0)
     if fv.report:
         atomic.write_json(fv.report, report)
     print(summary_line(report))
+    budget_warning(report)
     return cli.OK
 
 
-def run_folder(fv: flags.FlagValues, upscaler: Upscaler, jobs: list[Job], kept: list[str], found: int) -> int:
+def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], kept: list[str],
+               found: int) -> int:
     """Decodes ahead and encodes behind on threads while the device upscales; bad images are reported and skipped."""
     os.makedirs(fv.output, exist_ok=True)
     if fv.mask:
@@ -174,7 +168,7 @@ def run_folder(fv: flags.FlagValues, upscaler: Upscaler, jobs: list[Job], kept: 
                 failed(job, error)
                 continue
             try:
-                result = upscale_image(upscaler, image, job.output)
+                result, alpha = upscale_image(upscaler, image, bit_depth=bit_depth_for(image, job.output), **routing)
             except ITEM_ERRORS as e:
                 failed(job, e)
                 continue
@@ -185,10 +179,12 @@ def run_folder(fv: flags.FlagValues, upscaler: Upscaler, jobs: list[Job], kept: 
                         raise error
                     failed(job, error)
                 else:
+                    entry = report_entry(job, result, upscaler.spec.scale, read_s, write_s)
+                    budget_warning(entry)
                     with lock:
-                        reports.append(report_entry(job, result, upscaler.spec.scale, read_s, write_s))
+                        reports.append(entry)
 
-            writer.submit(functools.partial(write_outputs, upscaler, job, image, result), done)
+            writer.submit(functools.partial(write_outputs, upscaler, job, image, result, alpha), done)
     if fv.report:
         atomic.write_json(fv.report, {"images": reports, "failed": failures, "kept": kept})
     line = f"upscaled {len(reports)} of {found} images into {fv.output}"
@@ -213,8 +209,10 @@ def run(fv: flags.FlagValues) -> int:
         outputs = [job.output]
     if fv.report:
         atomic.check_output_path(fv.report, [fv.input, *outputs], overwrite=fv.overwrite, what="report")
-    _, upscaler = make_upscaler(fv)
-    return run_folder(fv, upscaler, jobs, kept, found) if folder_mode else run_file(fv, upscaler, job)
+    _, upscaler, routing = make_upscaler(fv)
+    if folder_mode:
+        return run_folder(fv, upscaler, routing, jobs, kept, found)
+    return run_file(fv, upscaler, routing, job)
 
 
 def main(argv=None) -> int:

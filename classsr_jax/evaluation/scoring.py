@@ -96,11 +96,14 @@ def evaluate_models(
     upscalers: dict[str, Upscaler],
     pairs: Iterable[Pair | tuple[str, np.ndarray, np.ndarray]],
     *,
+    options: dict[str, dict[str, Any]] | None = None,
     progress: bool = False,
     total: int | None = None,
     on_error: Callable[[str, Exception], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Upscales every pair with every model, reading each pair once; {model: {"images", "average"}}.
+
+    options[key]: that model's routing options for `Upscaler.upscale` (budget, force_class).
 
     A pair whose shapes do not fit (`check_pair_shapes`) or that a model cannot upscale (an image smaller than
     a tile under the paper protocol) goes to `on_error(name, error)` and is left out of every model's numbers;
@@ -116,7 +119,7 @@ def evaluate_models(
             lr = pair.lr if pair.lr.dtype.kind in "ui" else np.asarray(pair.lr, np.float32) / np.float32(255.0)
             entries = {}
             for key, upscaler in upscalers.items():
-                result = upscaler.upscale(lr)
+                result = upscaler.upscale(lr, **(options or {}).get(key, {}))
                 entry = {"name": pair.name, **image_metrics(result, pair.hr, scale), **result.report(scale)}
                 entry["timing"]["read_s"] = pair.read_s
                 entries[key] = entry
@@ -134,11 +137,9 @@ def evaluate_models(
     return out
 
 
-def evaluate_pairs(upscaler: Upscaler, pairs, variables=None, progress: bool = False) -> dict[str, Any]:
-    """`evaluate_models` for one model: {"images", "average"}."""
-    if variables is not None:
-        upscaler.set_variables(variables)
-    results = evaluate_models({"model": upscaler}, pairs, progress=progress)
+def evaluate_pairs(upscaler: Upscaler, pairs, progress: bool = False, **routing) -> dict[str, Any]:
+    """`evaluate_models` for one model: {"images", "average"}; `routing`: its budget or force_class."""
+    results = evaluate_models({"model": upscaler}, pairs, options={"model": routing}, progress=progress)
     if "model" not in results:
         raise DataError("no image pairs to evaluate")
     return results["model"]

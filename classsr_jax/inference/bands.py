@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from classsr_jax.inference import tiling
-from classsr_jax.inference.routing import RoutedModel, classify, route_classes
+from classsr_jax.inference.routing import RoutedModel, class_logits, classify, route_classes
 from classsr_jax.inference.tiling import weight_sums
 from classsr_jax.parallel import DATA_AXIS
 
@@ -301,7 +301,7 @@ def _classify_program(routed: RoutedModel, shape: BandShape):
 
     def per_device(variables, lr, positions):
         tiles = cut_tiles(lr, positions, shape.tile)
-        return routed.model.apply(variables, tiles, method=routed.model.classify).astype(jnp.float32)
+        return class_logits(routed.model, variables, tiles)
 
     sharded = jax.shard_map(
         per_device, mesh=routed.mesh, in_specs=(P(), P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS), check_vma=False
@@ -391,7 +391,8 @@ class BandPrograms:
 
 
 def padded_image(image: np.ndarray, grid: tiling.TileGrid) -> np.ndarray:
-    """Images smaller than a tile, padded at the bottom/right as `tiling.extract_tiles` pads (symmetric)."""
+    """Images smaller than a tile, padded at the bottom/right (symmetric: mirrored, the edge pixel repeated, which
+    is defined for a 1-pixel axis and continues the image with plausible content)."""
     if tuple(grid.padded_hw) == tuple(grid.image_hw):
         return image
     pad = ((0, grid.padded_hw[0] - image.shape[0]), (0, grid.padded_hw[1] - image.shape[1]), (0, 0))

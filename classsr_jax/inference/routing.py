@@ -14,9 +14,6 @@ and the widths the branches are computed at depend on the backend (`default_buck
 from __future__ import annotations
 
 import dataclasses
-import functools
-import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -95,11 +92,17 @@ def _run_buckets(apply_branch, tiles, indices, count, state, size, start, n_call
     return jax.lax.fori_loop(0, n_calls, body, state)
 
 
+def class_logits(model, variables, tiles):
+    """The Class-Module's logits (n, K) in float32: the one forward pass of the classifier that routing, the
+    budget's first pass and training's routing calibration share."""
+    return model.apply(variables, tiles, method=model.classify).astype(jnp.float32)
+
+
 def classify(model, variables, tiles, valid, logit_offsets, force_class, *, has_classifier: bool = True):
     """(logits (n, K), classes (n,)): argmax of the logits plus the offsets (the FLOPs budget), or
     `force_class` when it is ≥ 0; −1 for padding."""
     if has_classifier:
-        logits = model.apply(variables, tiles, method=model.classify).astype(jnp.float32)
+        logits = class_logits(model, variables, tiles)
     else:
         logits = jnp.zeros((tiles.shape[0], 1), jnp.float32)
     classes = jnp.argmax(logits + logit_offsets, axis=-1).astype(jnp.int32)
@@ -136,39 +139,6 @@ def route_classes(model, variables, tiles, classes, state, consume, *, num_branc
     return state, jnp.stack(counts)
 
 
-def route_tiles(
-    model,
-    variables,
-    tiles: jax.Array,
-    valid: jax.Array,
-    logit_offsets: jax.Array,
-    force_class: jax.Array,
-    *,
-    num_branches: int,
-    scale: int,
-    buckets: Buckets,
-    has_classifier: bool = True,
-):
-    """Per-device routing of a batch of tiles, returning every SR tile.
-
-    tiles (n, t, t, 3) in [0, 1]; valid (n,) bool marks real tiles (padding is neither classified into a
-    branch nor computed); logit_offsets (K,) are added to the logits before the argmax (the FLOPs budget);
-    force_class (): a branch index that takes every tile, or −1.
-    Returns (sr (n, t·s, t·s, 3), classes (n,) with −1 for padding, logits (n, K), counts (K,)).
-    """
-    n, t = tiles.shape[0], tiles.shape[1]
-    logits, classes = classify(model, variables, tiles, valid, logit_offsets, force_class, has_classifier=has_classifier)
-    scatter = lambda out, sel, _, sr: out.at[sel].set(sr, mode="drop")
-    out = jnp.zeros((n, t * scale, t * scale, 3), jnp.float32)
-    out, counts = route_classes(model, variables, tiles, classes, out, scatter, num_branches=num_branches,
-                                buckets=buckets, has_classifier=has_classifier)
-    return out, classes, logits, counts
-
-
-def classify_tiles(model, variables, tiles):
-    return model.apply(variables, tiles, method=model.classify).astype(jnp.float32)
-
-
 def default_compute_widths(spec: ModelSpec, platform: str | None = None) -> tuple[int, ...]:
     """The widths the branches are computed at: on a CPU, 50/52-wide branches run at 64 (`models.widen`)."""
     platform = platform or jax.default_backend()
@@ -176,10 +146,9 @@ def default_compute_widths(spec: ModelSpec, platform: str | None = None) -> tupl
 
 
 class RoutedModel:
-    """A model ready for routed inference: compiled programs per padded tile count, shared by all images.
+    """A model ready for routed inference: the module built at its compute widths and dtype, the bucket sizes and
+    the local devices. The band programs (`bands.BandPrograms`) compile and cache what runs on it.
 
-    `route(variables, tiles, valid, offsets, force)` runs one chunk on all local devices; programs are compiled
-    ahead of time per chunk size and cached, and their compile time is recorded separately.
     compute_widths: compute branch k at this width with zero-padded weights (same numbers; default
     `default_compute_widths`); `place_variables` takes the checkpoint's own variables and widens them.
     """
@@ -193,57 +162,16 @@ class RoutedModel:
         compute_widths: tuple[int, ...] | None = None,
     ):
         self.spec = spec
-        buckets = buckets or default_buckets(spec)
+        self.buckets = buckets or default_buckets(spec)
         self.compute_spec = widen.wider_spec(spec, compute_widths or default_compute_widths(spec))
         self.dtype = dtype
         self.model = self.compute_spec.build(dtype=dtype)
         self.has_classifier = spec.kind == "classsr"
         self.num_branches = spec.num_branches
-        self.buckets = buckets
         self.mesh = mesh or local_mesh()
         self.num_devices = self.mesh.devices.size
-        self.compile_seconds = 0.0
-        self._route_programs: dict[int, Any] = {}
-        self._classify_programs: dict[int, Any] = {}
-        per_device = functools.partial(
-            route_tiles,
-            self.model,
-            num_branches=self.num_branches,
-            scale=spec.scale,
-            buckets=buckets,
-            has_classifier=self.has_classifier,
-        )
-
-        def sharded_route(variables, tiles, valid, offsets, force):
-            def local(tiles, valid):
-                sr, classes, logits, counts = per_device(variables, tiles, valid, offsets, force)
-                return sr, classes, logits, counts[None]
-
-            return jax.shard_map(
-                local,
-                mesh=self.mesh,
-                in_specs=(P(DATA_AXIS), P(DATA_AXIS)),
-                out_specs=(P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS), P(DATA_AXIS)),
-                check_vma=False,
-            )(tiles, valid)
-
-        def sharded_classify(variables, tiles):
-            return jax.shard_map(
-                lambda t: classify_tiles(self.model, variables, t),
-                mesh=self.mesh,
-                in_specs=P(DATA_AXIS),
-                out_specs=P(DATA_AXIS),
-                check_vma=False,
-            )(tiles)
-
-        self._route = jax.jit(sharded_route)
-        self._classify = jax.jit(sharded_classify)
         self.data_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
         self.replicated = NamedSharding(self.mesh, P())
-
-    @property
-    def num_compilations(self) -> int:
-        return len(self._route_programs)
 
     def place_variables(self, variables):
         """The checkpoint's variables, widened to the compute widths, cast to the compute dtype (bfloat16
@@ -255,26 +183,3 @@ class RoutedModel:
                 variables,
             )
         return jax.device_put(variables, self.replicated)
-
-    def _compiled(self, cache, fn, n, *example):
-        if n not in cache:
-            t0 = time.perf_counter()
-            cache[n] = fn.lower(*example).compile()
-            self.compile_seconds += time.perf_counter() - t0
-        return cache[n]
-
-    def route(self, variables, tiles: np.ndarray, valid: np.ndarray, offsets: np.ndarray, force: int):
-        """Dispatches one chunk (n tiles, n a multiple of the device count); returns device arrays (async)."""
-        n = tiles.shape[0]
-        tiles = jax.device_put(tiles, self.data_sharding)
-        valid = jax.device_put(valid, self.data_sharding)
-        offsets = jax.device_put(np.asarray(offsets, np.float32), self.replicated)
-        force = jax.device_put(np.asarray(force, np.int32), self.replicated)
-        program = self._compiled(self._route_programs, self._route, n, variables, tiles, valid, offsets, force)
-        return program(variables, tiles, valid, offsets, force)
-
-    def classify(self, variables, tiles: np.ndarray):
-        n = tiles.shape[0]
-        tiles = jax.device_put(tiles, self.data_sharding)
-        program = self._compiled(self._classify_programs, self._classify, n, variables, tiles)
-        return program(variables, tiles)

@@ -11,9 +11,8 @@ Two protocols:
   overlaps are blended with a smooth window instead of a plain mean
   (docs/original.md#the-full-protocol).
 
-Everything here is plain numpy and works chunk by chunk: ``extract_tiles`` can
-gather any subset of tiles and ``TileMerger.add`` accumulates any subset, so a
-huge image never needs all its tiles in memory at once.
+Everything here is plain numpy: where the tiles lie and how much each HR pixel of a tile weighs. The device
+programs (``bands``) cut and merge the tiles; ``reference`` holds a host re-implementation for tests.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from typing import Literal
 import numpy as np
 
 Protocol = Literal["paper", "full"]
-MergeMode = Literal["paper", "blend"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -63,11 +61,6 @@ class TileGrid:
         rows = np.unique(self.positions[:, 0]).size
         cols = np.unique(self.positions[:, 1]).size
         return int(rows), int(cols)
-
-    @property
-    def needs_padding(self) -> bool:
-        """True when the image is smaller than a tile along some axis."""
-        return tuple(self.padded_hw) != tuple(self.image_hw)
 
     def hr_boxes(self, scale: int) -> np.ndarray:
         """HR pixel boxes (N, 4) of (y0, x0, y1, x1), end exclusive, one per tile.
@@ -134,7 +127,7 @@ def full_grid(h: int, w: int, tile: int = 32, overlap: int = 8) -> TileGrid:
 
     Tiles step by ``tile - overlap``; the last tile of each row/column is flush
     with the bottom/right edge. An axis shorter than ``tile`` is padded up to
-    ``tile`` (see ``extract_tiles``), so even a 1x1 image gives one tile.
+    ``tile`` (``bands.padded_image``), so even a 1x1 image gives one tile.
     """
     h, w = _check_size("h", h), _check_size("w", w)
     tile = _check_size("tile", tile)
@@ -161,48 +154,6 @@ def make_grid(h: int, w: int, protocol: Protocol = "full", tile: int = 32,
     raise ValueError(f"unknown tiling protocol {protocol!r} (expected 'paper' or 'full')")
 
 
-def _symmetric_index(padded_length: int, length: int) -> np.ndarray:
-    """Source index of each padded position under numpy's 'symmetric' padding.
-
-    Padding only ever happens at the bottom/right, so positions < length map to
-    themselves. 'symmetric' (mirror, edge pixel repeated) is used because it is
-    defined for a 1-pixel axis (it degenerates to edge replication, whereas
-    'reflect' has period 2L-2 = 0 there) and, for longer axes, it continues the
-    image with plausible mirrored content instead of flat streaks.
-    """
-    m = np.arange(padded_length) % (2 * length)
-    return np.where(m < length, m, 2 * length - 1 - m)
-
-
-def extract_tiles(image: np.ndarray, grid: TileGrid,
-                  indices: np.ndarray | list[int] | None = None) -> np.ndarray:
-    """Gather LR tiles (n, tile, tile, C) from an (H, W, C) image.
-
-    Images smaller than a tile are padded consistently with the grid (symmetric
-    padding at the bottom/right) without materialising the padded image.
-
-    Args:
-      image: (H, W, C) array, H, W == grid.image_hw. The dtype is kept.
-      grid: the tile grid of this image.
-      indices: which tiles (default: all), e.g. one chunk of a huge image.
-    """
-    image = np.asarray(image)
-    if image.ndim != 3:
-        raise ValueError(f"expected an (H, W, C) image, got shape {image.shape}")
-    if tuple(image.shape[:2]) != tuple(grid.image_hw):
-        raise ValueError(
-            f"image is {image.shape[0]}x{image.shape[1]} but the grid was made for "
-            f"{grid.image_hw[0]}x{grid.image_hw[1]}"
-        )
-    positions = grid.positions if indices is None else grid.positions[np.asarray(indices, dtype=np.int64)]
-    offsets = np.arange(grid.tile)
-    row_map = _symmetric_index(grid.padded_hw[0], grid.image_hw[0])
-    col_map = _symmetric_index(grid.padded_hw[1], grid.image_hw[1])
-    rows = row_map[positions[:, 0:1] + offsets]  # (n, tile)
-    cols = col_map[positions[:, 1:2] + offsets]  # (n, tile)
-    return image[rows[:, :, None], cols[:, None, :]]
-
-
 def blend_profile(size: int, overlap: int) -> np.ndarray:
     """The 1-D factor (size,) float64 of the blending window, strictly positive.
 
@@ -223,12 +174,6 @@ def blend_profile(size: int, overlap: int) -> np.ndarray:
     return profile
 
 
-def blend_window(size: int, overlap: int) -> np.ndarray:
-    """Separable (size, size) float32 blending window: the outer product of ``blend_profile``."""
-    profile = blend_profile(size, overlap)
-    return np.outer(profile, profile).astype(np.float32)
-
-
 def weight_sums(starts: np.ndarray, profile: np.ndarray, length: int) -> np.ndarray:
     """Σ over tiles of their 1-D profile, placed at `starts`, on an axis of `length` pixels (float64).
 
@@ -239,106 +184,3 @@ def weight_sums(starts: np.ndarray, profile: np.ndarray, length: int) -> np.ndar
     for start in np.asarray(starts, np.int64):
         sums[start : start + profile.size] += profile
     return sums[:length]
-
-
-class TileMerger:
-    """Incremental merge of SR tiles into one HR image.
-
-    Modes:
-      'paper': the original's merge. Each tile is clamped to [0, 1], x255 and rounded
-        half-to-even (the original's per-patch uint8 ``tensor2img``) before the
-        overlapping tiles are averaged; the mean stays float (not re-quantised).
-      'blend': weighted overlap-add with ``blend_window`` weights, normalised by the
-        accumulated weight, so the effective weights sum to one everywhere.
-
-    Memory: one float32 (H, W, C) canvas of the (padded) output plus a 2-D float32
-    weight canvas; tiles are only ever held one chunk at a time by the caller.
-    """
-
-    def __init__(self, grid: TileGrid, scale: int, channels: int = 3,
-                 mode: MergeMode | None = None) -> None:
-        """Args:
-          grid: the tile grid the tiles come from.
-          scale: SR factor (HR tile size = grid.tile * scale).
-          channels: channels of the SR tiles.
-          mode: 'paper' or 'blend'; default 'paper' for paper grids, 'blend' otherwise.
-        """
-        if mode is None:
-            mode = "paper" if grid.protocol == "paper" else "blend"
-        if mode not in ("paper", "blend"):
-            raise ValueError(f"unknown merge mode {mode!r} (expected 'paper' or 'blend')")
-        self.grid = grid
-        self.scale = _check_size("scale", scale)
-        self.channels = _check_size("channels", channels)
-        self.mode: MergeMode = mode
-        self.hr_tile = grid.tile * self.scale
-        # Tiles of padded small images reach into the padding, so the canvas spans
-        # the padded size (paper grids are never padded) and is cropped at the end.
-        canvas_hw = (grid.padded_hw[0] * self.scale, grid.padded_hw[1] * self.scale)
-        self.output_hw = (grid.covered_hw[0] * self.scale, grid.covered_hw[1] * self.scale)
-        self._canvas = np.zeros(canvas_hw + (self.channels,), dtype=np.float32)
-        self._weight = np.zeros(canvas_hw, dtype=np.float32)
-        if mode == "blend":
-            self._window = blend_window(self.hr_tile, max(grid.overlap, 0) * self.scale)
-        else:
-            self._window = None  # plain mean: every tile weighs 1
-        self._added = np.zeros(grid.num_tiles, dtype=bool)
-
-    @property
-    def num_added(self) -> int:
-        """How many tiles have been added so far."""
-        return int(self._added.sum())
-
-    def add(self, indices: np.ndarray | list[int], sr_tiles: np.ndarray) -> None:
-        """Accumulate SR tiles (n, tile*scale, tile*scale, C), floats in [0, 1].
-
-        ``indices`` are the tiles' indices into ``grid.positions``; each tile may be
-        added once.
-        """
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        sr_tiles = np.asarray(sr_tiles)
-        expected = (indices.size, self.hr_tile, self.hr_tile, self.channels)
-        if sr_tiles.shape != expected:
-            raise ValueError(f"expected SR tiles of shape {expected}, got {sr_tiles.shape}")
-        if indices.size and (indices.min() < 0 or indices.max() >= self.grid.num_tiles):
-            raise ValueError(f"tile indices must lie in [0, {self.grid.num_tiles})")
-        if np.unique(indices).size != indices.size or self._added[indices].any():
-            raise ValueError("a tile was added twice")
-        for index, tile in zip(indices, sr_tiles):
-            # float32 like the original network output; clamp as tensor2img does.
-            values = np.clip(tile.astype(np.float32, copy=False), 0.0, 1.0)
-            y, x = self.grid.positions[index] * self.scale
-            box = (slice(y, y + self.hr_tile), slice(x, x + self.hr_tile))
-            if self._window is None:
-                self._canvas[box] += np.rint(values * np.float32(255.0))
-                self._weight[box] += 1.0
-            else:
-                self._canvas[box] += values * self._window[:, :, None]
-                self._weight[box] += self._window
-        self._added[indices] = True
-
-    def _merged(self) -> np.ndarray:
-        missing = self.grid.num_tiles - self.num_added
-        if missing:
-            raise RuntimeError(f"{missing} of {self.grid.num_tiles} tiles have not been added yet")
-        h, w = self.output_hw
-        return self._canvas[:h, :w] / self._weight[:h, :w, None]
-
-    def result_255(self) -> np.ndarray:
-        """Merged float32 (H, W, C) image on the [0, 255] scale.
-
-        In 'paper' mode this is the original's float merge (mean of the rounded
-        tiles), the image paper-protocol PSNR is computed on.
-        """
-        merged = self._merged()
-        if self.mode == "blend":
-            merged *= np.float32(255.0)
-        return merged
-
-    def result(self) -> np.ndarray:
-        """Merged float32 (scale*covered_h, scale*covered_w, C) image in [0, 1]."""
-        merged = self._merged()
-        if self.mode == "paper":
-            merged /= np.float32(255.0)
-        # Normalised convex combinations can overshoot by an ulp.
-        return np.clip(merged, 0.0, 1.0, out=merged)

@@ -37,6 +37,8 @@ class UpscaleResult:
     flops_percent: float  # of the -O network
     executed_flops: float  # computed for this image: bucket padding, widened branches and the classifier included
     logit_offsets: list[float]
+    budget: float | None  # the FLOPs cap asked for (fraction of the -O network's), or None
+    budget_met: bool | None  # False when even the cheapest branch for every tile costs more than the cap
     compile_s: float
     inference_s: float  # the device path: upload, programs, download, without compilation
     host_s: float  # the part of inference_s the host spent preparing bands and storing rows
@@ -54,17 +56,21 @@ class UpscaleResult:
             "flops_percent": self.flops_percent,
             "executed_flops": self.executed_flops,
             "logit_offsets": self.logit_offsets,
+            "budget": self.budget,
+            "budget_met": self.budget_met,
             "timing": {"compile_s": self.compile_s, "inference_s": self.inference_s, "host_s": self.host_s},
         }
 
 
-def budget_offsets(logits: np.ndarray, branch_flops, budget: float, overhead: float = 0.0) -> np.ndarray:
-    """Logit offsets −λ·F_k/F_O that route these tiles to the most FLOPs not over the budget: mean branch
-    FLOPs + overhead (the Class-Module's, per tile) ≤ budget·F_O. Below the cheapest branch every tile goes
-    to it.
+def budget_offsets(logits: np.ndarray, branch_flops, budget: float, overhead: float = 0.0) -> tuple[np.ndarray, bool]:
+    """Logit offsets −λ·F_k/F_O that hold these tiles to a FLOPs cap, and whether the cap is met.
 
-    Mean FLOPs of argmax(logits − λ·F/F_O) never increase with λ, so bisection finds the smallest λ whose
-    routing fits.
+    The cap: mean branch FLOPs + overhead (the Class-Module's, per tile) ≤ budget·F_O. Free routing (λ = 0) is
+    kept when it fits; otherwise λ is the smallest shift whose routing fits, which moves the tiles that gain
+    least from their branch to cheaper ones first. When even the cheapest branch for every tile costs more than
+    the cap, every tile goes to it and the second value is False.
+
+    Mean FLOPs of argmax(logits − λ·F/F_O) never increase with λ ≥ 0, so bisection finds that λ.
     """
     cost = np.asarray(branch_flops, np.float64) / float(branch_flops[-1])
     target = budget * float(branch_flops[-1]) - overhead
@@ -74,27 +80,42 @@ def budget_offsets(logits: np.ndarray, branch_flops, budget: float, overhead: fl
         offsets = (-lam * cost).astype(np.float32)
         return float(np.mean(np.asarray(branch_flops)[np.argmax(logits + offsets, axis=-1)]))
 
+    if mean_flops(0.0) <= target:
+        return np.zeros(len(cost), np.float32), True
     gaps = np.diff(np.sort(np.unique(cost)))
-    span = (logits.max() - logits.min()) / (gaps.min() if gaps.size else 1.0) + 1.0
-    lo, hi = -span, span  # lo: everything to the costliest branch; hi: to the cheapest
-    if mean_flops(lo) <= target:
-        return (-lo * cost).astype(np.float32)
+    lo, hi = 0.0, (logits.max() - logits.min()) / (gaps.min() if gaps.size else 1.0) + 1.0  # hi: all to the cheapest
+    if mean_flops(hi) > target:
+        return (-hi * cost).astype(np.float32), False
     for _ in range(60):
         mid = 0.5 * (lo + hi)
         if mean_flops(mid) > target:
             lo = mid
         else:
             hi = mid
-    return (-hi * cost).astype(np.float32)
+    return (-hi * cost).astype(np.float32), True
+
+
+def check_routing(spec: ModelSpec, budget: float | None, force_class: int | None) -> None:
+    """ValueError, one line, unless the routing options fit the model: `force_class` names a branch (0-based)
+    and `budget` is a positive fraction of the -O network's FLOPs, for a ClassSR model."""
+    if force_class is not None and not 0 <= force_class < spec.num_branches:
+        raise ValueError(f"force_class {force_class} is out of range: the model has branches 0 (simplest) to "
+                         f"{spec.num_branches - 1} (the -O network)")
+    if budget is not None and not budget > 0:
+        raise ValueError(f"the budget must be a positive fraction of the -O network's FLOPs, got {budget}")
+    if budget is not None and spec.kind != "classsr":
+        raise ValueError("a FLOPs budget needs a ClassSR model; this one is a single network")
 
 
 class Upscaler:
     """Routed ClassSR (or single-network) inference for whole images of any size.
 
+    The weights are given once, to the constructor; the compiled programs are shared by every Upscaler of the
+    process with the same model description, so a new Upscaler for new weights (training validation) compiles
+    nothing. Routing options (`budget`, `force_class`) are arguments of each `upscale` call.
+
     protocol: 'full' (default; output exactly scale·H × scale·W, overlaps blended) or 'paper' (the original's
     test: 32/28 grid, no border tiles, uint8-rounded tiles averaged, output cropped to the covered area).
-    force_class: send every tile to this branch (0-based). budget: route to at most this fraction of the -O
-    FLOPs per tile, the Class-Module included.
     buckets: tiles per branch call (default: measured best for the backend, `routing.default_buckets`).
     band_tiles: tiles per band program (default `bands.default_band_tiles`). dtype: 'float32' or
     'bfloat16' (parameters and activations; the merge and the quantisation stay float32). mesh: the local
@@ -110,8 +131,6 @@ class Upscaler:
         tile: int = 32,
         step: int = 28,
         overlap: int = 8,
-        force_class: int | None = None,
-        budget: float | None = None,
         buckets: Buckets | None = None,
         band_tiles: int | None = None,
         dtype: str = "float32",
@@ -119,18 +138,11 @@ class Upscaler:
     ):
         if protocol not in ("full", "paper"):
             raise ValueError(f"unknown protocol {protocol!r}: use 'full' or 'paper'")
-        if force_class is not None and not 0 <= force_class < spec.num_branches:
-            raise ValueError(f"--force-class {force_class} is out of range: the model has {spec.num_branches} branches (0–{spec.num_branches - 1})")
-        if budget is not None and not 0.0 < budget:
-            raise ValueError(f"--budget must be a positive fraction of the -O FLOPs, got {budget}")
-        if budget is not None and spec.kind != "classsr":
-            raise ValueError("--budget needs a ClassSR model; this checkpoint is a single network")
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
         self.spec = spec
         self.protocol, self.tile, self.overlap = protocol, tile, overlap
         self.step = step if protocol == "paper" else tile - overlap
-        self.force_class, self.budget = force_class, budget
         self.dtype = dtype
         self.routed = RoutedModel(spec, buckets, mesh=mesh, dtype=DTYPES[dtype])  # resolves the default buckets for the backend
         self.buckets = self.routed.buckets
@@ -139,18 +151,12 @@ class Upscaler:
         self.flops = flops_lib.model_flops(spec, tile)
         # What the device computes: branches widened for speed (`RoutedModel.compute_spec`) cost their wide FLOPs.
         self.computed_flops = flops_lib.model_flops(self.routed.compute_spec, tile)
-        self._placed = None
-        if variables is not None:
-            self.set_variables(variables)
+        self._placed = self.routed.place_variables(variables)
 
     @property
     def num_compilations(self) -> int:
         """Routing programs compiled so far (the budget's classify programs are not counted)."""
         return len(self.programs.route_programs)
-
-    def set_variables(self, variables) -> None:
-        """New weights (e.g. during training) reuse the compiled programs."""
-        self._placed = self.routed.place_variables(variables)
 
     def band_shape(self, grid: tiling.TileGrid) -> bands.BandShape:
         rows, cols = grid.grid_shape
@@ -163,25 +169,26 @@ class Upscaler:
         merge = "paper" if self.protocol == "paper" else "blend"
         return bands.OutputFormat(merge, self.overlap, bit_depth, float_merge)
 
-    def _budget_offsets(self, program, image, grid, shape, plan) -> np.ndarray:
-        """The budget's first pass: every tile's logits, then the offsets that meet the budget for this image."""
+    def _budget_offsets(self, program, image, grid, shape, plan, budget) -> tuple[np.ndarray, bool]:
+        """The budget's first pass: every tile's logits, then the offsets that hold this image to the cap."""
         pending = []
         for band in plan:
             inputs = bands.band_inputs(image, grid, band, shape, self.routed.num_devices)
             pending.append((inputs.slot_of_tile, program(self._placed, *self.programs.put(inputs)[:2])))
         logits = np.concatenate([np.asarray(out)[slots] for slots, out in pending])
-        return budget_offsets(logits, self.flops.branches, self.budget, self.flops.classifier)
+        return budget_offsets(logits, self.flops.branches, budget, self.flops.classifier)
 
-    def upscale(self, lr: np.ndarray, variables=None, *, bit_depth: int = 8, float_merge: bool | None = None) -> UpscaleResult:
+    def upscale(self, lr: np.ndarray, *, budget: float | None = None, force_class: int | None = None,
+                bit_depth: int = 8, float_merge: bool | None = None) -> UpscaleResult:
         """lr: (H, W, 3) uint8, uint16 or float in [0, 1], any size from 1×1 (paper protocol: at least one tile).
 
-        bit_depth: 8 or 16, the quantised output. float_merge: also keep the paper protocol's float merge
-        (`sr_255`, what its PSNR is computed on); default: for the paper protocol.
+        budget: hold the FLOPs per tile (the Class-Module's included) to at most this fraction of the -O
+        network's: free routing when it fits, else the least useful tiles move to cheaper branches
+        (`budget_offsets`). force_class: send every tile to this branch (0-based). bit_depth: 8 or 16, the
+        quantised output. float_merge: also keep the paper protocol's float merge (`sr_255`, what its PSNR is
+        computed on); default: for the paper protocol.
         """
-        if variables is not None:
-            self.set_variables(variables)
-        if self._placed is None:
-            raise ValueError("no variables: pass them to Upscaler(...) or upscale(..., variables=...)")
+        check_routing(self.spec, budget, force_class)
         image = np.asarray(lr)
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"expected an RGB image of shape (H, W, 3), got {image.shape}")
@@ -195,16 +202,16 @@ class Upscaler:
         fmt = self._output_format(bit_depth, float_merge)
         compile_before = self.programs.compile_seconds
         program = self.programs.route(self._placed, shape, image.dtype, fmt)  # compiled outside inference_s
-        with_budget = self.budget is not None and self.force_class is None
+        with_budget = budget is not None and force_class is None
         classify = self.programs.classify(self._placed, shape, image.dtype) if with_budget else None
         t0 = time.perf_counter()
         image = bands.padded_image(image, grid)
         plan = bands.plan_bands(grid, shape.rows)
-        offsets = np.zeros(self.spec.num_branches, np.float32)
+        offsets, met = np.zeros(self.spec.num_branches, np.float32), None
         if with_budget:
-            offsets = self._budget_offsets(classify, image, grid, shape, plan)
+            offsets, met = self._budget_offsets(classify, image, grid, shape, plan, budget)
         out = _Outputs(grid, self.spec.scale, self.spec.num_branches, bit_depth, float_merge, self.buckets)
-        host_s = self._run_bands(program, image, grid, shape, fmt, plan, offsets, out)
+        host_s = self._run_bands(program, image, grid, shape, fmt, plan, offsets, force_class, out)
         elapsed = time.perf_counter() - t0
         classified = shape.slots * len(plan) if self.spec.kind == "classsr" else 0
         figure = flops_lib.paper_flops_figure(out.counts, self.flops, self.spec.network)
@@ -218,17 +225,19 @@ class Upscaler:
             flops_percent=100.0 * figure / self.flops.original,
             executed_flops=flops_lib.executed_flops(self.computed_flops, out.padded, classified),
             logit_offsets=[float(o) for o in offsets],
+            budget=budget,
+            budget_met=met,
             compile_s=self.programs.compile_seconds - compile_before,
             inference_s=elapsed,
             host_s=host_s,
         )
 
-    def _run_bands(self, program, image, grid, shape, fmt, plan, offsets, out: "_Outputs") -> float:
+    def _run_bands(self, program, image, grid, shape, fmt, plan, offsets, force_class, out: "_Outputs") -> float:
         """Dispatches every band, collecting each one's rows after the next one is queued, so the device
         never waits for the host; returns the seconds the host spent preparing bands and storing rows."""
         scale, put = self.spec.scale, self.programs.put_replicated
         put_offsets = put(offsets, np.float32)
-        put_force = put(-1 if self.force_class is None else self.force_class)
+        put_force = put(-1 if force_class is None else force_class)
         carry = self.programs.empty_carry(shape)
         band_rows = shape.lr_hw[0] * scale
         row_weights = bands.axis_weights(grid, fmt, scale, 0, grid.padded_hw[0] * scale + band_rows)

@@ -96,6 +96,14 @@ class ModelSpec:
         """The spec of one branch as a single network (e.g. the last branch is the -O network)."""
         return ModelSpec("network", self.network, (self.widths[index],), self.scale, dict(self.extra))
 
+    def branch_variables(self, variables: dict[str, Any], index: int) -> dict[str, Any]:
+        """Branch `index`'s variables inside this ClassSR model's, as `branch(index)` takes them."""
+        out = {"params": variables["params"][f"net{index + 1}"]}
+        stats = variables.get("batch_stats", {}) or {}
+        if f"net{index + 1}" in stats:
+            out["batch_stats"] = stats[f"net{index + 1}"]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

@@ -16,6 +16,7 @@ ClassSR model: every tool routes it the same way.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,6 +26,7 @@ import numpy as np
 
 from classsr_jax import parallel
 from classsr_jax.data.input_pipeline import finish_batch
+from classsr_jax.inference.routing import class_logits
 from classsr_jax.models.spec import ModelSpec
 
 
@@ -93,7 +95,7 @@ class RoutingCalibrator:
     def __init__(self, spec: ModelSpec, tiles: np.ndarray):
         model = spec.build()
         self.tiles = np.asarray(tiles, np.float32)
-        self._classify = jax.jit(lambda variables, tiles: model.apply(variables, tiles, method=model.classify))
+        self._classify = jax.jit(functools.partial(class_logits, model))
 
     def logits(self, variables: dict[str, Any]) -> np.ndarray:
         local = np.asarray(self._classify(variables, self.tiles), np.float32)

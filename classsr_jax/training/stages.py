@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from classsr_jax import checkpointing, parallel
+from classsr_jax.checkpointing import CLASSSR_EXPORT, ORIGINAL_EXPORT
 from classsr_jax.data import division as division_lib
 from classsr_jax.data.colour_augment import ColourAugment
 from classsr_jax.data.input_pipeline import create_train_iterator
@@ -46,8 +47,6 @@ from classsr_jax.models.spec import ModelSpec
 from classsr_jax.training import configuration
 from classsr_jax.training.losses import Objective
 from classsr_jax.training.workdir import (
-    CLASSSR_EXPORT,
-    ORIGINAL_EXPORT,
     Workdir,
     branch_stages,
     branch_variables,
@@ -473,17 +472,15 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
         "per_image": {},
         "computed_from": computed_from,
     }
-    upscalers = {}
-    for key, name, path, source, budget in rows:
-        model = loaded[source]
-        results["models"].append({"key": key, "name": name, "path": path, "params": checkpointing.count_params(model.variables)})
-        upscalers[key] = Upscaler(model.spec, model.variables, protocol=cfg.protocol, budget=budget, **tiles)
+    upscalers = {source: Upscaler(model.spec, model.variables, protocol=cfg.protocol, **tiles) for source, model in loaded.items()}
+    for key, name, path, source, _ in rows:
+        results["models"].append({"key": key, "name": name, "path": path, "params": checkpointing.count_params(loaded[source].variables)})
     for label, _, pairs in datasets:
         logging.info("stage evaluate: %s (%d images)", label, len(pairs))
         row = {"bicubic": bicubic_average(pairs, scale, cfg.protocol, patch)}
         per_image = {}
-        for key, upscaler in upscalers.items():
-            report = evaluate_pairs(upscaler, pairs, progress=False)
+        for key, _, _, source, budget in rows:
+            report = evaluate_pairs(upscalers[source], pairs, progress=False, budget=budget)
             row[key] = report["average"]
             per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]} for i in report["images"]]
         results["datasets"][label] = row

@@ -87,9 +87,9 @@ class Validator:
     def __init__(self, pairs, spec: ModelSpec, objective: Objective, eval_step: Callable, *, protocol: str,
                  lr_patch: int, num_tiles: int, batch_size: int):
         self.pairs, self.spec, self.objective = pairs, spec, objective
-        self.upscaler = Upscaler(
-            spec, None, protocol=protocol, tile=lr_patch, step=lr_patch * 7 // 8, overlap=lr_patch // 4
-        )
+        # Each validation builds an Upscaler for its weights; the compiled band programs are shared, so only the
+        # first compiles.
+        self.upscaler_options = dict(protocol=protocol, tile=lr_patch, step=lr_patch * 7 // 8, overlap=lr_patch // 4)
         self.mesh = parallel.local_mesh()
         devices = self.mesh.devices.size
         batch = max(devices, -(-batch_size // devices) * devices)
@@ -118,13 +118,14 @@ class Validator:
             out = jax.tree_util.tree_map(np.asarray, out)
             sums = out if sums is None else jax.tree_util.tree_map(np.add, sums, out)
         metrics = summarize_eval(sums, self.objective)
-        report = evaluate_pairs(self.upscaler, self.pairs, variables=variables)["average"]
+        upscaler = Upscaler(self.spec, variables, **self.upscaler_options)
+        report = evaluate_pairs(upscaler, self.pairs)["average"]
         metrics.update(psnr=report["psnr"], psnr_y=report["psnr_y"], ssim_y=report["ssim_y"])
         if self.spec.kind == "classsr":
             metrics.update(flops_percent=report["flops_percent"], class_ratio=report["class_ratio"])
         writer.write_scalars(step, scalar_summaries("val", metrics))
         # An SR sample and its class map (the first validation image).
-        result = self.upscaler.upscale(self.pairs[0][1].astype(np.float32) / 255.0)
+        result = upscaler.upscale(self.pairs[0][1])
         sr = to_uint8(result.sr)
         images = {"val/sr": sr[None]}
         if self.spec.kind == "classsr":

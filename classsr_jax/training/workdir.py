@@ -10,8 +10,8 @@ Layout:
   evaluation/results.json, table.md
   tensorboard/<stage>/           clu metric writers' event files
 
-`upscale` and `evaluate` accept a workdir for a model (`resolve_model_dir`), so this module imports no
-TensorFlow, clu or ml_collections: it runs on a bare JAX machine.
+Where a workdir's models are (`checkpointing.resolve_model_dir`) is the checkpointing module's: inference never
+imports this training module.
 """
 
 from __future__ import annotations
@@ -22,30 +22,10 @@ import os
 from typing import Any
 
 from classsr_jax import checkpointing
+from classsr_jax.checkpointing import CLASSSR_EXPORT, EXPORT_DIR, ORIGINAL_EXPORT, resolve_model_dir
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
 from classsr_jax.models.spec import ModelSpec
 from classsr_jax.training.configuration import NUM_CLASSES, STAGES
-
-EXPORT_DIR = "export"
-CLASSSR_EXPORT = "classsr"  # what a workdir means as a model: its export/classsr
-ORIGINAL_EXPORT = "original"
-
-
-def resolve_model_dir(path: str) -> str:
-    """The model directory a path names: a model checkpoint itself, or a training workdir's export/classsr.
-
-    A path that is neither is a one-line CheckpointError.
-    """
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if os.path.isdir(os.path.join(path, "model")):
-        return path
-    exported = os.path.join(path, EXPORT_DIR, CLASSSR_EXPORT)
-    if os.path.isdir(exported):
-        return exported
-    raise CheckpointError(
-        f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no {EXPORT_DIR}/{CLASSSR_EXPORT})"
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +169,7 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
 
 def load_variables(path: str) -> dict[str, Any]:
     """The variables of a model checkpoint, an export or a workdir (its export/classsr)."""
-    return checkpointing.load_model(resolve_model_dir(path)).variables
+    return checkpointing.open_model(path).variables
 
 
 def original_source(config, workdir: Workdir) -> str | None:
@@ -207,15 +187,6 @@ def classsr_source(config, workdir: Workdir) -> str | None:
     return config.pretrained.classsr or None
 
 
-def branch_of(variables: dict[str, Any], k: int) -> dict[str, Any]:
-    """Branch k's variables inside a ClassSR model's."""
-    out = {"params": variables["params"][f"net{k + 1}"]}
-    stats = variables.get("batch_stats", {}) or {}
-    if f"net{k + 1}" in stats:
-        out["batch_stats"] = stats[f"net{k + 1}"]
-    return out
-
-
 def branch_variables(config, workdir: Workdir, k: int) -> dict[str, Any] | None:
     """Branch k's variables: this workdir's stage (or, for the widest with branches.reuse_original, the -O
     network), else the pretrained branch, else the pretrained ClassSR's."""
@@ -229,5 +200,6 @@ def branch_variables(config, workdir: Workdir, k: int) -> dict[str, Any] | None:
     if pretrained:
         return load_variables(pretrained[k])
     if config.pretrained.classsr:
-        return branch_of(load_variables(config.pretrained.classsr), k)
+        classsr = checkpointing.open_model(config.pretrained.classsr)
+        return classsr.spec.branch_variables(classsr.variables, k)
     return None
