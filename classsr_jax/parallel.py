@@ -15,6 +15,7 @@ The mesh axis is `AxisType.Auto`: pixel shuffle's reshapes raise ShardingTypeErr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,13 +29,22 @@ from jax.sharding import PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def use_cpu_devices(count: int) -> None:
+def default_cpu_devices() -> int:
+    """Inference's default on a CPU: one JAX device per core this process may use, unless XLA_FLAGS sets its
+    own count (then 0: leave it)."""
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return 0
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def use_cpu_devices(count: int, *, quiet: bool = False) -> None:
     """Runs JAX's CPU backend as `count` devices (0: leave JAX's default), so that the 'data' mesh splits each
     batch between the cores. One XLA:CPU program leaves a small CPU partly idle between its many small ops;
     programs on two devices overlap (BENCHMARKS.md, "CPU devices"). GPUs and TPUs are not affected.
 
     JAX reads the setting only before its backends start: once they have, a different count changes nothing
-    and is logged as a warning (the results then differ from a fresh process's in float rounding).
+    and is logged as a warning (the results then differ from a fresh process's in float rounding), unless
+    `quiet` (inference's default count, which a notebook that started JAX earlier simply does without).
     """
     if count == 0:
         return
@@ -42,7 +52,7 @@ def use_cpu_devices(count: int) -> None:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # the backends have started
         started = len(jax.local_devices(backend="cpu"))
-        if started != count:
+        if started != count and not quiet:
             logging.warning("cpu_devices=%d not applied: JAX started with %d CPU device(s) before it was read; "
                             "set it in a fresh process, before any JAX computation", count, started)
 

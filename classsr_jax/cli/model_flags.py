@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from classsr_jax import checkpointing
+from classsr_jax import checkpointing, parallel
 from classsr_jax.cli import UsageError
 from classsr_jax.inference.upscaler import DTYPES, Upscaler, check_routing
 from classsr_jax.io.images import pixel_limit
@@ -28,6 +28,8 @@ def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
     flags.DEFINE_integer("max-pixels", None,
                          f"Refuse images with more pixels than this (default {pixel_limit():,}, Pillow's; 0: no limit).",
                          flag_values=fv)
+    flags.DEFINE_integer("cpu-devices", None, "On a CPU, run JAX as N devices so that each band's tiles are spread "
+                         "over the cores (default: one per core).", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("report", None, "Write the report as JSON here.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs (by default they are kept).", flag_values=fv)
 
@@ -47,7 +49,11 @@ def routing_options(fv: flags.FlagValues, spec) -> dict:
 
 
 def make_upscaler(fv: flags.FlagValues, **kw) -> tuple[checkpointing.LoadedModel, Upscaler, dict]:
-    """Opens --checkpoint; returns it, the Upscaler the flags ask for, and the routing options of each call."""
+    """Opens --checkpoint; returns it, the Upscaler the flags ask for, and the routing options of each call.
+
+    Call it before anything else touches JAX: the CPU device count is read when JAX's backends start.
+    """
+    parallel.use_cpu_devices(fv["cpu-devices"].value or parallel.default_cpu_devices(), quiet=True)
     loaded = checkpointing.open_model(fv.checkpoint)
     options = routing_options(fv, loaded.spec)
     return loaded, Upscaler(loaded.spec, loaded.variables, protocol=fv.protocol, dtype=fv.dtype, **kw), options

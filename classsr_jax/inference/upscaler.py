@@ -39,6 +39,7 @@ class UpscaleResult:
     logit_offsets: list[float]
     budget: float | None  # the FLOPs cap asked for (fraction of the -O network's), or None
     budget_met: bool | None  # False when even the cheapest branch for every tile costs more than the cap
+    devices: int  # the local devices each band's tiles were spread over
     compile_s: float
     inference_s: float  # the device path: upload, programs, download, without compilation
     host_s: float  # the part of inference_s the host spent preparing bands and storing rows
@@ -58,6 +59,7 @@ class UpscaleResult:
             "logit_offsets": self.logit_offsets,
             "budget": self.budget,
             "budget_met": self.budget_met,
+            "devices": self.devices,
             "timing": {"compile_s": self.compile_s, "inference_s": self.inference_s, "host_s": self.host_s},
         }
 
@@ -227,6 +229,7 @@ class Upscaler:
             logit_offsets=[float(o) for o in offsets],
             budget=budget,
             budget_met=met,
+            devices=self.routed.num_devices,
             compile_s=self.programs.compile_seconds - compile_before,
             inference_s=elapsed,
             host_s=host_s,
