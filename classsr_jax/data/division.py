@@ -227,6 +227,54 @@ def bicubic_sr_fn(scale: int) -> Callable[[np.ndarray], np.ndarray]:
     return upscale
 
 
+class _TileScorer:
+    """Scores LR tiles in fixed batches of `batch_size` (so a jitted `sr_fn` compiles once): the PSNR of each
+    tile's SR against its HR, border `scale` cropped, in the order the tiles were added."""
+
+    def __init__(self, sr_fn: SRFunction, scale: int, lr_tile: int, batch_size: int):
+        self.sr_fn, self.scale, self.lr_tile = sr_fn, scale, lr_tile
+        self.hr_tile = lr_tile * scale
+        self.lr_batch = np.zeros((batch_size, lr_tile, lr_tile, 3), np.float32)
+        self.hr_batch = np.zeros((batch_size, self.hr_tile, self.hr_tile, 3), np.uint8)
+        self.filled = 0
+        self.parts: list[np.ndarray] = []
+
+    def add_image(self, hr: np.ndarray, lr: np.ndarray, grid: np.ndarray) -> None:
+        """Queues the tiles at LR corners `grid` (n, 2) of one image."""
+        lr_float = lr.astype(np.float32) / 255.0
+        t, s, ht = self.lr_tile, self.scale, self.hr_tile
+        for y, x in grid:
+            self.lr_batch[self.filled] = lr_float[y : y + t, x : x + t]
+            self.hr_batch[self.filled] = hr[y * s : y * s + ht, x * s : x * s + ht]
+            self.filled += 1
+            if self.filled == len(self.lr_batch):
+                self._flush()
+
+    def _flush(self) -> None:
+        out = np.asarray(self.sr_fn(self.lr_batch))
+        expected = (len(self.lr_batch), self.hr_tile, self.hr_tile, 3)
+        if out.shape != expected:
+            raise ValueError(f"sr_fn returned shape {out.shape}, expected {expected}")
+        self.parts.append(tile_psnr(out[: self.filled], self.hr_batch[: self.filled], border=self.scale))
+        self.filled = 0
+
+    def finish(self) -> np.ndarray:
+        """Every queued tile's PSNR; the last batch is padded with zero tiles, whose outputs are dropped."""
+        if self.filled:
+            self.lr_batch[self.filled :] = 0.0
+            self._flush()
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+
+
+def _chosen_thresholds(psnr: np.ndarray, thresholds) -> tuple[tuple[float, float], str]:
+    """(t1, t2) in dB and the rule's name: tertiles of the measured PSNRs, the paper's, or the given pair."""
+    if thresholds == "tertiles":
+        return tertile_thresholds(psnr), "tertiles"
+    if thresholds == "paper":
+        return PAPER_THRESHOLDS, "paper"
+    return (float(thresholds[0]), float(thresholds[1])), "given"
+
+
 def divide(
     dataset_examples: Any,
     sr_fn: SRFunction,
@@ -256,22 +304,10 @@ def divide(
         raise ValueError(f"thresholds must be 'tertiles', 'paper' or (t1, t2), got {thresholds!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    hr_tile = lr_tile * scale
+    scorer = _TileScorer(sr_fn, scale, lr_tile, batch_size)
     names: list[str] = []
     skipped: list[tuple[str, str]] = []
-    index_parts, yx_parts, psnr_parts = [], [], []
-
-    lr_batch = np.zeros((batch_size, lr_tile, lr_tile, 3), np.float32)
-    hr_batch = np.zeros((batch_size, hr_tile, hr_tile, 3), np.uint8)
-    filled = 0
-
-    def flush() -> None:
-        out = np.asarray(sr_fn(lr_batch))
-        expected = (batch_size, hr_tile, hr_tile, 3)
-        if out.shape != expected:
-            raise ValueError(f"sr_fn returned shape {out.shape}, expected {expected}")
-        psnr_parts.append(tile_psnr(out[:filled], hr_batch[:filled], border=scale))
-
+    index_parts, yx_parts = [], []
     for image, (name, hr, lr) in enumerate(iter_pairs(dataset_examples)):
         names.append(name)
         check_pair(name, hr, lr, scale)
@@ -281,28 +317,12 @@ def divide(
             continue
         index_parts.append(np.full(grid.shape[0], image, np.int32))
         yx_parts.append(grid)
-        lr_float = lr.astype(np.float32) / 255.0
-        for y, x in grid:
-            lr_batch[filled] = lr_float[y : y + lr_tile, x : x + lr_tile]
-            hr_batch[filled] = hr[y * scale : y * scale + hr_tile, x * scale : x * scale + hr_tile]
-            filled += 1
-            if filled == batch_size:
-                flush()
-                filled = 0
-    if filled:
-        lr_batch[filled:] = 0.0  # Padding tiles: their outputs are dropped.
-        flush()
+        scorer.add_image(hr, lr, grid)
+    psnr = scorer.finish()
     if not index_parts:
         raise DataError(f"no example holds a {lr_tile} px LR tile (examples seen: {len(names)})")
-
     yx = np.concatenate(yx_parts)
-    psnr = np.concatenate(psnr_parts)
-    if thresholds == "tertiles":
-        chosen, rule = tertile_thresholds(psnr), "tertiles"
-    elif thresholds == "paper":
-        chosen, rule = PAPER_THRESHOLDS, "paper"
-    else:
-        chosen, rule = (float(thresholds[0]), float(thresholds[1])), "given"
+    chosen, rule = _chosen_thresholds(psnr, thresholds)
     return Division(
         names=tuple(names),
         image_index=np.concatenate(index_parts),

@@ -328,6 +328,45 @@ class TrainIterator:
         self._stop.set()
 
 
+def _check_pipeline_arguments(batch_size: int, scale: int, lr_patch: int, prefetch: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if scale < 1 or int(scale) != scale:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if lr_patch < 1:
+        raise ValueError(f"lr_patch must be positive, got {lr_patch}")
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+
+
+def _division_draws(division: Division | None, class_filter: int | None, scale: int, lr_patch: int,
+                    process_index: int, process_count: int, describe: str
+                    ) -> tuple[dict[int, np.ndarray] | None, np.ndarray | None]:
+    """(LR tile corners per image, this process's images that have some) for draws restricted to a division's
+    grid tiles (of one class with `class_filter`); (None, None) to draw anywhere."""
+    if class_filter is not None and division is None:
+        raise ValueError("class_filter needs the division it refers to (division=load_division(path))")
+    if division is None:
+        return None, None
+    if division.scale != scale or division.lr_tile != lr_patch:
+        raise ValueError(
+            f"division was made for scale {division.scale}, tile {division.lr_tile}; "
+            f"this pipeline uses scale {scale}, tile {lr_patch}"
+        )
+    if class_filter is not None:
+        positions = division.positions_of_class(class_filter)
+    else:
+        positions = {}
+        for image in np.unique(division.image_index):
+            rows = division.image_index == image
+            positions[int(image)] = np.stack([division.y[rows], division.x[rows]], axis=1).astype(np.int32)
+    mine = shard_indices(len(division.names), process_index, process_count)
+    wanted = mine[np.isin(mine, np.fromiter(positions.keys(), np.int64, len(positions)))]
+    if wanted.size == 0:
+        raise DataError(f"{describe} has no image with tiles to draw (shard of {mine.size} images)")
+    return positions, wanted
+
+
 def create_train_iterator(
     dataset: tf.data.Dataset | Iterable[Any],
     *,
@@ -365,37 +404,9 @@ def create_train_iterator(
       raw: yield the tiles as uint8 and each pair's colour matrix, for `finish_batch` to finish on the device
         (the training loop's batches); by default they are finished here.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if scale < 1 or int(scale) != scale:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    if lr_patch < 1:
-        raise ValueError(f"lr_patch must be positive, got {lr_patch}")
-    if prefetch < 0:
-        raise ValueError(f"prefetch must be >= 0, got {prefetch}")
-    positions: dict[int, np.ndarray] | None = None
-    wanted: np.ndarray | None = None
-    describe = f"process {process_index} of {process_count}"
-    if class_filter is not None and division is None:
-        raise ValueError("class_filter needs the division it refers to (division=load_division(path))")
-    if division is not None:
-        if division.scale != scale or division.lr_tile != lr_patch:
-            raise ValueError(
-                f"division was made for scale {division.scale}, tile {division.lr_tile}; "
-                f"this pipeline uses scale {scale}, tile {lr_patch}"
-            )
-        if class_filter is not None:
-            positions = division.positions_of_class(class_filter)
-            describe += f", class {class_filter}"
-        else:
-            positions = {}
-            for image in np.unique(division.image_index):
-                rows = division.image_index == image
-                positions[int(image)] = np.stack([division.y[rows], division.x[rows]], axis=1).astype(np.int32)
-        mine = shard_indices(len(division.names), process_index, process_count)
-        wanted = mine[np.isin(mine, np.fromiter(positions.keys(), np.int64, len(positions)))]
-        if wanted.size == 0:
-            raise DataError(f"{describe} has no image with tiles to draw (shard of {mine.size} images)")
+    _check_pipeline_arguments(batch_size, scale, lr_patch, prefetch)
+    describe = f"process {process_index} of {process_count}" + (f", class {class_filter}" if class_filter is not None else "")
+    positions, wanted = _division_draws(division, class_filter, scale, lr_patch, process_index, process_count, describe)
     seeds = np.random.SeedSequence([int(seed), int(process_index)])
     rng = np.random.default_rng(seeds)
     # The colours come from their own stream, so turning them on leaves every crop and flip as it was.
