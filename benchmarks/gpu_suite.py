@@ -1,4 +1,4 @@
-"""The GPU benchmark suite: one script, run once on a lent GPU, that prints the rows for BENCHMARKS.md.
+"""The GPU benchmark suite: one script, run once on a lent GPU, that prints the rows for benchmarks/JOURNAL.md.
 
   bash benchmarks/gpu_suite.sh            # on the GPU machine (python -m benchmarks.gpu_suite)
   python -m benchmarks.gpu_suite --smoke  # tiny sizes on any backend, to keep the script working

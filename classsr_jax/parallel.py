@@ -40,7 +40,7 @@ def default_cpu_devices() -> int:
 def use_cpu_devices(count: int, *, quiet: bool = False) -> None:
     """Runs JAX's CPU backend as `count` devices (0: leave JAX's default), so that the 'data' mesh splits each
     batch between the cores. One XLA:CPU program leaves a small CPU partly idle between its many small ops;
-    programs on two devices overlap (BENCHMARKS.md, "CPU devices"). GPUs and TPUs are not affected.
+    programs on two devices overlap (benchmarks/JOURNAL.md, "CPU devices"). GPUs and TPUs are not affected.
 
     JAX reads the setting only before its backends start: once they have, a different count changes nothing
     and is logged as a warning (the results then differ from a fresh process's in float rounding), unless

@@ -17,7 +17,7 @@ split over 2 JAX devices, one per core (`cpu_devices`).
 The data: the 4 natural photos of the bundled train split (astronaut, motorcycle_left, motorcycle_right,
 rocket) and scikit-image's colour wheel, each with the paper's 0.9/0.8/0.7/0.6 scale copies; half the tile
 pairs recoloured. The colour augmentation and the colour wheel are what keep colours right on photos unlike
-the training ones (BENCHMARKS.md, "The quickstart's recipe", measures each change).
+the training ones (benchmarks/JOURNAL.md, "The quickstart's recipe", measures each change).
 """
 from configs import fsrcnn
 
@@ -37,12 +37,12 @@ def get_config():
     config.data.colour_augment.saturation = 0.25
     config.data.colour_augment.probability = 0.5
     # The CPU's 2 cores as 2 JAX devices, each batch split between them: more tiles per second than one device
-    # (BENCHMARKS.md, "CPU devices"). What the networks learn depends on the tile pairs seen, not the steps, so
+    # (benchmarks/JOURNAL.md, "CPU devices"). What the networks learn depends on the tile pairs seen, not the steps, so
     # batches of 16 take half the steps of the batches of 8 this recipe was first measured with.
     config.cpu_devices = 2
     # FSRCNN-O starts as cubic interpolation (not in the paper): it has no skip connection, and from a random start
     # it spent much of its 128k tile pairs learning to copy colours. From this start 64k pairs give as much on
-    # the held-out photos and more on the recoloured ones (BENCHMARKS.md, "An interpolating start").
+    # the held-out photos and more on the recoloured ones (benchmarks/JOURNAL.md, "An interpolating start").
     config.model.init = "interpolation"
     config.original.update(fsrcnn.stage(16, 4000, 5e-3, 1e-5, 4000, log_every=250, eval_every=2000, checkpoint_every=1000))
     config.branches.update(fsrcnn.stage(16, 2000, 5e-3, 1e-5, 2000, log_every=250, eval_every=1000, checkpoint_every=1000))
@@ -51,7 +51,7 @@ def get_config():
     config.branches.tiles = "any"
     config.branches.reuse_original = True
     # Each narrow branch starts as -O's most important channels: from there 32k tile pairs keep ClassSR within
-    # 0.02 dB of -O; from scratch they were given 128k (BENCHMARKS.md, "Narrow branches cut from -O").
+    # 0.02 dB of -O; from scratch they were given 128k (benchmarks/JOURNAL.md, "Narrow branches cut from -O").
     config.branches.slim_from_original = True
     # The Class-Module: 2000 steps of batch 16 on the division's grid tiles. At the paper's Class-Loss (0.5) the
     # soft mixture of three branches this close is an ensemble that beats any routing, so the probabilities stay

@@ -137,7 +137,7 @@ def one_device():
                                            ("rcan", {"n_resgroups": 2, "n_resblocks": 2})])
 def test_bfloat16_stays_close_to_float32(network, extra):
     """bfloat16 parameters and activations against float32 on the same random-weight network: the loss is
-    measured in BENCHMARKS.md ("bfloat16"); this bounds it with a margin."""
+    measured in benchmarks/JOURNAL.md ("bfloat16"); this bounds it with a margin."""
     spec = ModelSpec("network", network, (16,), 4, extra)
     variables = spec.init(seed=3)
     lr = as_uint8(textured_image(40, 52, seed=4))

@@ -3,7 +3,7 @@ colours the training photos lack and the bundled photos outside its train split 
 
 tests/data/quickstart holds `export/original` and `export/classsr` of one run of the README's main command
 (tests/data/quickstart/README.md says which). The measurements are `benchmarks.bench_quickstart`'s, which
-BENCHMARKS.md quotes for every candidate recipe.
+benchmarks/JOURNAL.md quotes for every candidate recipe.
 """
 
 from pathlib import Path

@@ -41,7 +41,7 @@ from classsr_jax.parallel import DATA_AXIS
 
 # Tiles per band by backend, and the most tile rows a band may have. A band pays a fixed cost (a call, zeroing
 # its canvas, the carry, a download), so bands should be big; on a CPU the tiles of one call also compete for
-# the caches, and a GPU or TPU wants thousands of tiles in flight (BENCHMARKS.md, "Device inference").
+# the caches, and a GPU or TPU wants thousands of tiles in flight (benchmarks/JOURNAL.md, "Device inference").
 BAND_TILES = {"cpu": 256, "gpu": 2048, "tpu": 2048}
 MAX_BAND_ROWS = 32
 

@@ -48,7 +48,7 @@ class Buckets:
         return n_big * self.big + n_small * self.small
 
 
-# Measured on a 2-core CPU (BENCHMARKS.md, "Routed inference"): buckets of 4 tiles keep a branch's activations
+# Measured on a 2-core CPU (benchmarks/JOURNAL.md, "Routed inference"): buckets of 4 tiles keep a branch's activations
 # in the L2 cache; with chunks of 128 they ran ClassSR-SRResNet 1.3x and ClassSR-CARN 1.7x faster than the
 # accelerator sizes (buckets of 32, chunks of 256), and 1.1-1.2x faster than buckets of 8; a remainder
 # bucket of 1 wastes no work. FSRCNN's tiles cost ~30x less, so its calls need 8 tiles to amortise their fixed
@@ -63,7 +63,7 @@ GPU_BUCKETS = Buckets(big=128, small=16)
 # convolution batch is at least 64, and then pads the features to 8 and the batch to 128 instead (Cloud TPU
 # performance guide). With batches of 32 and 8 the 36-, 50- and 52-wide branches would cost about as much as
 # the 64-wide one and ClassSR would save nothing, so every TPU call carries at least 64 tiles and the bulk
-# 128. Not measured yet (no TPU run; BENCHMARKS.md).
+# 128. Not measured yet (no TPU run; benchmarks/JOURNAL.md).
 TPU_BUCKETS = Buckets(big=128, small=64)
 
 

@@ -80,7 +80,7 @@ class SplitGroupConv(nn.Conv):
     """A grouped `nn.Conv` (same parameters, same numbers) computed as one conv per group.
 
     XLA's CPU backend runs feature-grouped convolutions 3-4x slower than the same work as separate convs
-    (BENCHMARKS.md, CARN); GPUs and TPUs handle both forms well.
+    (benchmarks/JOURNAL.md, CARN); GPUs and TPUs handle both forms well.
     """
 
     @nn.compact

@@ -2,7 +2,7 @@
 
 ClassSR's branches are one network at several widths, and the paper trains each narrow one from scratch. Cut
 from a trained -O network instead, a narrow branch starts with -O's filters and needs a fraction of the steps
-to learn what it would learn from scratch (BENCHMARKS.md, "Narrow branches cut from -O").
+to learn what it would learn from scratch (benchmarks/JOURNAL.md, "Narrow branches cut from -O").
 
 FSRCNN (the only network supported) has two groups of d channels: the head conv's outputs, read by the shrink
 conv, and the expand conv's outputs, read by the tail deconv. A channel's importance is the product of the L2

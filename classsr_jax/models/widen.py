@@ -1,7 +1,7 @@
 """Compute a narrow branch at a wider width with zero-padded parameters: the same numbers, a faster shape.
 
 XLA's CPU convolutions run widths such as 50 and 52 channels at a lower rate per FLOP than 64: SRResNet's
-52-wide branch took longer than its 64-wide one (BENCHMARKS.md, "Routed inference"). A branch of width w can
+52-wide branch took longer than its 64-wide one (benchmarks/JOURNAL.md, "Routed inference"). A branch of width w can
 be computed exactly by the width-W network whose extra channels are zero everywhere: zero weights into and
 out of every extra channel and zero biases, so every extra activation stays 0 (ReLU/PReLU(0) = 0; RCAN's
 channel attention multiplies a zero channel) and never reaches a real one. Parameter trees are widened
