@@ -1,7 +1,7 @@
 """The errors a user can fix. Each carries one line that names the file, field or flag and the problem.
 
-Commands catch `UserError` (and nothing deeper) and print it through `cli.exit_with_error`; anything else is a
-bug and keeps its traceback.
+Commands catch `UserError` (and nothing deeper) and print it as one `error:` line with a non-zero exit code
+(`classsr_jax.cli.run`); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

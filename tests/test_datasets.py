@@ -12,8 +12,9 @@ from PIL import Image
 import classsr_jax.data as datasets
 from classsr_jax.data import bundled
 from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
-from classsr_jax.data.files import DataError, read_rgb_uint8
+from classsr_jax.data.files import read_rgb_uint8
 from classsr_jax.data.loading import crop_hr_to_lr
+from classsr_jax.errors import DataError
 from classsr_jax.io.pixels import to_uint8
 
 

@@ -20,7 +20,7 @@ from classsr_jax.data.division import (
     tile_grid,
     tile_psnr,
 )
-from classsr_jax.data.files import DataError
+from classsr_jax.errors import DataError
 
 SCALE = 2
 

@@ -11,9 +11,8 @@ import tensorflow as tf
 from classsr_jax.data.bicubic import bicubic_degrade, imresize
 from classsr_jax.data.colour_augment import CHANNEL_PERMUTATIONS, ColourAugment, colour_matrices, recolour_pair
 from classsr_jax.data.division import Division, tile_grid
-from classsr_jax.data.files import DataError
 from classsr_jax.data.input_pipeline import augment_pair, create_train_iterator, finish_batch, shard_indices
-from classsr_jax.errors import ConfigError
+from classsr_jax.errors import ConfigError, DataError
 from classsr_jax.training.configuration import validate_config
 from configs import fsrcnn, quickstart
 

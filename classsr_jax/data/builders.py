@@ -34,11 +34,10 @@ from classsr_jax.data.bicubic import bicubic_degrade, modcrop, rescale_uint8
 from classsr_jax.data.bundled import SPLITS as BUNDLED_SPLIT_NAMES
 from classsr_jax.data.bundled import bundled_photos
 from classsr_jax.data.files import (
-    DataError,
     SkipReport,
-    UnreadableImageError,
     read_rgb_uint8,
 )
+from classsr_jax.errors import DataError, UnreadableImageError
 from classsr_jax.io.images import list_images
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from classsr_jax.data.files import DataError, read_rgb_uint8
+from classsr_jax.data.files import read_rgb_uint8
+from classsr_jax.errors import DataError
 from classsr_jax.io.pixels import to_uint8
 
 # name -> file inside skimage/data (sizes as W x H).

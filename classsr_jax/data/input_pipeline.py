@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from classsr_jax.data.colour_augment import ColourAugment, recolour_pair
 from classsr_jax.data.division import Division, check_pair, example_arrays
-from classsr_jax.data.files import DataError
+from classsr_jax.errors import DataError
 
 logger = logging.getLogger(__name__)
 

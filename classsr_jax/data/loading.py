@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import classsr_jax.data.builders  # noqa: F401  (registers the classsr_* builders)
-from classsr_jax.data.files import DataError
+from classsr_jax.errors import DataError
 
 CLASSSR_DATASETS = ("classsr_div2k", "classsr_div8k", "classsr_flickr2k", "classsr_folder", "classsr_bundled")
 # The catalogue's DIV2K configs whose LR is the standard MATLAB bicubic degradation at a scale this project trains.

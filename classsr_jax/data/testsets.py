@@ -29,13 +29,12 @@ from tqdm import tqdm
 from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.data.bundled import bundled_photos
 from classsr_jax.data.files import (
-    DataError,
-    UnreadableImageError,
     check_folder,
     numbered_images,
     read_rgb_uint8,
     write_png_atomic,
 )
+from classsr_jax.errors import DataError, UnreadableImageError
 from classsr_jax.io.pixels import to_uint8
 
 # name -> (first DIV8K index, last index, downscale factor applied to the 8K photo)
