@@ -4,9 +4,10 @@
 
 For each FSRCNN width of the quickstart (16, 36, 56 = -O) and global batch (8, 16): `train.train_step` through
 `parallel.data_parallel` on random tiles already on the devices, `--steps` steps queued as the training loop
-queues them (`train.StepsInFlight`: at most `train.MAX_STEPS_IN_FLIGHT` ahead). The device count is fixed when JAX starts, so each
-count runs in its own worker process; the workers take turns, one round each at a time, so a shared machine's
-load falls on every count alike. The table gives the median over the rounds and the ratio to 1 device.
+queues them (`train.StepsInFlight`: at most `train.MAX_STEPS_IN_FLIGHT` ahead). The device count is fixed when
+JAX starts, so each count runs in its own worker process; the workers take turns, one round each at a time, so a
+shared machine's load falls on every count alike. The table gives the median over the rounds and the ratio to 1
+device.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def main(argv=None):
             medians = [harness.median([run[key] for run in results[c]]) for c in counts]
             rows.append([str(width), str(batch)] + [f"{m:.0f}" for m in medians]
                         + [f"{m / medians[0]:.2f}×" for m in medians[1:]])
-    header = ["width", "global batch"] + [f"{c} device(s), tiles/s" for c in counts] + [f"{c} / {counts[0]}" for c in counts[1:]]
+    header = (["width", "global batch"] + [f"{c} device(s), tiles/s" for c in counts]
+              + [f"{c} / {counts[0]}" for c in counts[1:]])
     print(harness.table(header, rows))
 
 

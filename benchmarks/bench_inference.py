@@ -125,7 +125,8 @@ def memory(args) -> None:
                          f"{result['now'][0]:.2f} GiB ({result['now'][1]:.0f} s)"])
             print(harness.table(["ClassSR-FSRCNN ×4, upscale command", f"before ({args.against})", "now"], rows[-1:]),
                   flush=True)
-    print(harness.table(["ClassSR-FSRCNN ×4, upscale command", f"peak RSS before ({args.against})", "peak RSS now"], rows))
+    print(harness.table(["ClassSR-FSRCNN ×4, upscale command", f"peak RSS before ({args.against})", "peak RSS now"],
+                        rows))
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -86,7 +86,8 @@ def flat_colour_errors(upscaler: Upscaler) -> list[tuple[tuple[int, int, int], i
         lr[:] = colour
         sr = to_uint8(upscaler.upscale(lr).sr).astype(np.int64)
         inside = sr[FLAT_BORDER:-FLAT_BORDER, FLAT_BORDER:-FLAT_BORDER]
-        rows.append((colour, int(np.abs(inside - np.array(colour)).max()), inside.reshape(-1, 3).mean(0).round(1).tolist()))
+        rows.append((colour, int(np.abs(inside - np.array(colour)).max()),
+                     inside.reshape(-1, 3).mean(0).round(1).tolist()))
     return sorted(rows, key=lambda row: -row[1])
 
 

@@ -126,7 +126,8 @@ def bench_network(network, parts, variants, reps, size, seed, with_upscale):
     classes = np.argmax(np.asarray(classify(dvars, tiles)), axis=-1)
     counts = np.bincount(classes, minlength=spec.num_branches)
     if (counts == 0).any():  # a third of fewer than 3 tiles
-        raise SystemExit(f"{network}: a {size}×{size} image leaves a branch without tiles ({counts}); use a bigger --size")
+        raise SystemExit(f"{network}: a {size}×{size} image leaves a branch without tiles ({counts}); "
+                         "use a bigger --size")
     fns, settings = {}, {}
     for name in ["default", *variants]:
         s = variant_settings(name)
@@ -209,7 +210,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="+", choices=PARTS)
     parser.add_argument("--networks", default="fsrcnn,carn,srresnet",
-                        help="comma list of fsrcnn,carn,srresnet,rcan (RCAN at full depth takes minutes per round on 2 cores)")
+                        help="comma list of fsrcnn,carn,srresnet,rcan "
+                             "(RCAN at full depth takes minutes per round on 2 cores)")
     parser.add_argument("--reps", type=int, default=None, help=f"timed rounds (default per network: {DEFAULT_REPS})")
     parser.add_argument("--rcan-reps", type=int, default=DEFAULT_REPS["rcan"])
     parser.add_argument("--variants", default="", help="comma list of " + ", ".join(VARIANTS))

@@ -132,7 +132,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 def global_batch(local_batch: Any, mesh: Mesh) -> Any:
     """This process's share of a batch (numpy) → global arrays sharded along `'data'`."""
     sharding = batch_sharded(mesh)
-    return jax.tree_util.tree_map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
 def host_copy(tree: Any) -> Any:
@@ -146,7 +147,9 @@ def host_copy(tree: Any) -> Any:
     return jax.tree_util.tree_map(fetch, tree)
 
 
-def data_parallel(per_device_step: Callable, mesh: Mesh, *, donate_state: bool = True, out_specs: Any = (P(), P())) -> Callable:
+def data_parallel(
+    per_device_step: Callable, mesh: Mesh, *, donate_state: bool = True, out_specs: Any = (P(), P())
+) -> Callable:
     """jit(shard_map(step)): `step(state, batch)` with a replicated state, a batch split over `'data'` and
     replicated outputs (by default `(state, metrics)`; `out_specs=P()` for one output). The step must make
     its outputs replicated (`lax.pmean` / `lax.psum` over `'data'`)."""

@@ -44,8 +44,10 @@ def get_config():
     # it spent much of its 128k tile pairs learning to copy colours. From this start 64k pairs give as much on
     # the held-out photos and more on the recoloured ones (benchmarks/JOURNAL.md, "An interpolating start").
     config.model.init = "interpolation"
-    config.original.update(fsrcnn.stage(16, 4000, 5e-3, 1e-5, 4000, log_every=250, eval_every=2000, checkpoint_every=1000))
-    config.branches.update(fsrcnn.stage(16, 2000, 5e-3, 1e-5, 2000, log_every=250, eval_every=1000, checkpoint_every=1000))
+    config.original.update(fsrcnn.stage(16, 4000, 5e-3, 1e-5, 4000, log_every=250, eval_every=2000,
+                                        checkpoint_every=1000))
+    config.branches.update(fsrcnn.stage(16, 2000, 5e-3, 1e-5, 2000, log_every=250, eval_every=1000,
+                                        checkpoint_every=1000))
     # The narrow branches learn from every tile, not a third of the division's 762: trained on its class alone,
     # the medium branch fell below bicubic on recoloured photos. The hard branch is -O itself, unchanged.
     config.branches.tiles = "any"

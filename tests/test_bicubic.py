@@ -204,11 +204,13 @@ def test_augmentation_scales_give_ceil_sizes_and_scale_one_is_a_copy():
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: imresize(np.zeros((2, 3, 4, 5)), 0.5), "imresize expects an HxW or HxWxC array, got shape (2, 3, 4, 5)"),
+        (lambda: imresize(np.zeros((2, 3, 4, 5)), 0.5),
+         "imresize expects an HxW or HxWxC array, got shape (2, 3, 4, 5)"),
         (lambda: imresize(np.zeros((4, 4)), -1.0), "scale must be positive, got -1.0"),
         (lambda: imresize(np.zeros((4, 4))), "imresize needs scale or output_shape"),
         (lambda: modcrop(np.zeros((4, 4)), 0), "modcrop scale must be a positive integer, got 0"),
-        (lambda: bicubic_degrade(np.zeros((3, 3, 3), np.uint8), 4), "image of shape (0, 0, 3) is smaller than the scale 4"),
+        (lambda: bicubic_degrade(np.zeros((3, 3, 3), np.uint8), 4),
+         "image of shape (0, 0, 3) is smaller than the scale 4"),
     ],
 )
 def test_bad_arguments_raise_one_line_errors(call, message):
@@ -227,7 +229,8 @@ def test_jax_and_pil_differ_from_matlab_only_as_documented():
     for scale, edge in ((0.25, 2), (0.5, 2), (2.0, 6)):
         ours = imresize(img, scale)
         theirs = np.asarray(jax.image.resize(img.astype(np.float32), ours.shape, "bicubic", antialias=True), np.float64)
-        pil = np.asarray(Image.fromarray(img.astype(np.float32), "F").resize(ours.shape[::-1], Image.BICUBIC), np.float64)
+        pil = np.asarray(Image.fromarray(img.astype(np.float32), "F").resize(ours.shape[::-1], Image.BICUBIC),
+                         np.float64)
         inner = (slice(edge, -edge), slice(edge, -edge))
         assert np.abs(theirs - ours)[inner].max() < 2e-3
         assert np.abs(pil - ours)[inner].max() < 1e-3

@@ -60,7 +60,8 @@ def test_calibrated_model_differs_only_in_the_class_module_bias_and_routes_in_eq
     for path, value in jax.tree_util.tree_leaves_with_path(calibrated):
         keys = tuple(getattr(k, "key", k) for k in path)
         if keys == ("params", "classifier", "fc", "bias"):
-            np.testing.assert_allclose(value, variables["params"]["classifier"]["fc"]["bias"] + np.array(report["offsets"], np.float32))
+            np.testing.assert_allclose(
+                value, variables["params"]["classifier"]["fc"]["bias"] + np.array(report["offsets"], np.float32))
         else:
             np.testing.assert_array_equal(value, flat_before[path], err_msg=str(keys))
     assert report["tiles"] == 512 and report["argmax_shares_before"] == [0.0, 0.0, 1.0]

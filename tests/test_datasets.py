@@ -256,7 +256,8 @@ def test_recoloured_validation_splits_match_an_hsv_reference():
     assert str(info.value) == "channel order must be a permutation of 'rgb', got 'rrg'"
     with pytest.raises(ValueError) as info:
         bundled.bundled_paths("validation_hue")
-    assert str(info.value) == "bundled split 'validation_hue' is made from the validation photos; read it with bundled_photos"
+    assert str(info.value) == ("bundled split 'validation_hue' is made from the validation photos; "
+                               "read it with bundled_photos")
 
 
 def test_bundled_builder_through_load_dataset(tmp_path):

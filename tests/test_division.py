@@ -209,7 +209,8 @@ def test_load_division_errors_are_one_line(tmp_path):
     np.savez(tmp_path / "other.npz", psnr=np.zeros(3))
     with pytest.raises(DataError) as info:
         load_division(tmp_path / "other.npz")
-    assert str(info.value) == f"{tmp_path / 'other.npz'} is not a division file (missing names, image_index, y, x, label, thresholds, grid)"
+    assert str(info.value) == (f"{tmp_path / 'other.npz'} is not a division file "
+                               "(missing names, image_index, y, x, label, thresholds, grid)")
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(DataError) as info:
         load_division(tmp_path / "junk.npz")

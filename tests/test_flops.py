@@ -39,7 +39,8 @@ def test_fsrcnn_true_convention_counts_the_deconv_on_its_input():
     assert round(true.original / 1e6, 2) == 49.84
 
 
-@pytest.mark.parametrize("network,width,scale,tile", [("carn", 36, 2, 32), ("srresnet", 52, 3, 24), ("fsrcnn", 56, 3, 40)])
+@pytest.mark.parametrize("network,width,scale,tile",
+                         [("carn", 36, 2, 32), ("srresnet", 52, 3, 24), ("fsrcnn", 56, 3, 40)])
 def test_other_scales_and_tiles_match_torch_hooks(network, width, scale, tile):
     torch_net = ref.build(network, width, scale=scale)
     expected = ref.count_macs_torch(torch_net, (1, 3, tile, tile))

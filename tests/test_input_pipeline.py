@@ -276,7 +276,8 @@ def test_whole_share_is_cached_when_it_fits():
     ("kwargs", "error", "message"),
     [
         ({"batch_size": 0}, ValueError, "batch_size must be positive, got 0"),
-        ({"class_filter": 1}, ValueError, "class_filter needs the division it refers to (division=load_division(path))"),
+        ({"class_filter": 1}, ValueError,
+         "class_filter needs the division it refers to (division=load_division(path))"),
         ({"process_index": 2, "process_count": 2}, ValueError, "process_index must be in [0, 2), got 2"),
     ],
 )
@@ -330,9 +331,8 @@ def test_colour_matrices_match_numpy_references():
     for k in range(6):
         m = colour_matrices(np.array([k]), np.zeros(1), np.ones(1))[0]
         np.testing.assert_array_equal(rgb @ m.T, rgb[:, CHANNEL_PERMUTATIONS[k]])
-    assert CHANNEL_PERMUTATIONS[0].tolist() == [0, 1, 2] and sorted(map(tuple, CHANNEL_PERMUTATIONS.tolist())) == sorted(
-        itertools.permutations(range(3))
-    )
+    assert CHANNEL_PERMUTATIONS[0].tolist() == [0, 1, 2]
+    assert sorted(map(tuple, CHANNEL_PERMUTATIONS.tolist())) == sorted(itertools.permutations(range(3)))
     for degrees in (-150.0, -20.0, 37.5, 90.0, 179.0):
         m = colour_matrices(np.zeros(1, int), np.array([degrees]), np.ones(1))[0]
         np.testing.assert_allclose(rgb @ m.T, rotation_reference(rgb, degrees), atol=1e-12)

@@ -75,5 +75,6 @@ def test_unsupported_networks_and_too_few_channels_are_refused():
     with pytest.raises(ValueError, match=r"^an interpolating start is implemented for fsrcnn, not carn$"):
         interpolating_params("carn", {}, 4)
     narrow = ModelSpec("network", "fsrcnn", (8,), 2, {"s": 2, "m": 1}).init(tile=8)["params"]
-    with pytest.raises(ValueError, match=r"^an interpolating start needs 3 channels for R, G and B; this FSRCNN has d=8, s=2$"):
+    with pytest.raises(ValueError, match=r"^an interpolating start needs 3 channels for R, G and B; "
+                                         r"this FSRCNN has d=8, s=2$"):
         interpolating_params("fsrcnn", narrow, 2)

@@ -94,7 +94,8 @@ def test_scanned_blocks_equal_unrolled_blocks(network, extra):
 def test_rcan_value_range_lives_inside():
     """Callers pass [0, 1]; an identity-like RCAN (zero convs) returns its input through the MeanShifts."""
     spec = ModelSpec("network", "rcan", (16,), 2, {"n_resgroups": 1, "n_resblocks": 1})
-    variables = jax.tree_util.tree_map(jnp.zeros_like, spec.build().init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))
+    variables = jax.tree_util.tree_map(jnp.zeros_like,
+                                       spec.build().init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))
     params = variables["params"]
     eye = jnp.eye(3).reshape(1, 1, 3, 3)
     mean = 255.0 * jnp.array([0.4488, 0.4371, 0.4040])

@@ -85,7 +85,8 @@ def test_classsr_is_within_0_1_db_of_o_at_no_more_than_75_percent_of_its_flops(u
     for split in bench_quickstart.UNSEEN_SPLITS:
         original = unseen[split]["original"]
         assert any(
-            row["flops_percent"] <= 75.0 and min(row["psnr"] - original["psnr"], row["psnr_y"] - original["psnr_y"]) >= -0.1
+            row["flops_percent"] <= 75.0
+            and min(row["psnr"] - original["psnr"], row["psnr_y"] - original["psnr_y"]) >= -0.1
             for row in (unseen[split]["classsr"], unseen[split]["classsr_budget"])
         ), split
 

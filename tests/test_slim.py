@@ -46,7 +46,8 @@ def test_a_branch_cut_from_channels_that_carry_everything_computes_what_o_comput
 
 def test_unsupported_networks_and_widths_are_refused():
     _, variables = fsrcnn(8)
-    with pytest.raises(ValueError, match=r"^cutting a branch out of the -O network is implemented for fsrcnn, not carn$"):
+    with pytest.raises(ValueError,
+                       match=r"^cutting a branch out of the -O network is implemented for fsrcnn, not carn$"):
         slim.slim_params("carn", variables["params"], 4)
     with pytest.raises(ValueError, match=r"^a branch cut out of the -O network must be 1 to 8 channels wide, got 9$"):
         slim.slim_params("fsrcnn", variables["params"], 9)

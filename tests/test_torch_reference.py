@@ -475,7 +475,8 @@ def test_classsr_forward_test_routes_by_argmax(network):
         torch.testing.assert_close(out, mix)
         torch.testing.assert_close(p2, p)
         out_ps, _ = model.forward_train(x, per_sample=True)
-        torch.testing.assert_close(out_ps, out, rtol=1e-5, atol=2e-3 if network == "rcan" else 1e-5)  # rcan: [0,255] scale
+        torch.testing.assert_close(out_ps, out, rtol=1e-5,
+                                   atol=2e-3 if network == "rcan" else 1e-5)  # rcan: [0,255] scale
 
 
 def test_classsr_registration_order():

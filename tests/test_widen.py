@@ -59,7 +59,8 @@ def test_widened_classsr_keeps_classifier_and_computes_every_branch():
     wide_spec, wide_vars = widen(spec, variables, (36, 64, 64))
     assert wide_spec.widths == (36, 64, 64)
     for name in ("classifier", "net1", "net3"):
-        assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, wide_vars["params"][name], variables["params"][name]))
+        assert jax.tree_util.tree_all(
+            jax.tree_util.tree_map(np.array_equal, wide_vars["params"][name], variables["params"][name]))
     x = jnp.asarray(np.random.default_rng(1).random((3, 32, 32, 3), np.float32))
     model, wide_model = spec.build(), wide_spec.build()
     for k in range(3):
@@ -81,13 +82,15 @@ def test_routed_model_widens_on_cpu_and_routes_the_same_numbers():
     for widths in ((36, 52, 64), (36, 64, 64)):
         routed = RoutedModel(spec, compute_widths=widths)
         assert routed.compute_spec.widths == widths
-        outs.append(np.asarray(ReferenceRouter(routed).route(routed.place_variables(variables), tiles, valid, np.zeros(3), 1)[0]))
+        sr = ReferenceRouter(routed).route(routed.place_variables(variables), tiles, valid, np.zeros(3), 1)[0]
+        outs.append(np.asarray(sr))
     np.testing.assert_allclose(outs[1], outs[0], atol=1e-5)
 
 
 def test_widths_can_only_grow():
     spec = ModelSpec("classsr", "srresnet", (36, 52, 64))
-    with pytest.raises(ValueError, match=r"^cannot compute branches of widths \[36, 52, 64\] at widths \[36, 48, 64\]$"):
+    with pytest.raises(ValueError,
+                       match=r"^cannot compute branches of widths \[36, 52, 64\] at widths \[36, 48, 64\]$"):
         wider_spec(spec, (36, 48, 64))
     with pytest.raises(ValueError, match=r"^carn widths 50 and 64 must both be multiples of its 4 groups$"):
         widen_network_variables("carn", 50, 64, 4, {}, {})

@@ -34,7 +34,8 @@ def conv_grouped_as_dense(lhs, rhs, window_strides, padding, *, dimension_number
     g = feature_group_count
     cin, cout = rhs.shape[-2], rhs.shape[-1] // g
     blocks = rhs.reshape(*rhs.shape[:2], cin, g, cout)  # (kh, kw, in per group, group, out per group)
-    full = jnp.einsum("hwigo,Gg->hwGigo", blocks, jnp.eye(g, dtype=rhs.dtype)).reshape(*rhs.shape[:2], g * cin, g * cout)
+    full = jnp.einsum("hwigo,Gg->hwGigo", blocks, jnp.eye(g, dtype=rhs.dtype)).reshape(
+        *rhs.shape[:2], g * cin, g * cout)
     return jax.lax.conv_general_dilated(lhs, full, window_strides, padding, dimension_numbers=dimension_numbers)
 
 

@@ -44,7 +44,8 @@ def subpixel(x, kernel, bias, stride=SCALE, padding=DECONV_PADDING[SCALE][0]):
     return pixel_shuffle(y + jnp.repeat(bias, stride * stride), stride)
 
 
-def zero_insertion(x, kernel, bias, stride=SCALE, padding=DECONV_PADDING[SCALE][0], output_padding=DECONV_PADDING[SCALE][1]):
+def zero_insertion(x, kernel, bias, stride=SCALE, padding=DECONV_PADDING[SCALE][0],
+                   output_padding=DECONV_PADDING[SCALE][1]):
     """PyTorch ConvTranspose2d: insert stride−1 zeros between input pixels, then correlate with the flipped kernel."""
     lo = K - 1 - padding
     y = jax.lax.conv_general_dilated(
@@ -54,7 +55,8 @@ def zero_insertion(x, kernel, bias, stride=SCALE, padding=DECONV_PADDING[SCALE][
     return y + bias
 
 
-def lax_conv_transpose(x, kernel, bias, stride=SCALE, padding=DECONV_PADDING[SCALE][0], output_padding=DECONV_PADDING[SCALE][1]):
+def lax_conv_transpose(x, kernel, bias, stride=SCALE, padding=DECONV_PADDING[SCALE][0],
+                       output_padding=DECONV_PADDING[SCALE][1]):
     lo = K - 1 - padding
     y = jax.lax.conv_transpose(x, kernel[::-1, ::-1], (stride, stride), ((lo, lo + output_padding),) * 2,
                                dimension_numbers=DN)
@@ -123,8 +125,8 @@ def main(argv=None):
         true, paper = meta[d, "count"]
         for name in forms:
             m = meta[d, name]
-            rows.append([d, name, harness.spread(times[d, name]), f"{m['xla'] / 1e9:.2f} G", f"{m['xla'] / n / 1e6:.1f} M",
-                         f"{m['xla'] / true:.1f}", f"{m['err']:.1e}"])
+            rows.append([d, name, harness.spread(times[d, name]), f"{m['xla'] / 1e9:.2f} G",
+                         f"{m['xla'] / n / 1e6:.1f} M", f"{m['xla'] / true:.1f}", f"{m['err']:.1e}"])
         rows.append([d, "*flops.py count (deconv only)*", "", f"true {true / 1e9:.2f} G, paper {paper / 1e9:.2f} G",
                      f"true {true / n / 1e6:.1f} M, paper {paper / n / 1e6:.1f} M", f"1.0 / {paper / true:.0f}", ""])
     print(f"\n### FSRCNN ×4 transposed conv (9×9, stride 4, d→3) on {n} tiles of 32×32, median of {args.reps} "
@@ -170,7 +172,8 @@ def main(argv=None):
         s, z = harness.median(net_times[d, "sub-pixel"]), harness.median(net_times[d, "zero-insertion"])
         rows.append([d, harness.spread(net_times[d, "sub-pixel"]), harness.spread(net_times[d, "zero-insertion"]),
                      f"{z / s:.1f}×", f"{net_flops[d, 'sub-pixel'] / n / 1e6:.1f} M",
-                     f"{net_flops[d, 'zero-insertion'] / n / 1e6:.1f} M", f"{true / 1e6:.1f} M", f"{paper / 1e6:.1f} M"])
+                     f"{net_flops[d, 'zero-insertion'] / n / 1e6:.1f} M", f"{true / 1e6:.1f} M",
+                     f"{paper / 1e6:.1f} M"])
     print(f"\n### Whole FSRCNN ×4 branch on {n} tiles (sub-pixel = the library; zero-insertion = its tail patched)\n")
     print(harness.table(["d", "sub-pixel", "zero-insertion", "ratio", "XLA FLOPs/tile sub-pixel", "zero-insertion",
                          "flops.py true", "paper"], rows))

@@ -82,7 +82,8 @@ def part_grouped(reps, batch):
     rng = np.random.default_rng(0)
     g, widths = 4, (36, 52, 64)
     forms = {"native grouped": lambda x, w, **kw: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", **kw),
-             "per-group convs + concat": lambda x, w, **kw: conv_forms.conv_grouped_as_split(x, w, (1, 1), "SAME", **kw),
+             "per-group convs + concat":
+                 lambda x, w, **kw: conv_forms.conv_grouped_as_split(x, w, (1, 1), "SAME", **kw),
              "block-diagonal dense": lambda x, w, **kw: conv_forms.conv_grouped_as_dense(x, w, (1, 1), "SAME", **kw)}
     fns = {}
     for c in widths:
@@ -100,8 +101,9 @@ def part_grouped(reps, batch):
     rows = []
     for c in widths:
         fl = 2 * batch * 1024 * 9 * c * c // g
+        native_over_split = harness.median(t[c, "native grouped"]) / harness.median(t[c, "per-group convs + concat"])
         rows.append([c, *(f"{harness.spread(t[c, n])} = {gflops(fl, harness.median(t[c, n]))} GF/s" for n in forms),
-                     f"{harness.median(t[c, 'native grouped']) / harness.median(t[c, 'per-group convs + concat']):.1f}×"])
+                     f"{native_over_split:.1f}×"])
     print(f"\n### Grouped 3×3 conv (g=4), C→C on {batch}×32×32 (GFLOP/s of the grouped conv's own MACs)\n")
     print(harness.table(["C", *forms, "native / per-group"], rows))
 
@@ -143,7 +145,8 @@ def part_branches(reps, batch, rcan_groups, networks):
         lo, hi = f"{net} {PAPER_WIDTHS[net][0]}", f"{net} 64"
         if lo in times and hi in times:
             t_ratio, f_ratio = times[hi][0] / times[lo][0], times[hi][2] / times[lo][2]
-            print(f"{net}: b3/b1 time {t_ratio:.2f}, FLOPs {f_ratio:.2f}, {100 * t_ratio / f_ratio:.0f} % of the FLOPs ratio")
+            print(f"{net}: b3/b1 time {t_ratio:.2f}, FLOPs {f_ratio:.2f}, "
+                  f"{100 * t_ratio / f_ratio:.0f} % of the FLOPs ratio")
 
 
 def part_flags(reps, batch, rcan_groups, networks):
@@ -169,7 +172,8 @@ def part_flags(reps, batch, rcan_groups, networks):
 def part_last(reps):
     rng = np.random.default_rng(0)
     batch, widths = 8, (16, 36, 52, 64)
-    as_matmul = jax.jit(lambda x, w: conv_forms.conv_rgb_as_matmul(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN))
+    as_matmul = jax.jit(
+        lambda x, w: conv_forms.conv_rgb_as_matmul(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=DN))
     fns = {}
     for c in widths:
         x = jnp.asarray(rng.random((batch, 128, 128, c), np.float32))
@@ -191,8 +195,9 @@ def part_last(reps):
             fns[f"{network} {w}", form] = lambda f=f, v=variables: f(v, xin)
     t = harness.time_interleaved(fns, reps)
     m = lambda key: harness.median(t[key])
-    rows = [[c, harness.spread(t[c, "conv"]), harness.spread(t[c, "matmul"]), f"{m((c, 'conv')) / m((c, 'matmul')):.1f}×",
-             gflops(2 * batch * 128 * 128 * 27 * c, m((c, "conv")))] for c in widths]
+    rows = [[c, harness.spread(t[c, "conv"]), harness.spread(t[c, "matmul"]),
+             f"{m((c, 'conv')) / m((c, 'matmul')):.1f}×", gflops(2 * batch * 128 * 128 * 27 * c, m((c, "conv")))]
+            for c in widths]
     print(f"\n### The last conv C→3 (3×3) at 128×128, {batch} tiles\n")
     print(harness.table(["C", "lax conv", "matmul to 27 channels + 9 shifted adds", "speed-up", "conv GFLOP/s"], rows))
     rows = [[f"{net} {w}", f"{1e3 * m((f'{net} {w}', 'conv')) / 4:.2f}", f"{1e3 * m((f'{net} {w}', 'matmul')) / 4:.2f}",

@@ -58,7 +58,8 @@ def step_runner(batch: int, tail: type = common.SubPixelConvTranspose, width: in
     saved, fsrcnn.SubPixelConvTranspose = fsrcnn.SubPixelConvTranspose, tail
     try:
         model = spec.build()
-        step = parallel.data_parallel(functools.partial(train.train_step, model=model, tx=tx, objective=Objective("l1")), mesh)
+        step = parallel.data_parallel(
+            functools.partial(train.train_step, model=model, tx=tx, objective=Objective("l1")), mesh)
         holder = {"state": state}
 
         def run():
@@ -89,7 +90,8 @@ def layer_rows(batch: int, reps: int) -> list[list[str]]:
         xla = lambda x, w, k=k: jax.lax.conv_general_dilated(x, w, (1, 1), [(k // 2, k // 2)] * 2, dimension_numbers=DN)
         forms = {"XLA conv": xla, "im2col": conv_forms.conv_as_im2col_matmul}
         np.testing.assert_allclose(forms["im2col"](x, w), xla(x, w), rtol=1e-4, atol=1e-4)
-        grads = {f: jax.jit(jax.grad(lambda x, w, g=g: jnp.sum(g(x, w) ** 2), argnums=(0, 1))) for f, g in forms.items()}
+        grads = {f: jax.jit(jax.grad(lambda x, w, g=g: jnp.sum(g(x, w) ** 2), argnums=(0, 1)))
+                 for f, g in forms.items()}
         times = harness.time_interleaved({f: functools.partial(g, x, w) for f, g in grads.items()}, reps)
         a, b = harness.median(times["XLA conv"]), harness.median(times["im2col"])
         rows.append([name, harness.seconds(a), harness.seconds(b), f"{a / b:.2f}×"])
@@ -107,11 +109,13 @@ def main(argv=None):
     if not args.step_only:
         forms["im2col"] = Im2colTail
     for name, rate in step_rates(args.batch, args.reps, forms).items():
-        print(f"FSRCNN-O train step, batch {args.batch}, no input pipeline, tail as {name}: {rate:.1f} steps/s ({1e3 / rate:.1f} ms)")
+        print(f"FSRCNN-O train step, batch {args.batch}, no input pipeline, tail as {name}: "
+              f"{rate:.1f} steps/s ({1e3 / rate:.1f} ms)")
     if args.step_only:
         return
     print()
-    print(harness.table(["conv (forward + backward)", "XLA conv", "im2col", "XLA / im2col"], layer_rows(args.batch, args.reps)))
+    print(harness.table(["conv (forward + backward)", "XLA conv", "im2col", "XLA / im2col"],
+                        layer_rows(args.batch, args.reps)))
 
 
 if __name__ == "__main__":

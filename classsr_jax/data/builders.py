@@ -6,7 +6,8 @@ Every builder turns HR photos into examples `{'name': str, 'hr': uint8 HxWx3 (mo
 Configs: `x2`, `x3`, `x4` (default) and `x2_aug`, `x3_aug`, `x4_aug`. The `_aug` configs add the paper's scale
 augmentation to the train split (docs/original.md#data-preparation): every HR photo is also
 MATLAB-bicubic-resized by 0.9, 0.8, 0.7 and 0.6 (rounded to uint8 as `cv2.imwrite` stores it), and every copy
-is named `{factor}_{name}`, including the unchanged copy `1_{name}` (commit a06008a's naming). Validation is never augmented.
+is named `{factor}_{name}`, including the unchanged copy `1_{name}` (commit a06008a's naming). Validation is
+never augmented.
 
 Bad data never stops a build: unreadable or truncated files, and photos (or augmented copies) smaller than one
 HR tile (32·scale px) on either side, are skipped, logged, and listed in the dataset's metadata under

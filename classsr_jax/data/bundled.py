@@ -67,7 +67,8 @@ def skimage_data_dir() -> Path:
     """The installed `skimage/data` folder, found without importing scikit-image."""
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("scikit-image is not installed; the bundled photos come from its package (pip install scikit-image)")
+        raise DataError("scikit-image is not installed; the bundled photos come from its package "
+                        "(pip install scikit-image)")
     return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
@@ -104,7 +105,8 @@ def rotate_hue(photo: np.ndarray, degrees: float) -> np.ndarray:
     hue = np.where(chroma > 0, (hue + degrees / 60.0) % 6.0, 0.0)
     # Back to RGB: every channel n is value − chroma · clip(min(k, 4 − k), 0, 1) with k = (n + hue) mod 6.
     out = np.stack(
-        [value - chroma * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0) for k in ((n + hue) % 6.0 for n in (5.0, 3.0, 1.0))],
+        [value - chroma * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+         for k in ((n + hue) % 6.0 for n in (5.0, 3.0, 1.0))],
         axis=-1,
     )
     return to_uint8(out)

@@ -49,7 +49,8 @@ class ColourAugment:
         """(count, 3, 3) float64 colour matrices (out = M @ rgb), drawn from `rng` in a fixed order."""
         order = rng.integers(0, 6, size=count) if self.permute_channels else np.zeros(count, np.int64)
         hue = rng.uniform(-self.hue_degrees, self.hue_degrees, size=count) if self.hue_degrees > 0 else np.zeros(count)
-        sat = rng.uniform(1 - self.saturation, 1 + self.saturation, size=count) if self.saturation > 0 else np.ones(count)
+        sat = (rng.uniform(1 - self.saturation, 1 + self.saturation, size=count) if self.saturation > 0
+               else np.ones(count))
         if self.probability < 1:
             kept = rng.random(count) >= self.probability
             order[kept], hue[kept], sat[kept] = 0, 0.0, 1.0

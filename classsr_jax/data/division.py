@@ -42,7 +42,9 @@ FORMAT_VERSION = 1
 SRFunction = Callable[[np.ndarray], Any]
 
 
-def grid_positions(length: int, crop: int = LR_TILE, step: int = GRID_STEP, max_uncovered: int = GRID_MAX_UNCOVERED) -> list[int]:
+def grid_positions(
+    length: int, crop: int = LR_TILE, step: int = GRID_STEP, max_uncovered: int = GRID_MAX_UNCOVERED
+) -> list[int]:
     """Tile starts along one axis: 0, step, … while start + crop ≤ length, then length − crop if the leftover
     length − (last + crop) exceeds `max_uncovered`. Empty when the axis is shorter than one tile."""
     if length < crop:
@@ -53,7 +55,9 @@ def grid_positions(length: int, crop: int = LR_TILE, step: int = GRID_STEP, max_
     return positions
 
 
-def tile_grid(height: int, width: int, crop: int = LR_TILE, step: int = GRID_STEP, max_uncovered: int = GRID_MAX_UNCOVERED) -> np.ndarray:
+def tile_grid(
+    height: int, width: int, crop: int = LR_TILE, step: int = GRID_STEP, max_uncovered: int = GRID_MAX_UNCOVERED
+) -> np.ndarray:
     """(n, 2) int32 array of (y, x) tile corners, row-major (the original's `_s001`, `_s002`, … order)."""
     ys, xs = grid_positions(height, crop, step, max_uncovered), grid_positions(width, crop, step, max_uncovered)
     if not ys or not xs:

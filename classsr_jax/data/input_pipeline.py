@@ -70,7 +70,9 @@ class _Image:
         return self.hr.nbytes + self.lr.nbytes
 
 
-def _tf_shard(dataset: tf.data.Dataset, wanted: np.ndarray | None, process_index: int, process_count: int) -> tf.data.Dataset:
+def _tf_shard(
+    dataset: tf.data.Dataset, wanted: np.ndarray | None, process_index: int, process_count: int
+) -> tf.data.Dataset:
     """(index, example) pairs of this process's share, decoding images only after the share is taken."""
     indexed = dataset.enumerate()
     if wanted is not None:
@@ -405,7 +407,8 @@ def create_train_iterator(
         (the training loop's batches); by default they are finished here.
     """
     _check_pipeline_arguments(batch_size, scale, lr_patch, prefetch)
-    describe = f"process {process_index} of {process_count}" + (f", class {class_filter}" if class_filter is not None else "")
+    describe = (f"process {process_index} of {process_count}"
+                + (f", class {class_filter}" if class_filter is not None else ""))
     positions, wanted = _division_draws(division, class_filter, scale, lr_patch, process_index, process_count, describe)
     seeds = np.random.SeedSequence([int(seed), int(process_index)])
     rng = np.random.default_rng(seeds)

@@ -155,8 +155,9 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     """The paper's table: one row per model/dataset with PSNR, FLOPs and % of -O, plus class ratios and time."""
     return markdown_table(
         ["model", "PSNR (dB)", "PSNR-Y", "SSIM-Y", "FLOPs/tile", "% of -O", "class ratio", "s/image"],
-        [[name, f"{avg['psnr']:.2f}", f"{avg['psnr_y']:.2f}", f"{avg['ssim_y']:.4f}", flops_lib.format_flops(avg["flops"]),
-          f"{avg['flops_percent']:.0f}%", class_shares(avg["class_counts"]), f"{avg['inference_s']:.2f}"]
+        [[name, f"{avg['psnr']:.2f}", f"{avg['psnr_y']:.2f}", f"{avg['ssim_y']:.4f}",
+          flops_lib.format_flops(avg["flops"]), f"{avg['flops_percent']:.0f}%", class_shares(avg["class_counts"]),
+          f"{avg['inference_s']:.2f}"]
          for name, avg in rows],
     )
 
@@ -194,8 +195,8 @@ def format_results_table(results: dict[str, Any], collapse_threshold: float = 0.
             counts = avg.get("class_counts") if model["key"] == "classsr" else None
             if counts and sum(counts) and max(counts) / sum(counts) > collapse_threshold:
                 k = max(range(len(counts)), key=counts.__getitem__)
-                notes.append(f"On {dataset}, {model['name']} sends {100 * counts[k] / sum(counts):.0f}% of the tiles to "
-                             f"branch {k + 1} of {len(counts)}: the classifier does not route these images.")
+                notes.append(f"On {dataset}, {model['name']} sends {100 * counts[k] / sum(counts):.0f}% of the "
+                             f"tiles to branch {k + 1} of {len(counts)}: the classifier does not route these images.")
     table = markdown_table(["Dataset", "Model", "Params", "PSNR (dB)", "PSNR-Y (dB)", "FLOPs/tile (% of -O)",
                             "tiles simple/medium/hard (%)"], rows)
     return "\n\n".join([table, *notes])

@@ -203,7 +203,8 @@ def route_tiles(
     Returns (sr (n, t·s, t·s, 3), classes (n,) with −1 for padding, logits (n, K), counts (K,)).
     """
     n, t = tiles.shape[0], tiles.shape[1]
-    logits, classes = classify(model, variables, tiles, valid, logit_offsets, force_class, has_classifier=has_classifier)
+    logits, classes = classify(model, variables, tiles, valid, logit_offsets, force_class,
+                               has_classifier=has_classifier)
     scatter = lambda out, sel, _, sr: out.at[sel].set(sr, mode="drop")
     out = jnp.zeros((n, t * scale, t * scale, 3), jnp.float32)
     out, counts = route_classes(model, variables, tiles, classes, out, scatter, num_branches=num_branches,

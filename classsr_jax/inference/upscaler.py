@@ -146,7 +146,8 @@ class Upscaler:
         self.protocol, self.tile, self.overlap = protocol, tile, overlap
         self.step = step if protocol == "paper" else tile - overlap
         self.dtype = dtype
-        self.routed = RoutedModel(spec, buckets, mesh=mesh, dtype=DTYPES[dtype])  # resolves the default buckets for the backend
+        # RoutedModel resolves the default buckets for the backend.
+        self.routed = RoutedModel(spec, buckets, mesh=mesh, dtype=DTYPES[dtype])
         self.buckets = self.routed.buckets
         self.band_tiles = band_tiles or bands.default_band_tiles()
         self.programs = bands.BandPrograms(self.routed)

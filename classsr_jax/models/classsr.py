@@ -35,7 +35,8 @@ class ClassSR(nn.Module):
         self.classifier = Classifier(num_classes=len(self.widths), dtype=self.dtype)
         # Branches are named net1, net2, … like the original's state_dict prefixes.
         for i, width in enumerate(self.widths):
-            module = build_network(self.network, width, self.scale, scan=self.scan, dtype=self.dtype, **dict(self.extra))
+            module = build_network(self.network, width, self.scale, scan=self.scan, dtype=self.dtype,
+                                   **dict(self.extra))
             setattr(self, f"net{i + 1}", module)
 
     @property

@@ -107,7 +107,8 @@ class SplitGroupConv(nn.Conv):
 
 
 def pixel_shuffle(x: jax.Array, r: int) -> jax.Array:
-    """NHWC PixelShuffle with PyTorch's channel order: input channel c·r² + i·r + j → (row i, col j) of output channel c."""
+    """NHWC PixelShuffle with PyTorch's channel order: input channel c·r² + i·r + j → (row i, col j) of output
+    channel c."""
     n, h, w, c = x.shape
     out_c = c // (r * r)
     x = x.reshape(n, h, w, out_c, r, r)

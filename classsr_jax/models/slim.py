@@ -24,7 +24,8 @@ def channel_importance(writes: np.ndarray, reads: np.ndarray) -> np.ndarray:
     """writes: (..., C) the weights producing each of C channels; reads: (C, ...) the weights consuming them."""
     writes = np.asarray(writes, np.float64)
     reads = np.asarray(reads, np.float64)
-    return np.linalg.norm(writes.reshape(-1, writes.shape[-1]), axis=0) * np.linalg.norm(reads.reshape(reads.shape[0], -1), axis=1)
+    return (np.linalg.norm(writes.reshape(-1, writes.shape[-1]), axis=0)
+            * np.linalg.norm(reads.reshape(reads.shape[0], -1), axis=1))
 
 
 def most_important(importance: np.ndarray, width: int) -> np.ndarray:
@@ -35,7 +36,8 @@ def most_important(importance: np.ndarray, width: int) -> np.ndarray:
 def slim_params(network: str, params: dict[str, Any], width: int) -> dict[str, Any]:
     """The -O network's parameters cut to a branch of `width` channels (see the module docstring)."""
     if network not in SUPPORTED:
-        raise ValueError(f"cutting a branch out of the -O network is implemented for {', '.join(SUPPORTED)}, not {network}")
+        raise ValueError(f"cutting a branch out of the -O network is implemented for {', '.join(SUPPORTED)}, "
+                         f"not {network}")
     p = {name: {k: np.asarray(v) for k, v in layer.items()} for name, layer in params.items()}
     d = p["head_conv"]["bias"].shape[0]
     if not 0 < width <= d:

@@ -118,4 +118,5 @@ class ModelSpec:
         missing = {"kind", "network", "widths", "scale"} - set(d)
         if missing:
             raise ValueError(f"model description lacks {', '.join(sorted(missing))}")
-        return cls(d["kind"], d["network"], tuple(int(w) for w in d["widths"]), int(d["scale"]), dict(d.get("extra", {})))
+        return cls(d["kind"], d["network"], tuple(int(w) for w in d["widths"]), int(d["scale"]),
+                   dict(d.get("extra", {})))

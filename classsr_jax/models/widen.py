@@ -42,7 +42,9 @@ def _channel_map(width: int, wide: int, groups: int) -> np.ndarray:
     return (c // per) * wide_per + c % per
 
 
-def _pad_axis(x: np.ndarray, axis: int, size: int, width: int, wide: int, cmap: np.ndarray, shuffle: bool) -> np.ndarray:
+def _pad_axis(
+    x: np.ndarray, axis: int, size: int, width: int, wide: int, cmap: np.ndarray, shuffle: bool
+) -> np.ndarray:
     n = x.shape[axis]
     out_shape = list(x.shape)
     out_shape[axis] = size
