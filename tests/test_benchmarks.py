@@ -27,9 +27,12 @@ def test_gpu_suite_smoke_mode_prints_every_section():
         "B. fsrcnn b3/b1 (bf16)",
         "C. fsrcnn tile loop vs bucketed (bf16)",
         "D. 8K ClassSR-fsrcnn bf16, buckets 8/2",
+        "E. file to file, 288×160 ClassSR-fsrcnn bf16, PNG",
     ]
     # Every timing is a number of seconds, and the host share a percentage.
-    assert all(re.match(r"\| [^|]+ \| \d+\.\d+ (s|ms/tile|/ \d+\.\d+ s)", row) or "b3/b1" in row for row in rows)
+    assert all(re.match(r"\| [^|]+ \| \d+\.\d+ (s|ms/tile|/ \d+\.\d+ s)", row) or "b3/b1" in row for row in rows[:-1])
+    assert re.match(r"\| E\. [^|]+ \| read \d+\.\d\d s \| inference \d+\.\d+ s \| write \d+\.\d\d s \(photo-like\) \| "
+                    r"host: \d+ cores \|", rows[-1])
     assert re.search(r"host \d+\.\d %", rows[0])
     assert "suite:" in run.stdout and "nproc=" in run.stdout
 
