@@ -54,8 +54,9 @@ def cubic(x: np.ndarray) -> np.ndarray:
     absx = np.abs(np.asarray(x, dtype=np.float64))
     absx2 = absx * absx
     absx3 = absx2 * absx
-    near = (1.5 * absx3 - 2.5 * absx2 + 1.0) * (absx <= 1)
-    far = (-0.5 * absx3 + 2.5 * absx2 - 4.0 * absx + 2.0) * ((absx > 1) & (absx <= 2))
+    a = CUBIC_A  # every coefficient below is exact in binary: the same numbers as MATLAB's literals
+    near = ((a + 2.0) * absx3 - (a + 3.0) * absx2 + 1.0) * (absx <= 1)
+    far = (a * absx3 - 5.0 * a * absx2 + 8.0 * a * absx - 4.0 * a) * ((absx > 1) & (absx <= 2))
     return near + far
 
 
