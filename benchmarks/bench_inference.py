@@ -22,7 +22,7 @@ larger of the two sums instead of their total.
 
 bf16: PSNR of bfloat16 against float32 outputs, on random-weight networks of all four kinds at the paper's
 widths, converted through a PyTorch-layout state_dict round trip (the converter's path), and on the
-quickstart's committed models when they are present (tests/data/quickstart).
+quickstart's models bundled with the package (classsr_jax/pretrained).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bf16(args) -> None:
-    from classsr_jax.checkpointing import load_model
+    from classsr_jax.checkpointing import bundled_model_dir, load_model
     from classsr_jax.cli import convert
     from classsr_jax.inference.upscaler import Upscaler
     from classsr_jax.models.torch_names import variables_to_state_dict
@@ -152,9 +152,8 @@ def bf16(args) -> None:
         same = float(np.mean(full.classes == half.classes))
         rows.append([f"ClassSR-{network} (random, converted)", f"{_psnr(full.sr_255, half.sr_255):.1f} dB",
                      f"{100 * same:.1f} %"])
-    quickstart = os.path.join(harness.REPO, "tests", "data", "quickstart", "export")
-    for name in ("original", "classsr"):
-        path = os.path.join(quickstart, name)
+    for name, bundled in (("original", "quickstart-original"), ("classsr", "quickstart")):
+        path = bundled_model_dir(bundled)
         if os.path.isdir(path):
             loaded = load_model(path)
             full = Upscaler(loaded.spec, loaded.variables).upscale(image, float_merge=True)

@@ -1,6 +1,7 @@
 """How a quickstart run's models do on photos they never saw, and on flat colours.
 
   python -m benchmarks.bench_quickstart WORKDIR [WORKDIR ...] [--budget 0.75]
+  python -m benchmarks.bench_quickstart quickstart --budget 0.75      # the models bundled with the package
 
 For each workdir of `python -m classsr_jax.main --config configs/quickstart.py` (or of a run of only its
 `original` stage), this opens `export/original` and, when there is one, `export/classsr`, and measures:
@@ -15,8 +16,9 @@ For each workdir of `python -m classsr_jax.main --config configs/quickstart.py` 
   greens and blues among them) plus the two dark colours (30, 80, 40) and (20, 40, 160); the worst deviation
   of any output pixel away from the border, in uint8 levels.
 
-`tests/test_quickstart_models.py` asserts the issue's bounds on the models committed under
-tests/data/quickstart with these same functions.
+`tests/test_quickstart_models.py` asserts the issue's bounds on the models bundled with the package
+(classsr_jax/pretrained/quickstart and quickstart-original; the name `quickstart` stands for them here) with
+these same functions.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import jax
 import numpy as np
 
 from benchmarks import harness
+from classsr_jax import checkpointing
 from classsr_jax.checkpointing import load_model
 from classsr_jax.data import bundled
 from classsr_jax.data.bicubic import bicubic_degrade, modcrop
@@ -109,12 +112,19 @@ def division_shares(workdir: str) -> dict[str, list[float]] | None:
     return out
 
 
+def export_paths(workdir: str) -> dict[str, str]:
+    """{'original': …, 'classsr': …}: a workdir's exports, or the bundled models for the name `quickstart`."""
+    if workdir == checkpointing.DEFAULT_MODEL and not os.path.exists(workdir):
+        return {"original": checkpointing.bundled_model_dir("quickstart-original"),
+                "classsr": checkpointing.bundled_model_dir("quickstart")}
+    return {key: os.path.join(workdir, "export", key) for key in ("original", "classsr")}
+
+
 def workdir_upscalers(workdir: str, budget: float | None) -> tuple[dict[str, Upscaler], dict[str, dict]]:
     """'original' and, when exported, 'classsr' (and 'classsr_budget' with a budget), full protocol; and each
     one's routing options."""
     out, options = {}, {}
-    for key, folder in (("original", "original"), ("classsr", "classsr")):
-        path = os.path.join(workdir, "export", folder)
+    for key, path in export_paths(workdir).items():
         if os.path.isdir(path):
             model = load_model(path)
             out[key] = Upscaler(model.spec, model.variables)

@@ -4,8 +4,9 @@ A model checkpoint is a self-describing directory with two items:
 - `variables`: the Flax variables (`params`, and `batch_stats` for CARN), float32;
 - `model`: JSON with the format marker and the `ModelSpec` that rebuilds the module.
 `load_model` opens one from its directory; `open_model` also takes a training workdir (its exported
-`export/classsr`), and is what every command, the Python API and the notebooks call. A model with a non-finite parameter is never written and never opened: it would upscale
-to black images.
+`export/classsr`) or the name of a model bundled with the package (`quickstart`, `quickstart-original`), and is
+what every command, the Python API and the notebooks call. A model with a non-finite parameter is never written
+and never opened: it would upscale to black images.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ FORMAT_VERSION = 1
 EXPORT_DIR = "export"  # a training workdir's inference models: export/classsr and export/original
 CLASSSR_EXPORT = "classsr"  # what a workdir means as a model
 ORIGINAL_EXPORT = "original"
+# Models shipped inside the package (package data): the quickstart's exports, small enough to install everywhere.
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+BUNDLED_MODELS = ("quickstart", "quickstart-original")
+DEFAULT_MODEL = "quickstart"  # what `classsr-upscale` runs without --checkpoint
 
 
 @dataclasses.dataclass
@@ -157,13 +162,22 @@ def load_model(model_dir: str) -> LoadedModel:
     return LoadedModel(spec, variables, description.get("metadata", {}), path)
 
 
-def resolve_model_dir(path: str) -> str:
-    """The model directory a path names: a model checkpoint itself, or a training workdir's export/classsr.
+def bundled_model_dir(name: str) -> str | None:
+    """The folder of the bundled model called `name` ('quickstart', 'quickstart-original'), or None."""
+    return os.path.join(PRETRAINED_DIR, name) if name in BUNDLED_MODELS else None
 
-    A path that is neither is a one-line CheckpointError.
+
+def resolve_model_dir(path: str) -> str:
+    """The model directory a path names: a model checkpoint itself, a training workdir's export/classsr, or a
+    bundled model's name (an existing path of that name wins: it is what the user pointed at).
+
+    A path that is none of these is a one-line CheckpointError.
     """
+    if not os.path.exists(path) and bundled_model_dir(path) is not None:
+        return bundled_model_dir(path)
     if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        bundled = ", ".join(BUNDLED_MODELS)
+        raise CheckpointError(f"checkpoint {path} does not exist (and it is not a bundled model: {bundled})")
     if os.path.isdir(os.path.join(path, "model")):
         return path
     exported = os.path.join(path, EXPORT_DIR, CLASSSR_EXPORT)
@@ -175,7 +189,8 @@ def resolve_model_dir(path: str) -> str:
 
 
 def open_model(path: str) -> LoadedModel:
-    """A model from a converted checkpoint, an exported model or a training workdir (its export/classsr)."""
+    """A model from a converted checkpoint, an exported model, a training workdir (its export/classsr) or a
+    bundled model's name."""
     return load_model(resolve_model_dir(path))
 
 

@@ -89,10 +89,26 @@ def test_resolve_model_dir_takes_a_model_or_a_workdirs_export(tmp_path):
     with pytest.raises(CheckpointError) as err:
         resolve_model_dir(str(tmp_path / "empty"))
     assert str(err.value) == f"{tmp_path / 'empty'} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no export/classsr)"
-    with pytest.raises(CheckpointError, match=r"^checkpoint .*/nowhere does not exist$"):
+    with pytest.raises(CheckpointError) as err:
         resolve_model_dir(str(tmp_path / "nowhere"))
+    assert str(err.value) == (f"checkpoint {tmp_path / 'nowhere'} does not exist "
+                              "(and it is not a bundled model: quickstart, quickstart-original)")
     with pytest.raises(CheckpointError, match=r"is not a classsr_jax checkpoint \(no model/ and variables/ inside\)$"):
         checkpointing.load_model(str(tmp_path / "run"))  # load_model itself takes a model directory only
+
+
+def test_bundled_names_open_the_package_models_unless_a_path_of_that_name_exists(tmp_path, monkeypatch):
+    package = os.path.dirname(os.path.abspath(checkpointing.__file__))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_dir("quickstart") == os.path.join(package, "pretrained", "quickstart")
+    assert resolve_model_dir("quickstart-original") == os.path.join(package, "pretrained", "quickstart-original")
+    classsr, original = checkpointing.open_model("quickstart"), checkpointing.open_model("quickstart-original")
+    assert (classsr.spec.kind, classsr.spec.network, classsr.spec.widths, classsr.spec.scale) == (
+        "classsr", "fsrcnn", (16, 36, 56), 4)
+    assert (original.spec.kind, original.spec.widths) == ("network", (56,))
+    # A folder called quickstart in the working directory is what the user means.
+    model = checkpointing.save_model(str(tmp_path / "quickstart"), SPEC, random_variables(SPEC))
+    assert resolve_model_dir("quickstart") == "quickstart" and os.path.abspath("quickstart") == model
 
 
 def test_a_failing_model_write_is_one_line_naming_the_directory_and_leaves_nothing(tmp_path, monkeypatch):
