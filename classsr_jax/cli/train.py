@@ -70,10 +70,27 @@ def train_command(flag_values: flags.FlagValues) -> None:
     train.train_and_evaluate(flag_values.config, flag_values.workdir)
 
 
+def with_config_file(argv: list[str]) -> list[str]:
+    """argv with a bare --config name ('quickstart') replaced by the path of its file, which absl loads."""
+    value = config_argument(argv)
+    if value is None:
+        return argv
+    path = configuration.config_file_argument(value)
+    if "--config" in argv[:-1] and argv[argv.index("--config") + 1] == value:
+        at = argv.index("--config") + 1
+        return [*argv[:at], path, *argv[at + 1 :]]
+    return [f"--config={path}" if a == f"--config={value}" else a for a in argv]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The `classsr-train` command. The config's repository root goes on sys.path before absl loads --config,
-    so that its `from configs import …` works from any working directory."""
+    """The `classsr-train` command. A bare --config name means configs/<name>.py (of the working directory, the
+    checkout or the installed package); its repository root goes on sys.path before absl loads --config, so that
+    its `from configs import …` works from any working directory."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = with_config_file(argv)
+    except ConfigError as e:
+        return cli.fail(e, cli.USAGE_ERROR)
     configuration.add_config_root_to_path(config_argument(argv))
     return cli.run(train_command, FLAGS, argv, program="classsr-train", describe_flag_error=describe_flag_error)
 

@@ -14,6 +14,7 @@ parses `--config`, from any working directory and as an installed console script
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -40,13 +41,12 @@ CONFIGS_FOLDER = "configs"
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _search_roots() -> list[Path]:
-    """Where configs/<name>.py may live: the working directory, then the checkout this package came from."""
-    roots = [Path.cwd()]
-    checkout = Path(__file__).resolve().parents[1]
-    if checkout not in roots:
-        roots.append(checkout)
-    return roots
+def _config_folders() -> list[Path]:
+    """Where <name>.py may live: configs/ of the working directory, of the checkout this package came from, and
+    the installed package classsr_jax.configs (pyproject maps configs/ into the wheel under that name)."""
+    package = Path(__file__).resolve().parents[1]
+    folders = [Path.cwd() / CONFIGS_FOLDER, package.parent / CONFIGS_FOLDER, package / CONFIGS_FOLDER]
+    return list(dict.fromkeys(folders))
 
 
 def split_config_argument(text: str) -> tuple[str, str | None]:
@@ -63,12 +63,13 @@ def find_config(name: str) -> str:
         if os.path.isfile(name):
             return os.path.abspath(name)
         raise ConfigError(f"config file {name} does not exist")
-    for root in _search_roots():
-        path = root / CONFIGS_FOLDER / f"{name}.py"
+    for folder in _config_folders():
+        path = folder / f"{name}.py"
         if path.is_file():
             return str(path)
-    available = sorted({p.stem for r in _search_roots() for p in (r / CONFIGS_FOLDER).glob("*.py") if p.stem != "__init__"})
-    where = " or ".join(str(r / CONFIGS_FOLDER) for r in _search_roots())
+    folders = [f for f in _config_folders() if f.is_dir()] or _config_folders()
+    available = sorted({p.stem for f in folders for p in f.glob("*.py") if p.stem != "__init__"})
+    where = " or ".join(map(str, folders))
     raise ConfigError(
         f"no config {name!r} in {where}; available: {', '.join(available) or 'none (run from a checkout of the repository)'}"
     )
@@ -81,10 +82,23 @@ def config_root(path: str) -> str | None:
 
 
 def add_config_root_to_path(path: str | None) -> None:
-    """Puts the config's repository root on sys.path (first), so that its `from configs import …` works."""
+    """Makes the config's `from configs import …` work: puts its repository root on sys.path (first), or, for a
+    config of the installed package, makes `configs` another name of `classsr_jax.configs`."""
     root = config_root(split_config_argument(path)[0]) if path else None
-    if root and root not in sys.path:
+    if root and Path(root).resolve() == Path(__file__).resolve().parents[1]:
+        sys.modules.setdefault(CONFIGS_FOLDER, importlib.import_module(f"classsr_jax.{CONFIGS_FOLDER}"))
+    elif root and root not in sys.path:
         sys.path.insert(0, root)
+
+
+def config_file_argument(text: str) -> str:
+    """A --config value as absl's config_flags reads it: a bare name ('quickstart', 'smoke:bundled') becomes the
+    path of configs/<name>.py (`find_config`); a path stays as it is."""
+    name, arg = split_config_argument(text)
+    if name.endswith(".py") or os.sep in name:
+        return text
+    path = find_config(name)
+    return path if arg is None else f"{path}:{arg}"
 
 
 def load_config(path_or_name: str, overrides: dict[str, Any] | None = None):
