@@ -13,8 +13,11 @@ def test_pairs_must_be_scale_times_their_lr_after_the_modcrop():
     check_pair_shapes("modcropped", (40, 50), (163, 203), 4)  # the LR was made from the HR cropped to 160x200
     with pytest.raises(DataError, match=r"^small: HR is 100x100, smaller than 4 × its 40x40 LR \(160x160\)$"):
         check_pair_shapes("small", (40, 40), (100, 100), 4)
-    with pytest.raises(DataError, match=r"^big: HR is 164x160, not 4 × its 40x40 LR .*wrong scale or a mismatched pair$"):
+    with pytest.raises(DataError, match=r"^big: HR is 160x164, not 4 × its 40x40 LR .*wrong scale or a mismatched pair$"):
         check_pair_shapes("big", (40, 40), (164, 160), 4)
+    with pytest.raises(DataError) as err:  # sizes read width x height: (h, w) = (40, 50) is 50x40
+        check_pair_shapes("wide", (40, 50), (100, 120), 4)
+    assert str(err.value) == "wide: HR is 120x100, smaller than 4 × its 50x40 LR (200x160)"
 
 
 def test_markdown_table_and_class_shares():

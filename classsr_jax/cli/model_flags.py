@@ -14,7 +14,8 @@ from classsr_jax.io.images import pixel_limit
 
 
 def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
-    flags.DEFINE_string("checkpoint", None, "A converted checkpoint, an exported model or a training workdir.",
+    flags.DEFINE_string("checkpoint", None, "A converted checkpoint, an exported model, a training workdir, or a "
+                        "bundled model: quickstart (ClassSR-FSRCNN x4) or quickstart-original (its FSRCNN-O).",
                         flag_values=fv)
     flags.DEFINE_enum("protocol", default_protocol, ["full", "paper"],
                       "full: every pixel, overlaps blended; paper: the original's test pipeline.", flag_values=fv)
@@ -30,6 +31,14 @@ def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
                          flag_values=fv)
     flags.DEFINE_string("report", None, "Write the report as JSON here.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs (by default they are kept).", flag_values=fv)
+
+
+# The --help groups of these flags, after each command's own.
+MODEL_GROUPS = (
+    ("Model", ("checkpoint", "protocol", "dtype")),
+    ("Routing", ("budget", "force-class")),
+    ("Limits", ("max-pixels",)),
+)
 
 
 def routing_options(fv: flags.FlagValues, spec) -> dict:

@@ -39,6 +39,16 @@ flags.DEFINE_integer("factor-4k", DIV8K_TEST_SETS["Test4K"][2], "testsets: downs
 flags.DEFINE_string("div2k", None, "val10: folder with the DIV2K HR images (0801.png … 0810.png).", flag_values=FLAGS)
 
 
+HELP = cli.CommandHelp(
+    usage="classsr-prepare {testsets,val10,bundled} --output DIR [flags]",
+    summary="Build evaluation folders (HR/X<s> and LR/X<s>) for classsr-evaluate.",
+    examples=("classsr-prepare bundled --output data", "classsr-prepare val10 --div2k DIV2K_HR --output data"),
+    groups=(("Output", ("output", "scale", "no-progress")), ("testsets", ("div8k", "factor-2k", "factor-4k")),
+            ("val10", ("div2k",))),
+    required=("output",),
+)
+
+
 def prepare(which: str, flag_values: flags.FlagValues) -> None:
     given = [name for name in flag_values if flag_values[name].present and name not in COMMON + SETS[which]]
     if given:
@@ -62,13 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     """`classsr-prepare SET [flags]`, SET one of testsets, val10, bundled."""
     argv = list(sys.argv[1:] if argv is None else argv)
     which = argv[0] if argv and not argv[0].startswith("-") else None
-    if which is None and any(a in cli.HELP_FLAGS for a in argv):
-        print(__doc__)
-        return cli.OK
+    if which is None and any(a in (*cli.HELP_FLAGS, cli.VERSION_FLAG) for a in argv):
+        return cli.run(lambda _: None, FLAGS, argv, program="classsr-prepare", command_help=HELP)
     if which not in SETS:
         given = f"unknown set {which!r}" if which else "no set given"
         return cli.fail(f"{given}: use prepare {{{','.join(SETS)}}} [flags]", cli.USAGE_ERROR)
-    return cli.run(functools.partial(prepare, which), FLAGS, argv[1:], program=f"{PROGRAM} {which}")
+    return cli.run(functools.partial(prepare, which), FLAGS, argv[1:], program=f"{PROGRAM} {which}", command_help=HELP)
 
 
 if __name__ == "__main__":

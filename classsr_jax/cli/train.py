@@ -30,6 +30,18 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-proces
 flags.DEFINE_enum("cpu_collectives", "gloo", ["gloo", "mpi"], "Collectives between CPU processes.", flag_values=FLAGS)
 
 
+HELP = cli.CommandHelp(
+    usage="classsr-train --config CONFIG --workdir DIR [--config.FIELD=VALUE ...]",
+    summary="Train ClassSR: the paper's recipe as stages in one workdir; a rerun resumes.",
+    examples=("classsr-train --config quickstart --workdir runs/quickstart",
+              "classsr-train --config configs/rcan.py --workdir runs/rcan --config.data.manual_dir=/data/DIV2K_HR"),
+    groups=(("Run", ("config", "workdir")),
+            ("Several processes", ("distributed", "coordinator_address", "num_processes", "process_id",
+                                   "cpu_collectives"))),
+    required=("config", "workdir"),
+)
+
+
 class QuietLibraries(pylogging.Filter):
     """Orbax logs every file it writes at INFO; on the console keep its warnings and errors only, less the
     warning for checkpoints saved between validations (they carry no PSNR by design)."""
@@ -92,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return cli.fail(e, cli.USAGE_ERROR)
     configuration.add_config_root_to_path(config_argument(argv))
-    return cli.run(train_command, FLAGS, argv, program="classsr-train", describe_flag_error=describe_flag_error)
+    return cli.run(train_command, FLAGS, argv, program="classsr-train", describe_flag_error=describe_flag_error,
+                   command_help=HELP)
 
 
 if __name__ == "__main__":
