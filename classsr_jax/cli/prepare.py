@@ -18,7 +18,7 @@ from absl import flags
 from classsr_jax import cli
 from classsr_jax.data.testsets import DIV8K_TEST_SETS, build_bundled, build_div8k_test_sets, build_val10
 
-PROGRAM = "classsr_jax.prepare"
+PROGRAM = "classsr-prepare"
 # Each set, and the flags it takes besides --output, --scale and --no-progress.
 SETS = {
     "testsets": ("div8k", "factor-2k", "factor-4k"),  # Test2K/4K/8K from DIV8K 1201–1500
