@@ -144,14 +144,26 @@ def test_an_official_pth_is_converted_once_and_then_reopened(official):
         nh.open_checkpoint(loaded.path + "_new", official_pth=pth)
 
 
-def test_demo_setup_makes_an_untrained_checkpoint_only_in_smoke_mode(tmp_path, monkeypatch, capsys):
+def test_demo_setup_uses_the_bundled_model_only_in_smoke_mode(capsys):
     assert nh.demo_setup(False, "/my/ckpt", "coffee") == ("/my/ckpt", "coffee")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    made = []
-    monkeypatch.setattr(nh, "smoke_checkpoint", lambda path: made.append(path) or path)  # the notebook test makes one
-    path, image = nh.demo_setup(True, "/my/ckpt", "coffee")
-    assert made == [path] and path.startswith(str(tmp_path)) and image == "chelsea"
-    assert "UNTRAINED" in capsys.readouterr().out
+    assert nh.demo_setup(True, "/my/ckpt", "coffee") == ("quickstart", "chelsea")
+    assert capsys.readouterr().out == "smoke mode: the bundled model quickstart and the bundled photo 'chelsea'\n"
+
+
+def test_require_tpu_stops_on_a_runtime_without_one_unless_allowed():
+    assert jax.devices()[0].platform == "cpu"
+    with pytest.raises(RuntimeError) as err:
+        nh.require_tpu(allow_cpu=False)
+    assert str(err.value) == (
+        f"this runtime has no TPU (JAX sees {jax.device_count()} CPU device(s)): choose Runtime → Change runtime type "
+        "→ TPU and run the notebook again, or set ALLOW_CPU = True to go on here")
+    assert nh.require_tpu(allow_cpu=True) == "cpu"
+
+
+def test_training_config_bundled_keeps_the_configs_own_data():
+    config = nh.training_config("quickstart", data="bundled", manual_dir="/ignored")
+    assert config.data.dataset == "classsr_bundled/x4_aug" and config.data.manual_dir == ""
+    configuration.validate_config(config)
 
 
 def test_demo_pair_degrades_a_bundled_photo_or_a_file_with_the_matlab_bicubic(tmp_path):
