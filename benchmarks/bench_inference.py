@@ -125,7 +125,8 @@ def memory(args) -> None:
                          f"{result['now'][0]:.2f} GiB ({result['now'][1]:.0f} s)"])
             print(harness.table(["ClassSR-FSRCNN ×4, upscale command", f"before ({args.against})", "now"], rows[-1:]),
                   flush=True)
-    print(harness.table(["ClassSR-FSRCNN ×4, upscale command", f"peak RSS before ({args.against})", "peak RSS now"], rows))
+    headers = ["ClassSR-FSRCNN ×4, upscale command", f"peak RSS before ({args.against})", "peak RSS now"]
+    print(harness.table(headers, rows))
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -150,16 +151,26 @@ def bf16(args) -> None:
         full = Upscaler(spec, variables).upscale(image, float_merge=True)
         half = Upscaler(spec, variables, dtype="bfloat16").upscale(image, float_merge=True)
         same = float(np.mean(full.classes == half.classes))
-        rows.append([f"ClassSR-{network} (random, converted)", f"{_psnr(full.sr_255, half.sr_255):.1f} dB",
-                     f"{100 * same:.1f} %"])
+        rows.append(
+            [
+                f"ClassSR-{network} (random, converted)",
+                f"{_psnr(full.sr_255, half.sr_255):.1f} dB",
+                f"{100 * same:.1f} %",
+            ]
+        )
     for name, bundled in (("original", "quickstart-original"), ("classsr", "quickstart")):
         path = bundled_model_dir(bundled)
         if os.path.isdir(path):
             loaded = load_model(path)
             full = Upscaler(loaded.spec, loaded.variables).upscale(image, float_merge=True)
             half = Upscaler(loaded.spec, loaded.variables, dtype="bfloat16").upscale(image, float_merge=True)
-            rows.append([f"quickstart {name}", f"{_psnr(full.sr_255, half.sr_255):.1f} dB",
-                         f"{100 * float(np.mean(full.classes == half.classes)):.1f} %"])
+            rows.append(
+                [
+                    f"quickstart {name}",
+                    f"{_psnr(full.sr_255, half.sr_255):.1f} dB",
+                    f"{100 * float(np.mean(full.classes == half.classes)):.1f} %",
+                ]
+            )
     print(harness.table(["model", "PSNR of bf16 against float32", "tiles routed alike"], rows))
 
 
@@ -188,11 +199,28 @@ def folder(args) -> None:
             images = json.load(f)["images"]
     device = sum(i["timing"]["inference_s"] for i in images)
     io = sum(i["timing"]["read_s"] + i["timing"]["write_s"] for i in images)
-    print(harness.table(
-        ["images (480×270 → 1920×1080, ClassSR-FSRCNN)", "wall", "Σ device path", "Σ decode + encode",
-         "serial would be", "wall / max(device, I/O)"],
-        [[len(images), harness.seconds(wall), harness.seconds(device), harness.seconds(io),
-          harness.seconds(device + io), f"{wall / max(device, io):.2f}"]]))
+    print(
+        harness.table(
+            [
+                "images (480×270 → 1920×1080, ClassSR-FSRCNN)",
+                "wall",
+                "Σ device path",
+                "Σ decode + encode",
+                "serial would be",
+                "wall / max(device, I/O)",
+            ],
+            [
+                [
+                    len(images),
+                    harness.seconds(wall),
+                    harness.seconds(device),
+                    harness.seconds(io),
+                    harness.seconds(device + io),
+                    f"{wall / max(device, io):.2f}",
+                ]
+            ],
+        )
+    )
 
 
 def main(argv=None) -> None:

@@ -89,7 +89,9 @@ def flat_colour_errors(upscaler: Upscaler) -> list[tuple[tuple[int, int, int], i
         lr[:] = colour
         sr = to_uint8(upscaler.upscale(lr).sr).astype(np.int64)
         inside = sr[FLAT_BORDER:-FLAT_BORDER, FLAT_BORDER:-FLAT_BORDER]
-        rows.append((colour, int(np.abs(inside - np.array(colour)).max()), inside.reshape(-1, 3).mean(0).round(1).tolist()))
+        rows.append(
+            (colour, int(np.abs(inside - np.array(colour)).max()), inside.reshape(-1, 3).mean(0).round(1).tolist())
+        )
     return sorted(rows, key=lambda row: -row[1])
 
 
@@ -105,8 +107,9 @@ def division_shares(workdir: str) -> dict[str, list[float]] | None:
     apply = jax.jit(lambda tiles: network.apply(model.variables, tiles))
     out = {}
     for split in UNSEEN_SPLITS:
-        division = divide([(p.hr, p.lr) for p in unseen_pairs(split)], lambda x: np.asarray(apply(x)), SCALE,
-                          thresholds=thresholds)
+        division = divide(
+            [(p.hr, p.lr) for p in unseen_pairs(split)], lambda x: np.asarray(apply(x)), SCALE, thresholds=thresholds
+        )
         counts = np.bincount(division.label, minlength=3)
         out[split] = (100 * counts / counts.sum()).tolist()
     return out
@@ -115,8 +118,10 @@ def division_shares(workdir: str) -> dict[str, list[float]] | None:
 def export_paths(workdir: str) -> dict[str, str]:
     """{'original': …, 'classsr': …}: a workdir's exports, or the bundled models for the name `quickstart`."""
     if workdir == checkpointing.DEFAULT_MODEL and not os.path.exists(workdir):
-        return {"original": checkpointing.bundled_model_dir("quickstart-original"),
-                "classsr": checkpointing.bundled_model_dir("quickstart")}
+        return {
+            "original": checkpointing.bundled_model_dir("quickstart-original"),
+            "classsr": checkpointing.bundled_model_dir("quickstart"),
+        }
     return {key: os.path.join(workdir, "export", key) for key in ("original", "classsr")}
 
 
@@ -145,20 +150,36 @@ def report(workdir: str, budget: float | None) -> str:
                 continue
             counts = avg.get("class_counts") or []
             shares = "/".join(f"{100 * c / max(1, sum(counts)):.0f}" for c in counts) if key != "original" else "—"
-            rows.append([split, key, f"{avg['psnr'] - base['psnr']:+.2f}", f"{avg['psnr_y'] - base['psnr_y']:+.2f}",
-                         f"{avg['flops_percent']:.0f}%", shares])
+            rows.append(
+                [
+                    split,
+                    key,
+                    f"{avg['psnr'] - base['psnr']:+.2f}",
+                    f"{avg['psnr_y'] - base['psnr_y']:+.2f}",
+                    f"{avg['flops_percent']:.0f}%",
+                    shares,
+                ]
+            )
     oracle = division_shares(workdir)
     if oracle:
         for split, shares in oracle.items():
             rows.append([split, "tiles by the division's thresholds", "", "", "", "/".join(f"{v:.0f}" for v in shares)])
-    lines = [f"### {workdir}", "", markdown_table(
-        ["photos", "model", "RGB PSNR − bicubic (dB)", "PSNR-Y − bicubic (dB)", "FLOPs (% of -O)", "tiles (%)"], rows)]
+    lines = [
+        f"### {workdir}",
+        "",
+        markdown_table(
+            ["photos", "model", "RGB PSNR − bicubic (dB)", "PSNR-Y − bicubic (dB)", "FLOPs (% of -O)", "tiles (%)"],
+            rows,
+        ),
+    ]
     for key in ("original", "classsr"):
         if key in upscalers:
             worst = flat_colour_errors(upscalers[key])
             over = [row for row in worst if row[1] > 3]
-            lines.append(f"\n{key}: flat colours worst {worst[0][1]} levels at {worst[0][0]} (mean output "
-                         f"{worst[0][2]}); {len(over)} of {len(worst)} colours beyond ±3")
+            lines.append(
+                f"\n{key}: flat colours worst {worst[0][1]} levels at {worst[0][0]} (mean output "
+                f"{worst[0][2]}); {len(over)} of {len(worst)} colours beyond ±3"
+            )
     return "\n".join(lines)
 
 

@@ -86,7 +86,9 @@ def _atomic_replace_dir(tmp: str, final: str) -> None:
         os.replace(tmp, final)
 
 
-def _model_items(directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None, where: str):
+def _model_items(
+    directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None, where: str
+):
     """Checks what is about to be written (shapes, finite values); returns the float32 variables and the
     description JSON."""
     spec.check(variables, where)
@@ -158,7 +160,9 @@ def load_model(model_dir: str) -> LoadedModel:
     spec.check(variables, f"checkpoint {model_dir}")
     bad = first_non_finite(variables)
     if bad is not None:
-        raise CheckpointError(f"checkpoint {model_dir} has non-finite values (NaN or infinity) in {bad}; it cannot be used")
+        raise CheckpointError(
+            f"checkpoint {model_dir} has non-finite values (NaN or infinity) in {bad}; it cannot be used"
+        )
     return LoadedModel(spec, variables, description.get("metadata", {}), path)
 
 
@@ -184,7 +188,8 @@ def resolve_model_dir(path: str) -> str:
     if os.path.isdir(exported):
         return exported
     raise CheckpointError(
-        f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no {EXPORT_DIR}/{CLASSSR_EXPORT})"
+        f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, "
+        f"and no {EXPORT_DIR}/{CLASSSR_EXPORT})"
     )
 
 
@@ -212,13 +217,16 @@ def read_model_spec(model_dir: str) -> ModelSpec:
         raise CheckpointError(f"{model_dir} is not a classsr_jax checkpoint (no model/ inside)")
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            description = ckptr.restore(os.path.abspath(model_dir), ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+            restored = ckptr.restore(os.path.abspath(model_dir), ocp.args.Composite(model=ocp.args.JsonRestore()))
+        description = restored["model"]
         return ModelSpec.from_dict(description["model"])
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise CheckpointError(f"cannot read the model description of {model_dir}: {_one_line(e)}") from e
 
 
-def export_model(directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None = None) -> str:
+def export_model(
+    directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None = None
+) -> str:
     """`save_model` for training runs: replaces an existing model atomically, and works with several processes:
     every process calls it with the same replicated values, Orbax writes them once, process 0 moves the result
     into place and the others wait for it."""
@@ -320,7 +328,9 @@ def save_train_state(
             force=force,
         )
     except Exception as e:  # Orbax and the file system raise many types; the user needs one line.
-        raise CheckpointError(f"cannot save the training checkpoint of step {step} in {manager.directory}: {_one_line(e)}") from e
+        raise CheckpointError(
+            f"cannot save the training checkpoint of step {step} in {manager.directory}: {_one_line(e)}"
+        ) from e
 
 
 def wait_for_train_saves(manager: ocp.CheckpointManager) -> None:

@@ -2,8 +2,8 @@
 
 - Training (colab/train_tpu.ipynb): `training_setup` picks the config, data source and workdir (the tiny
   smoke run, configs/smoke.py:bundled, on the bundled photos, or a configs/*.py recipe on DIV2K from a Drive
-  manual dir or the TFDS catalogue); `training_curves` / `curves_figure` read the TensorBoard event files back into a plot;
-  `exported_models` lists the Orbax models a run exported.
+  manual dir or the TFDS catalogue); `training_curves` / `curves_figure` read the TensorBoard event files back
+  into a plot; `exported_models` lists the Orbax models a run exported.
 - Upscaling demo (colab/upscale_demo.ipynb): `demo_setup` / `open_checkpoint` (converting an official
   .pth on first use), `demo_pair` (HR photo → the paper's bicubic LR), `compare` / `comparison_figure`
   (LR, bicubic, ClassSR and the class map side by side, with the FLOPs saved) and `budget_sweep` /
@@ -140,7 +140,9 @@ def describe_config(config) -> str:
 # -------------------------------------------------------------------------------------- training outputs
 
 
-def training_curves(workdir: str, tags: Sequence[str] = DEFAULT_CURVE_TAGS) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+def training_curves(
+    workdir: str, tags: Sequence[str] = DEFAULT_CURVE_TAGS
+) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
     """{stage: {tag: (steps, values)}} of the scalar summaries a run wrote under WORKDIR/tensorboard/."""
     # Deferred: tensorboard is only needed to read curves back, and is slow to import.
     from tensorboard.backend.event_processing import event_accumulator
@@ -154,7 +156,9 @@ def training_curves(workdir: str, tags: Sequence[str] = DEFAULT_CURVE_TAGS) -> d
         path = os.path.join(root, stage)
         if not os.path.isdir(path):
             continue
-        acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0})
+        acc = event_accumulator.EventAccumulator(
+            path, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0}
+        )
         acc.Reload()
         found = acc.Tags()
         per_tag = {}
@@ -178,7 +182,9 @@ def training_curves(workdir: str, tags: Sequence[str] = DEFAULT_CURVE_TAGS) -> d
 _STAGE_ORDER = ("original", "branch1", "branch2", "branch3", "joint", "finetune")
 
 
-def curves_figure(curves: dict[str, dict[str, tuple[list[int], list[float]]]], tags: Sequence[str] = DEFAULT_CURVE_TAGS):
+def curves_figure(
+    curves: dict[str, dict[str, tuple[list[int], list[float]]]], tags: Sequence[str] = DEFAULT_CURVE_TAGS
+):
     """One panel per tag, one line per stage (what TensorBoard shows, as a static picture)."""
     tags = [t for t in tags if any(t in per_tag for per_tag in curves.values())] or list(tags)
     fig = Figure(figsize=(5 * len(tags), 3.4), layout="constrained")
@@ -213,8 +219,10 @@ def exported_models(workdir: str) -> list[dict[str, Any]]:
 
 
 def format_exports(exports: list[dict[str, Any]]) -> str:
-    return markdown_table(["export", "model", "params", "path"],
-                          [[e["name"], e["model"], f"{e['params']:,}", f"`{e['path']}`"] for e in exports])
+    return markdown_table(
+        ["export", "model", "params", "path"],
+        [[e["name"], e["model"], f"{e['params']:,}", f"`{e['path']}`"] for e in exports],
+    )
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -293,7 +301,8 @@ class Comparison:
         return (
             f"{self.name}: {self.lr.shape[1]}x{self.lr.shape[0]} → {self.sr.shape[1]}x{self.sr.shape[0]}; "
             f"PSNR bicubic {self.psnr_bicubic:.2f} dB, ClassSR {self.psnr_sr:.2f} dB; "
-            f"tiles simple/medium/hard {counts}; FLOPs {self.flops_percent:.0f}% of -O ({self.flops_saved_percent:.0f}% saved)"
+            f"tiles simple/medium/hard {counts}; "
+            f"FLOPs {self.flops_percent:.0f}% of -O ({self.flops_saved_percent:.0f}% saved)"
         )
 
 
@@ -306,7 +315,9 @@ def compare(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, name: str = "i
     hr = np.asarray(hr_uint8)[:h, :w]
     bicubic = np.clip(np.rint(imresize(np.asarray(lr_uint8), scale=scale)), 0, 255).astype(np.uint8)[:h, :w]
     psnr_bicubic = metrics.psnr(bicubic.astype(np.float64), hr.astype(np.float64), crop_border=scale)
-    overlay = class_map_overlay(sr, result.grid.hr_boxes(scale), result.classes, num_classes=max(3, upscaler.spec.num_branches))
+    overlay = class_map_overlay(
+        sr, result.grid.hr_boxes(scale), result.classes, num_classes=max(3, upscaler.spec.num_branches)
+    )
     return Comparison(
         name=name,
         scale=scale,
@@ -345,7 +356,9 @@ def comparison_figure(c: Comparison, panel_width: float = 4.0):
 # ------------------------------------------------------------------------------------------------ budget
 
 
-def budget_sweep(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: Sequence[float] = DEFAULT_BUDGETS) -> list[dict[str, Any]]:
+def budget_sweep(
+    upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: Sequence[float] = DEFAULT_BUDGETS
+) -> list[dict[str, Any]]:
     """[{budget, flops_percent, psnr, class_counts}] for each FLOPs cap (fraction of the -O FLOPs); the budget is
     an argument of each call, so the upscaler's compiled programs are reused."""
     for budget in budgets:
@@ -368,8 +381,15 @@ def budget_sweep(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: 
 def format_sweep(rows: list[dict[str, Any]]) -> str:
     return markdown_table(
         ["budget", "FLOPs (% of -O)", "PSNR (dB)", "tiles simple/medium/hard"],
-        [[f"{r['budget']:.2f}", f"{r['flops_percent']:.1f}", f"{r['psnr']:.2f}", "/".join(map(str, r["class_counts"]))]
-         for r in rows],
+        [
+            [
+                f"{r['budget']:.2f}",
+                f"{r['flops_percent']:.1f}",
+                f"{r['psnr']:.2f}",
+                "/".join(map(str, r["class_counts"])),
+            ]
+            for r in rows
+        ],
     )
 
 

@@ -111,8 +111,25 @@ def test_evaluate_prints_a_bicubic_row_computed_on_the_same_pixels(tmp_path, cap
     out = capsys.readouterr().out
     expected = bicubic_average([("p", lr, hr)], 4, "full", 32)
     row = next(line for line in out.splitlines() if line.startswith("| Bicubic |"))
-    assert row == f"| Bicubic | {expected['psnr']:.2f} | {expected['psnr_y']:.2f} | {expected['ssim_y']:.4f} | — | — | — | — |"
+    assert (
+        row
+        == f"| Bicubic | {expected['psnr']:.2f} | {expected['psnr_y']:.2f} | {expected['ssim_y']:.4f} | — | — | — | — |"
+    )
     assert json.loads(report.read_text())["bicubic"] == pytest.approx(expected)
-    assert evaluate.main(["--checkpoint", "quickstart", "--lr-dir", str(lr_dir), "--hr-dir", str(hr_dir),
-                          "--protocol", "full", "--nobicubic"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--checkpoint",
+                "quickstart",
+                "--lr-dir",
+                str(lr_dir),
+                "--hr-dir",
+                str(hr_dir),
+                "--protocol",
+                "full",
+                "--nobicubic",
+            ]
+        )
+        == 0
+    )
     assert "Bicubic" not in capsys.readouterr().out

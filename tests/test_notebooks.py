@@ -187,7 +187,8 @@ def test_demo_notebook_compares_and_sweeps_the_budget_in_smoke_mode(kernel_dir, 
     )
     nb, out = execute("upscale_demo", kernel_dir, tmp_path, probe)
     assert out["checkpoint"] == "quickstart" and out["image"] == "chelsea"
-    assert "would run" in cell_text(nb.cells[1]) and "would mount Google Drive" in cell_text(cell_with(nb, "drive.mount"))
+    assert "would run" in cell_text(nb.cells[1])
+    assert "would mount Google Drive" in cell_text(cell_with(nb, "drive.mount"))
     opened = cell_text(cell_with(nb, "demo_setup"))
     assert "the bundled model quickstart" in opened
     assert "ClassSR-fsrcnn x4 (widths 16/36/56)" in opened
@@ -210,4 +211,3 @@ def test_demo_notebook_compares_and_sweeps_the_budget_in_smoke_mode(kernel_dir, 
     assert all(np.isfinite(row["psnr"]) for row in sweep)
     plot = cell_with(nb, "budget_figure")
     assert "| budget |" in cell_text(plot) and len(pngs(plot)) == 1
-

@@ -2,8 +2,8 @@
 colours the training photos lack and the bundled photos outside its train split (grey ones among them).
 
 The package bundles `export/original` and `export/classsr` of one run of the README's main command as
-classsr_jax/pretrained/quickstart-original and quickstart (classsr_jax/pretrained/README.md says which). The measurements are `benchmarks.bench_quickstart`'s, which
-BENCHMARKS.md quotes for every candidate recipe.
+classsr_jax/pretrained/quickstart-original and quickstart (classsr_jax/pretrained/README.md says which). The
+measurements are `benchmarks.bench_quickstart`'s, which BENCHMARKS.md quotes for every candidate recipe.
 """
 
 from pathlib import Path
@@ -85,7 +85,8 @@ def test_classsr_is_within_0_1_db_of_o_at_no_more_than_75_percent_of_its_flops(u
     for split in bench_quickstart.UNSEEN_SPLITS:
         original = unseen[split]["original"]
         assert any(
-            row["flops_percent"] <= 75.0 and min(row["psnr"] - original["psnr"], row["psnr_y"] - original["psnr_y"]) >= -0.1
+            row["flops_percent"] <= 75.0
+            and min(row["psnr"] - original["psnr"], row["psnr_y"] - original["psnr_y"]) >= -0.1
             for row in (unseen[split]["classsr"], unseen[split]["classsr_budget"])
         ), split
 

@@ -163,7 +163,11 @@ def split_composite(sd: dict[str, np.ndarray]) -> tuple[dict, list[dict]]:
 
 
 def convert_state_dict(
-    network: str, sd: dict[str, np.ndarray], path: str = "checkpoint", branch: int | None = None, scale: int | None = None
+    network: str,
+    sd: dict[str, np.ndarray],
+    path: str = "checkpoint",
+    branch: int | None = None,
+    scale: int | None = None,
 ) -> tuple[ModelSpec, dict]:
     """Returns (spec, Flax variables) for a composite or single-network state_dict; ConvertError names every
     missing, unexpected or mis-shaped key at once."""

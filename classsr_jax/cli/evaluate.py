@@ -72,7 +72,10 @@ def pair_folders(lr_dir: str, hr_dir: str, scale: int) -> tuple[list[tuple[str, 
         if not hrs:
             fail(bare, f"{bare}: no HR image in {hr_dir} for {lrs[0]} (looked for {lr_stem} and {bare})")
         elif len(hrs) > 1:
-            fail(bare, f"{bare}: several HR files could be the partner of {lrs[0]}: {', '.join(map(os.path.basename, hrs))}")
+            fail(
+                bare,
+                f"{bare}: several HR files could be the partner of {lrs[0]}: {', '.join(map(os.path.basename, hrs))}",
+            )
         else:
             pairs.append((bare, lrs[0], hrs[0]))
     return pairs, failures
@@ -102,8 +105,14 @@ def scale_255(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float64) / 257.0 if pixels.dtype == np.uint16 else pixels
 
 
-def read_pairs(pairs, max_pixels: int | None, failures: list[dict], bicubic: dict[str, dict] | None = None,
-               scale: int = 4, protocol: str = "paper"):
+def read_pairs(
+    pairs,
+    max_pixels: int | None,
+    failures: list[dict],
+    bicubic: dict[str, dict] | None = None,
+    scale: int = 4,
+    protocol: str = "paper",
+):
     """Pairs decoded on a background thread, one ahead of the device; unreadable ones go to failures. With a
     `bicubic` dict, each pair's bicubic metrics are stored in it under the pair's name."""
     load = lambda job: (read_image(job[1], max_pixels), read_image(job[2], max_pixels))
@@ -116,8 +125,9 @@ def read_pairs(pairs, max_pixels: int | None, failures: list[dict], bicubic: dic
         lr, hr = images
         if bicubic is not None:
             try:
-                bicubic[name] = bicubic_average([(name, scale_255(lr.pixels), scale_255(hr.pixels))], scale, protocol,
-                                                TILE)
+                bicubic[name] = bicubic_average(
+                    [(name, scale_255(lr.pixels), scale_255(hr.pixels))], scale, protocol, TILE
+                )
             except ValueError:  # too small for the protocol: evaluate_models reports the pair
                 pass
         yield Pair(name, lr.pixels, hr.pixels, seconds)
@@ -137,12 +147,15 @@ def run(fv: flags.FlagValues) -> int:
     upscalers = {"model": upscaler}
     if fv["with-original"].value and spec.kind == "classsr":  # the -O network alone: no Class-Module, 100% of itself
         last = spec.num_branches - 1
-        upscalers["original"] = Upscaler(spec.branch(last), spec.branch_variables(loaded.variables, last),
-                                         protocol=fv.protocol, dtype=fv.dtype)
+        upscalers["original"] = Upscaler(
+            spec.branch(last), spec.branch_variables(loaded.variables, last), protocol=fv.protocol, dtype=fv.dtype
+        )
     bicubic = {} if fv.bicubic else None
     results = evaluate_models(
-        upscalers, read_pairs(pairs, max_pixels, failures, bicubic, spec.scale, fv.protocol),
-        options={"model": routing}, progress=True,
+        upscalers,
+        read_pairs(pairs, max_pixels, failures, bicubic, spec.scale, fv.protocol),
+        options={"model": routing},
+        progress=True,
         total=len(pairs),
         on_error=lambda name, e: report_failure(failures, name, e),
     )

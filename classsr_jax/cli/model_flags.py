@@ -26,9 +26,12 @@ def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
                        flag_values=fv)
     flags.DEFINE_enum("dtype", "float32", list(DTYPES),
                       "Compute dtype of parameters and activations; bfloat16 for accelerators.", flag_values=fv)
-    flags.DEFINE_integer("max-pixels", None,
-                         f"Refuse images with more pixels than this (default {pixel_limit():,}, Pillow's; 0: no limit).",
-                         flag_values=fv)
+    flags.DEFINE_integer(
+        "max-pixels",
+        None,
+        f"Refuse images with more pixels than this (default {pixel_limit():,}, Pillow's; 0: no limit).",
+        flag_values=fv,
+    )
     flags.DEFINE_string("report", None, "Write the report as JSON here.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs (by default they are kept).", flag_values=fv)
 

@@ -21,9 +21,18 @@ from classsr_jax.errors import ConfigError
 from classsr_jax.training import configuration, train
 
 FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "Training config (a configs/*.py file).", flag_values=FLAGS, lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, the division, exports, TensorBoard and results.", flag_values=FLAGS)
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with the cluster's auto-detected settings.", flag_values=FLAGS)
+config_flags.DEFINE_config_file(
+    "config", None, "Training config (a configs/*.py file).", flag_values=FLAGS, lock_config=True
+)
+flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, the division, exports, TensorBoard and results.", flag_values=FLAGS
+)
+flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() with the cluster's auto-detected settings.",
+    flag_values=FLAGS,
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 in a multi-process run.", flag_values=FLAGS)
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.", flag_values=FLAGS)
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.", flag_values=FLAGS)
@@ -33,11 +42,14 @@ flags.DEFINE_enum("cpu_collectives", "gloo", ["gloo", "mpi"], "Collectives betwe
 HELP = cli.CommandHelp(
     usage="classsr-train --config CONFIG --workdir DIR [--config.FIELD=VALUE ...]",
     summary="Train ClassSR: the paper's recipe as stages in one workdir; a rerun resumes.",
-    examples=("classsr-train --config quickstart --workdir runs/quickstart",
-              "classsr-train --config configs/rcan.py --workdir runs/rcan --config.data.manual_dir=/data/DIV2K_HR"),
-    groups=(("Run", ("config", "workdir")),
-            ("Several processes", ("distributed", "coordinator_address", "num_processes", "process_id",
-                                   "cpu_collectives"))),
+    examples=(
+        "classsr-train --config quickstart --workdir runs/quickstart",
+        "classsr-train --config configs/rcan.py --workdir runs/rcan --config.data.manual_dir=/data/DIV2K_HR",
+    ),
+    groups=(
+        ("Run", ("config", "workdir")),
+        ("Several processes", ("distributed", "coordinator_address", "num_processes", "process_id", "cpu_collectives")),
+    ),
     required=("config", "workdir"),
 )
 
@@ -78,7 +90,9 @@ def train_command(flag_values: flags.FlagValues) -> None:
         # Only the CPU backend reads this; it must be set before the backends start.
         jax.config.update("jax_cpu_collectives_implementation", flag_values.cpu_collectives)
         jax.distributed.initialize(flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
-    logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count())
+    logging.info(
+        "process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count()
+    )
     train.train_and_evaluate(flag_values.config, flag_values.workdir)
 
 
@@ -104,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return cli.fail(e, cli.USAGE_ERROR)
     configuration.add_config_root_to_path(config_argument(argv))
-    return cli.run(train_command, FLAGS, argv, program="classsr-train", describe_flag_error=describe_flag_error,
-                   command_help=HELP)
+    return cli.run(
+        train_command, FLAGS, argv, program="classsr-train", describe_flag_error=describe_flag_error, command_help=HELP
+    )
 
 
 if __name__ == "__main__":

@@ -90,15 +90,20 @@ def summary_line(report: dict) -> str:
     return (
         f"{report['input']} → {report['output']}: {report['output_hw'][1]}x{report['output_hw'][0]}, "
         f"{report['tiles']} tiles {report['class_counts']}, FLOPs {report['flops_percent']:.0f}% of -O, "
-        f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
+        f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; "
+        f"read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
     )
 
 
 def budget_warning(report: dict) -> None:
     """One line on stderr when a FLOPs cap could not be met (every tile already went to the cheapest branch)."""
     if report.get("budget_met") is False:
-        print(f"warning: {report['input']}: the budget {report['budget']:g} cannot be met; every tile went to the "
-              f"cheapest branch ({report['flops_percent']:.0f}% of the -O FLOPs)", file=sys.stderr, flush=True)
+        print(
+            f"warning: {report['input']}: the budget {report['budget']:g} cannot be met; every tile went to the "
+            f"cheapest branch ({report['flops_percent']:.0f}% of the -O FLOPs)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def check_extension(path: str, what: str) -> None:
@@ -141,7 +146,9 @@ def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int]:
         mask = os.path.join(fv.mask, os.path.splitext(name)[0] + "_mask.png") if fv.mask else None
         for target in (output, mask):
             if target and any(atomic.same_file(target, source) for source in inputs):
-                raise WriteError(f"{target} would overwrite an input image; inputs are never written, choose another folder")
+                raise WriteError(
+                    f"{target} would overwrite an input image; inputs are never written, choose another folder"
+                )
         if not fv.overwrite and (os.path.lexists(output) or (mask is not None and os.path.lexists(mask))):
             kept.append(output)
         else:
@@ -179,8 +186,9 @@ def make_folders(jobs: list[Job]) -> None:
         os.makedirs(folder, exist_ok=True)
 
 
-def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], kept: list[str],
-               found: int) -> int:
+def run_folder(
+    fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], kept: list[str], found: int
+) -> int:
     """Decodes ahead and encodes behind on threads while the device upscales; bad images are reported and skipped.
     One line per image is written beside the progress bar."""
     os.makedirs(fv.output, exist_ok=True)
@@ -251,8 +259,12 @@ def run(fv: flags.FlagValues) -> int:
         atomic.check_output_path(fv.report, [fv.input, *outputs], overwrite=fv.overwrite, what="report")
     if fv.checkpoint is None:
         fv.checkpoint = checkpointing.DEFAULT_MODEL
-        print(f"note: no --checkpoint: using the bundled model {checkpointing.DEFAULT_MODEL} (a small ClassSR-FSRCNN "
-              "x4 trained on a few photos, a demonstration; --checkpoint picks another)", file=sys.stderr, flush=True)
+        print(
+            f"note: no --checkpoint: using the bundled model {checkpointing.DEFAULT_MODEL} (a small ClassSR-FSRCNN "
+            "x4 trained on a few photos, a demonstration; --checkpoint picks another)",
+            file=sys.stderr,
+            flush=True,
+        )
     _, upscaler, routing = make_upscaler(fv)
     if folder_mode:
         return run_folder(fv, upscaler, routing, jobs, kept, found)
