@@ -22,7 +22,7 @@ larger of the two sums instead of their total.
 
 bf16: PSNR of bfloat16 against float32 outputs, on random-weight networks of all four kinds at the paper's
 widths, converted through a PyTorch-layout state_dict round trip (the converter's path), and on the
-quickstart's committed models when they are present (tests/data/quickstart).
+quickstart's models bundled with the package (classsr_jax/pretrained).
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def memory(args) -> None:
                          f"{result['now'][0]:.2f} GiB ({result['now'][1]:.0f} s)"])
             print(harness.table(["ClassSR-FSRCNN ×4, upscale command", f"before ({args.against})", "now"], rows[-1:]),
                   flush=True)
-    print(harness.table(["ClassSR-FSRCNN ×4, upscale command", f"peak RSS before ({args.against})", "peak RSS now"],
-                        rows))
+    headers = ["ClassSR-FSRCNN ×4, upscale command", f"peak RSS before ({args.against})", "peak RSS now"]
+    print(harness.table(headers, rows))
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -135,7 +135,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def bf16(args) -> None:
-    from classsr_jax.checkpointing import load_model
+    from classsr_jax.checkpointing import bundled_model_dir, load_model
     from classsr_jax.cli import convert
     from classsr_jax.inference.upscaler import Upscaler
     from classsr_jax.models.torch_names import variables_to_state_dict
@@ -151,17 +151,26 @@ def bf16(args) -> None:
         full = Upscaler(spec, variables).upscale(image, float_merge=True)
         half = Upscaler(spec, variables, dtype="bfloat16").upscale(image, float_merge=True)
         same = float(np.mean(full.classes == half.classes))
-        rows.append([f"ClassSR-{network} (random, converted)", f"{_psnr(full.sr_255, half.sr_255):.1f} dB",
-                     f"{100 * same:.1f} %"])
-    quickstart = os.path.join(harness.REPO, "tests", "data", "quickstart", "export")
-    for name in ("original", "classsr"):
-        path = os.path.join(quickstart, name)
+        rows.append(
+            [
+                f"ClassSR-{network} (random, converted)",
+                f"{_psnr(full.sr_255, half.sr_255):.1f} dB",
+                f"{100 * same:.1f} %",
+            ]
+        )
+    for name, bundled in (("original", "quickstart-original"), ("classsr", "quickstart")):
+        path = bundled_model_dir(bundled)
         if os.path.isdir(path):
             loaded = load_model(path)
             full = Upscaler(loaded.spec, loaded.variables).upscale(image, float_merge=True)
             half = Upscaler(loaded.spec, loaded.variables, dtype="bfloat16").upscale(image, float_merge=True)
-            rows.append([f"quickstart {name}", f"{_psnr(full.sr_255, half.sr_255):.1f} dB",
-                         f"{100 * float(np.mean(full.classes == half.classes)):.1f} %"])
+            rows.append(
+                [
+                    f"quickstart {name}",
+                    f"{_psnr(full.sr_255, half.sr_255):.1f} dB",
+                    f"{100 * float(np.mean(full.classes == half.classes)):.1f} %",
+                ]
+            )
     print(harness.table(["model", "PSNR of bf16 against float32", "tiles routed alike"], rows))
 
 
@@ -190,11 +199,28 @@ def folder(args) -> None:
             images = json.load(f)["images"]
     device = sum(i["timing"]["inference_s"] for i in images)
     io = sum(i["timing"]["read_s"] + i["timing"]["write_s"] for i in images)
-    print(harness.table(
-        ["images (480×270 → 1920×1080, ClassSR-FSRCNN)", "wall", "Σ device path", "Σ decode + encode",
-         "serial would be", "wall / max(device, I/O)"],
-        [[len(images), harness.seconds(wall), harness.seconds(device), harness.seconds(io),
-          harness.seconds(device + io), f"{wall / max(device, io):.2f}"]]))
+    print(
+        harness.table(
+            [
+                "images (480×270 → 1920×1080, ClassSR-FSRCNN)",
+                "wall",
+                "Σ device path",
+                "Σ decode + encode",
+                "serial would be",
+                "wall / max(device, I/O)",
+            ],
+            [
+                [
+                    len(images),
+                    harness.seconds(wall),
+                    harness.seconds(device),
+                    harness.seconds(io),
+                    harness.seconds(device + io),
+                    f"{wall / max(device, io):.2f}",
+                ]
+            ],
+        )
+    )
 
 
 def main(argv=None) -> None:

@@ -1,6 +1,7 @@
 """How a quickstart run's models do on photos they never saw, and on flat colours.
 
   python -m benchmarks.bench_quickstart WORKDIR [WORKDIR ...] [--budget 0.75]
+  python -m benchmarks.bench_quickstart quickstart --budget 0.75      # the models bundled with the package
 
 For each workdir of `python -m classsr_jax.main --config configs/quickstart.py` (or of a run of only its
 `original` stage), this opens `export/original` and, when there is one, `export/classsr`, and measures:
@@ -15,8 +16,9 @@ For each workdir of `python -m classsr_jax.main --config configs/quickstart.py` 
   greens and blues among them) plus the two dark colours (30, 80, 40) and (20, 40, 160); the worst deviation
   of any output pixel away from the border, in uint8 levels.
 
-`tests/test_quickstart_models.py` asserts the issue's bounds on the models committed under
-tests/data/quickstart with these same functions.
+`tests/test_quickstart_models.py` asserts the issue's bounds on the models bundled with the package
+(classsr_jax/pretrained/quickstart and quickstart-original; the name `quickstart` stands for them here) with
+these same functions.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import jax
 import numpy as np
 
 from benchmarks import harness
+from classsr_jax import checkpointing
 from classsr_jax.checkpointing import load_model
 from classsr_jax.data import bundled
 from classsr_jax.data.bicubic import bicubic_degrade, modcrop
@@ -86,8 +89,9 @@ def flat_colour_errors(upscaler: Upscaler) -> list[tuple[tuple[int, int, int], i
         lr[:] = colour
         sr = to_uint8(upscaler.upscale(lr).sr).astype(np.int64)
         inside = sr[FLAT_BORDER:-FLAT_BORDER, FLAT_BORDER:-FLAT_BORDER]
-        rows.append((colour, int(np.abs(inside - np.array(colour)).max()),
-                     inside.reshape(-1, 3).mean(0).round(1).tolist()))
+        rows.append(
+            (colour, int(np.abs(inside - np.array(colour)).max()), inside.reshape(-1, 3).mean(0).round(1).tolist())
+        )
     return sorted(rows, key=lambda row: -row[1])
 
 
@@ -103,19 +107,29 @@ def division_shares(workdir: str) -> dict[str, list[float]] | None:
     apply = jax.jit(lambda tiles: network.apply(model.variables, tiles))
     out = {}
     for split in UNSEEN_SPLITS:
-        division = divide([(p.hr, p.lr) for p in unseen_pairs(split)], lambda x: np.asarray(apply(x)), SCALE,
-                          thresholds=thresholds)
+        division = divide(
+            [(p.hr, p.lr) for p in unseen_pairs(split)], lambda x: np.asarray(apply(x)), SCALE, thresholds=thresholds
+        )
         counts = np.bincount(division.label, minlength=3)
         out[split] = (100 * counts / counts.sum()).tolist()
     return out
+
+
+def export_paths(workdir: str) -> dict[str, str]:
+    """{'original': …, 'classsr': …}: a workdir's exports, or the bundled models for the name `quickstart`."""
+    if workdir == checkpointing.DEFAULT_MODEL and not os.path.exists(workdir):
+        return {
+            "original": checkpointing.bundled_model_dir("quickstart-original"),
+            "classsr": checkpointing.bundled_model_dir("quickstart"),
+        }
+    return {key: os.path.join(workdir, "export", key) for key in ("original", "classsr")}
 
 
 def workdir_upscalers(workdir: str, budget: float | None) -> tuple[dict[str, Upscaler], dict[str, dict]]:
     """'original' and, when exported, 'classsr' (and 'classsr_budget' with a budget), full protocol; and each
     one's routing options."""
     out, options = {}, {}
-    for key, folder in (("original", "original"), ("classsr", "classsr")):
-        path = os.path.join(workdir, "export", folder)
+    for key, path in export_paths(workdir).items():
         if os.path.isdir(path):
             model = load_model(path)
             out[key] = Upscaler(model.spec, model.variables)
@@ -136,20 +150,36 @@ def report(workdir: str, budget: float | None) -> str:
                 continue
             counts = avg.get("class_counts") or []
             shares = "/".join(f"{100 * c / max(1, sum(counts)):.0f}" for c in counts) if key != "original" else "—"
-            rows.append([split, key, f"{avg['psnr'] - base['psnr']:+.2f}", f"{avg['psnr_y'] - base['psnr_y']:+.2f}",
-                         f"{avg['flops_percent']:.0f}%", shares])
+            rows.append(
+                [
+                    split,
+                    key,
+                    f"{avg['psnr'] - base['psnr']:+.2f}",
+                    f"{avg['psnr_y'] - base['psnr_y']:+.2f}",
+                    f"{avg['flops_percent']:.0f}%",
+                    shares,
+                ]
+            )
     oracle = division_shares(workdir)
     if oracle:
         for split, shares in oracle.items():
             rows.append([split, "tiles by the division's thresholds", "", "", "", "/".join(f"{v:.0f}" for v in shares)])
-    lines = [f"### {workdir}", "", markdown_table(
-        ["photos", "model", "RGB PSNR − bicubic (dB)", "PSNR-Y − bicubic (dB)", "FLOPs (% of -O)", "tiles (%)"], rows)]
+    lines = [
+        f"### {workdir}",
+        "",
+        markdown_table(
+            ["photos", "model", "RGB PSNR − bicubic (dB)", "PSNR-Y − bicubic (dB)", "FLOPs (% of -O)", "tiles (%)"],
+            rows,
+        ),
+    ]
     for key in ("original", "classsr"):
         if key in upscalers:
             worst = flat_colour_errors(upscalers[key])
             over = [row for row in worst if row[1] > 3]
-            lines.append(f"\n{key}: flat colours worst {worst[0][1]} levels at {worst[0][0]} (mean output "
-                         f"{worst[0][2]}); {len(over)} of {len(worst)} colours beyond ±3")
+            lines.append(
+                f"\n{key}: flat colours worst {worst[0][1]} levels at {worst[0][0]} (mean output "
+                f"{worst[0][2]}); {len(over)} of {len(worst)} colours beyond ±3"
+            )
     return "\n".join(lines)
 
 

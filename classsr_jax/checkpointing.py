@@ -4,8 +4,9 @@ A model checkpoint is a self-describing directory with two items:
 - `variables`: the Flax variables (`params`, and `batch_stats` for CARN), float32;
 - `model`: JSON with the format marker and the `ModelSpec` that rebuilds the module.
 `load_model` opens one from its directory; `open_model` also takes a training workdir (its exported
-`export/classsr`), and is what every command, the Python API and the notebooks call. A model with a non-finite parameter is never written and never opened: it would upscale
-to black images.
+`export/classsr`) or the name of a model bundled with the package (`quickstart`, `quickstart-original`), and is
+what every command, the Python API and the notebooks call. A model with a non-finite parameter is never written
+and never opened: it would upscale to black images.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ FORMAT_VERSION = 1
 EXPORT_DIR = "export"  # a training workdir's inference models: export/classsr and export/original
 CLASSSR_EXPORT = "classsr"  # what a workdir means as a model
 ORIGINAL_EXPORT = "original"
+# Models shipped inside the package (package data): the quickstart's exports, small enough to install everywhere.
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+BUNDLED_MODELS = ("quickstart", "quickstart-original")
+DEFAULT_MODEL = "quickstart"  # what `classsr-upscale` runs without --checkpoint
 
 
 @dataclasses.dataclass
@@ -81,7 +86,9 @@ def _atomic_replace_dir(tmp: str, final: str) -> None:
         os.replace(tmp, final)
 
 
-def _model_items(directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None, where: str):
+def _model_items(
+    directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None, where: str
+):
     """Checks what is about to be written (shapes, finite values); returns the float32 variables and the
     description JSON."""
     spec.check(variables, where)
@@ -153,29 +160,42 @@ def load_model(model_dir: str) -> LoadedModel:
     spec.check(variables, f"checkpoint {model_dir}")
     bad = first_non_finite(variables)
     if bad is not None:
-        raise CheckpointError(f"checkpoint {model_dir} has non-finite values (NaN or infinity) in {bad}; it cannot be used")
+        raise CheckpointError(
+            f"checkpoint {model_dir} has non-finite values (NaN or infinity) in {bad}; it cannot be used"
+        )
     return LoadedModel(spec, variables, description.get("metadata", {}), path)
 
 
-def resolve_model_dir(path: str) -> str:
-    """The model directory a path names: a model checkpoint itself, or a training workdir's export/classsr.
+def bundled_model_dir(name: str) -> str | None:
+    """The folder of the bundled model called `name` ('quickstart', 'quickstart-original'), or None."""
+    return os.path.join(PRETRAINED_DIR, name) if name in BUNDLED_MODELS else None
 
-    A path that is neither is a one-line CheckpointError.
+
+def resolve_model_dir(path: str) -> str:
+    """The model directory a path names: a model checkpoint itself, a training workdir's export/classsr, or a
+    bundled model's name (an existing path of that name wins: it is what the user pointed at).
+
+    A path that is none of these is a one-line CheckpointError.
     """
+    if not os.path.exists(path) and bundled_model_dir(path) is not None:
+        return bundled_model_dir(path)
     if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        bundled = ", ".join(BUNDLED_MODELS)
+        raise CheckpointError(f"checkpoint {path} does not exist (and it is not a bundled model: {bundled})")
     if os.path.isdir(os.path.join(path, "model")):
         return path
     exported = os.path.join(path, EXPORT_DIR, CLASSSR_EXPORT)
     if os.path.isdir(exported):
         return exported
     raise CheckpointError(
-        f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no {EXPORT_DIR}/{CLASSSR_EXPORT})"
+        f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, "
+        f"and no {EXPORT_DIR}/{CLASSSR_EXPORT})"
     )
 
 
 def open_model(path: str) -> LoadedModel:
-    """A model from a converted checkpoint, an exported model or a training workdir (its export/classsr)."""
+    """A model from a converted checkpoint, an exported model, a training workdir (its export/classsr) or a
+    bundled model's name."""
     return load_model(resolve_model_dir(path))
 
 
@@ -197,13 +217,16 @@ def read_model_spec(model_dir: str) -> ModelSpec:
         raise CheckpointError(f"{model_dir} is not a classsr_jax checkpoint (no model/ inside)")
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-            description = ckptr.restore(os.path.abspath(model_dir), ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+            restored = ckptr.restore(os.path.abspath(model_dir), ocp.args.Composite(model=ocp.args.JsonRestore()))
+        description = restored["model"]
         return ModelSpec.from_dict(description["model"])
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise CheckpointError(f"cannot read the model description of {model_dir}: {_one_line(e)}") from e
 
 
-def export_model(directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None = None) -> str:
+def export_model(
+    directory: str, spec: ModelSpec, variables: dict[str, Any], metadata: dict[str, Any] | None = None
+) -> str:
     """`save_model` for training runs: replaces an existing model atomically, and works with several processes:
     every process calls it with the same replicated values, Orbax writes them once, process 0 moves the result
     into place and the others wait for it."""
@@ -305,7 +328,9 @@ def save_train_state(
             force=force,
         )
     except Exception as e:  # Orbax and the file system raise many types; the user needs one line.
-        raise CheckpointError(f"cannot save the training checkpoint of step {step} in {manager.directory}: {_one_line(e)}") from e
+        raise CheckpointError(
+            f"cannot save the training checkpoint of step {step} in {manager.directory}: {_one_line(e)}"
+        ) from e
 
 
 def wait_for_train_saves(manager: ocp.CheckpointManager) -> None:

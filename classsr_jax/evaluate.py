@@ -1,8 +1,16 @@
-"""`python -m classsr_jax.evaluate`, kept for scripts and docs: the command lives in `classsr_jax.cli.evaluate`."""
+"""`python -m classsr_jax.evaluate`, kept for scripts and docs: the command lives in `classsr_jax.cli.evaluate`.
+
+It starts through the launcher, which names a missing optional dependency in one line.
+"""
 
 import sys
 
-from classsr_jax.cli.evaluate import main
+from classsr_jax.cli.launcher import launch
+
+
+def main(argv: list[str] | None = None) -> int:
+    return launch("classsr-evaluate", argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

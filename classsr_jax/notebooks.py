@@ -2,9 +2,9 @@
 
 - Training (colab/train_tpu.ipynb): `training_setup` picks the config, data source and workdir (the tiny
   smoke run, configs/smoke.py:bundled, on the bundled photos, or a configs/*.py recipe on DIV2K from a Drive
-  manual dir or the TFDS catalogue); `training_curves` / `curves_figure` read the TensorBoard event files back into a plot;
-  `exported_models` lists the Orbax models a run exported.
-- Upscaling demo (colab/upscale_demo.ipynb): `smoke_checkpoint` / `open_checkpoint` (converting an official
+  manual dir or the TFDS catalogue); `training_curves` / `curves_figure` read the TensorBoard event files back
+  into a plot; `exported_models` lists the Orbax models a run exported.
+- Upscaling demo (colab/upscale_demo.ipynb): `demo_setup` / `open_checkpoint` (converting an official
   .pth on first use), `demo_pair` (HR photo → the paper's bicubic LR), `compare` / `comparison_figure`
   (LR, bicubic, ClassSR and the class map side by side, with the FLOPs saved) and `budget_sweep` /
   `budget_figure` (FLOPs and PSNR against the `budget` setting).
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -41,11 +40,10 @@ from classsr_jax.inference.class_map import class_map_overlay
 from classsr_jax.inference.upscaler import check_routing
 from classsr_jax.io.images import read_image
 from classsr_jax.io.pixels import to_uint8
-from classsr_jax.models.spec import PAPER_WIDTHS, ModelSpec
 from classsr_jax.training.configuration import apply_overrides, load_config, validate_config
 from classsr_jax.training.workdir import Workdir
 
-DATA_SOURCES = ("drive", "catalogue")
+DATA_SOURCES = ("drive", "catalogue", "bundled")
 DEFAULT_BUDGETS = (0.4, 0.6, 0.8, 1.0)
 DEFAULT_CURVE_TAGS = ("train/loss", "val/psnr")
 
@@ -58,13 +56,16 @@ def training_config(name: str, *, data: str, manual_dir: str = "", data_dir: str
 
     data='drive': the config's `classsr_div2k` builder over `manual_dir` (DIV2K's HR PNGs 0001–0900 in one
     folder, e.g. on Google Drive); data='catalogue': the TFDS catalogue's `div2k/bicubic_x<scale>` (TFDS
-    downloads it), validated on the first 10 validation images (val_10). `data_dir` is where TFDS keeps the
+    downloads it), validated on the first 10 validation images (val_10); data='bundled': the config's own data
+    as it is (the quickstart's: scikit-image's photos). `data_dir` is where TFDS keeps the
     prepared data (created if missing; keep it on Drive to prepare only once).
     """
     if data not in DATA_SOURCES:
         raise ValueError(f"unknown data source {data!r}: use one of {', '.join(DATA_SOURCES)}")
     config = load_config(name)  # configs/<name>.py
-    if data == "drive":
+    if data == "bundled":
+        pass
+    elif data == "drive":
         if not manual_dir:
             raise ValueError("data='drive' needs manual_dir: the folder holding DIV2K's HR PNGs 0001.png … 0900.png")
         config.data.manual_dir = manual_dir
@@ -139,7 +140,9 @@ def describe_config(config) -> str:
 # -------------------------------------------------------------------------------------- training outputs
 
 
-def training_curves(workdir: str, tags: Sequence[str] = DEFAULT_CURVE_TAGS) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+def training_curves(
+    workdir: str, tags: Sequence[str] = DEFAULT_CURVE_TAGS
+) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
     """{stage: {tag: (steps, values)}} of the scalar summaries a run wrote under WORKDIR/tensorboard/."""
     # Deferred: tensorboard is only needed to read curves back, and is slow to import.
     from tensorboard.backend.event_processing import event_accumulator
@@ -153,7 +156,9 @@ def training_curves(workdir: str, tags: Sequence[str] = DEFAULT_CURVE_TAGS) -> d
         path = os.path.join(root, stage)
         if not os.path.isdir(path):
             continue
-        acc = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0})
+        acc = event_accumulator.EventAccumulator(
+            path, size_guidance={event_accumulator.TENSORS: 0, event_accumulator.SCALARS: 0}
+        )
         acc.Reload()
         found = acc.Tags()
         per_tag = {}
@@ -177,7 +182,9 @@ def training_curves(workdir: str, tags: Sequence[str] = DEFAULT_CURVE_TAGS) -> d
 _STAGE_ORDER = ("original", "branch1", "branch2", "branch3", "joint", "finetune")
 
 
-def curves_figure(curves: dict[str, dict[str, tuple[list[int], list[float]]]], tags: Sequence[str] = DEFAULT_CURVE_TAGS):
+def curves_figure(
+    curves: dict[str, dict[str, tuple[list[int], list[float]]]], tags: Sequence[str] = DEFAULT_CURVE_TAGS
+):
     """One panel per tag, one line per stage (what TensorBoard shows, as a static picture)."""
     tags = [t for t in tags if any(t in per_tag for per_tag in curves.values())] or list(tags)
     fig = Figure(figsize=(5 * len(tags), 3.4), layout="constrained")
@@ -212,34 +219,34 @@ def exported_models(workdir: str) -> list[dict[str, Any]]:
 
 
 def format_exports(exports: list[dict[str, Any]]) -> str:
-    return markdown_table(["export", "model", "params", "path"],
-                          [[e["name"], e["model"], f"{e['params']:,}", f"`{e['path']}`"] for e in exports])
+    return markdown_table(
+        ["export", "model", "params", "path"],
+        [[e["name"], e["model"], f"{e['params']:,}", f"`{e['path']}`"] for e in exports],
+    )
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
 
 
-def smoke_checkpoint(directory: str, network: str = "fsrcnn", scale: int = 4, seed: int = 0) -> str:
-    """An initialised (untrained) ClassSR model with the paper's widths, saved as a model checkpoint.
-
-    The initialisation draws its random numbers with the 'rbg' generator: on a CPU, XLA compiles the default
-    threefry generator for every parameter of ClassSR-FSRCNN in about 20 s, rbg in about 5 s.
-    """
-    spec = ModelSpec("classsr", network, PAPER_WIDTHS[network], scale)
-    key = jax.random.key(seed, impl="rbg")
-    variables = jax.jit(spec.build().init)(key, jnp.zeros((1, 32, 32, 3), jnp.float32))
-    variables = jax.tree_util.tree_map(np.asarray, dict(variables))
-    return checkpointing.save_model(directory, spec, variables, metadata={"note": "untrained (smoke test)"}, overwrite=True)
-
-
 def demo_setup(smoke: bool, checkpoint: str, image: str) -> tuple[str, str]:
-    """(checkpoint, image) for the upscaling demo. Smoke mode: a fresh untrained ClassSR-FSRCNN ×4 in a
-    temporary folder and the bundled photo 'chelsea' (the arguments are ignored)."""
+    """(checkpoint, image) for the upscaling demo. Smoke mode: the bundled model and the bundled photo 'chelsea'
+    (the arguments are ignored: nothing on Drive)."""
     if not smoke:
         return checkpoint, image
-    path = smoke_checkpoint(os.path.join(tempfile.mkdtemp(prefix="classsr_demo_"), "classsr_fsrcnn"))
-    print(f"smoke mode: an UNTRAINED ClassSR-FSRCNN x4 (random weights) saved to {path}, and the bundled photo 'chelsea'")
-    return path, "chelsea"
+    print(f"smoke mode: the bundled model {checkpointing.DEFAULT_MODEL} and the bundled photo 'chelsea'")
+    return checkpointing.DEFAULT_MODEL, "chelsea"
+
+
+def require_tpu(allow_cpu: bool) -> str:
+    """The platform of JAX's devices; a RuntimeError saying what to do when it is not a TPU, unless `allow_cpu`
+    (training the paper's recipes on a CPU or one GPU would take days)."""
+    platform = jax.devices()[0].platform
+    if platform != "tpu" and not allow_cpu:
+        raise RuntimeError(
+            f"this runtime has no TPU (JAX sees {jax.device_count()} {platform.upper()} device(s)): choose "
+            "Runtime → Change runtime type → TPU and run the notebook again, or set ALLOW_CPU = True to go on here"
+        )
+    return platform
 
 
 def open_checkpoint(path: str, official_pth: str | None = None, network: str | None = None, scale: int | None = None):
@@ -294,7 +301,8 @@ class Comparison:
         return (
             f"{self.name}: {self.lr.shape[1]}x{self.lr.shape[0]} → {self.sr.shape[1]}x{self.sr.shape[0]}; "
             f"PSNR bicubic {self.psnr_bicubic:.2f} dB, ClassSR {self.psnr_sr:.2f} dB; "
-            f"tiles simple/medium/hard {counts}; FLOPs {self.flops_percent:.0f}% of -O ({self.flops_saved_percent:.0f}% saved)"
+            f"tiles simple/medium/hard {counts}; "
+            f"FLOPs {self.flops_percent:.0f}% of -O ({self.flops_saved_percent:.0f}% saved)"
         )
 
 
@@ -307,7 +315,9 @@ def compare(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, name: str = "i
     hr = np.asarray(hr_uint8)[:h, :w]
     bicubic = np.clip(np.rint(imresize(np.asarray(lr_uint8), scale=scale)), 0, 255).astype(np.uint8)[:h, :w]
     psnr_bicubic = metrics.psnr(bicubic.astype(np.float64), hr.astype(np.float64), crop_border=scale)
-    overlay = class_map_overlay(sr, result.grid.hr_boxes(scale), result.classes, num_classes=max(3, upscaler.spec.num_branches))
+    overlay = class_map_overlay(
+        sr, result.grid.hr_boxes(scale), result.classes, num_classes=max(3, upscaler.spec.num_branches)
+    )
     return Comparison(
         name=name,
         scale=scale,
@@ -346,7 +356,9 @@ def comparison_figure(c: Comparison, panel_width: float = 4.0):
 # ------------------------------------------------------------------------------------------------ budget
 
 
-def budget_sweep(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: Sequence[float] = DEFAULT_BUDGETS) -> list[dict[str, Any]]:
+def budget_sweep(
+    upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: Sequence[float] = DEFAULT_BUDGETS
+) -> list[dict[str, Any]]:
     """[{budget, flops_percent, psnr, class_counts}] for each FLOPs cap (fraction of the -O FLOPs); the budget is
     an argument of each call, so the upscaler's compiled programs are reused."""
     for budget in budgets:
@@ -369,8 +381,15 @@ def budget_sweep(upscaler, lr_uint8: np.ndarray, hr_uint8: np.ndarray, budgets: 
 def format_sweep(rows: list[dict[str, Any]]) -> str:
     return markdown_table(
         ["budget", "FLOPs (% of -O)", "PSNR (dB)", "tiles simple/medium/hard"],
-        [[f"{r['budget']:.2f}", f"{r['flops_percent']:.1f}", f"{r['psnr']:.2f}", "/".join(map(str, r["class_counts"]))]
-         for r in rows],
+        [
+            [
+                f"{r['budget']:.2f}",
+                f"{r['flops_percent']:.1f}",
+                f"{r['psnr']:.2f}",
+                "/".join(map(str, r["class_counts"])),
+            ]
+            for r in rows
+        ],
     )
 
 

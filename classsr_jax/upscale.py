@@ -1,8 +1,16 @@
-"""`python -m classsr_jax.upscale`, kept for scripts and docs: the command lives in `classsr_jax.cli.upscale`."""
+"""`python -m classsr_jax.upscale`, kept for scripts and docs: the command lives in `classsr_jax.cli.upscale`.
+
+It starts through the launcher, which names a missing optional dependency in one line.
+"""
 
 import sys
 
-from classsr_jax.cli.upscale import main
+from classsr_jax.cli.launcher import launch
+
+
+def main(argv: list[str] | None = None) -> int:
+    return launch("classsr-upscale", argv)
+
 
 if __name__ == "__main__":
     sys.exit(main())

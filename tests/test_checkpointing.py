@@ -32,10 +32,18 @@ def random_variables(spec, seed=0):
 
 def write_model_with_orbax(directory, spec, variables):
     """A model checkpoint written straight through Orbax, bypassing save_model's checks (a damaged export)."""
-    description = {"format": checkpointing.FORMAT, "version": checkpointing.FORMAT_VERSION, "model": spec.to_dict(), "metadata": {}}
+    description = {
+        "format": checkpointing.FORMAT,
+        "version": checkpointing.FORMAT_VERSION,
+        "model": spec.to_dict(),
+        "metadata": {},
+    }
     variables = {**variables, "batch_stats": {}}
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(directory, ocp.args.Composite(variables=ocp.args.StandardSave(variables), model=ocp.args.JsonSave(description)))
+        ckptr.save(
+            directory,
+            ocp.args.Composite(variables=ocp.args.StandardSave(variables), model=ocp.args.JsonSave(description)),
+        )
 
 
 def with_value(variables, path, value):
@@ -76,7 +84,9 @@ def test_load_model_refuses_non_finite_parameters_naming_the_first(tmp_path):
         f"checkpoint {path} has non-finite values (NaN or infinity) in params/net2/head_conv/kernel; it cannot be used"
     )
     # Nothing writes one either.
-    with pytest.raises(CheckpointError, match=r"^refusing to write .*/again: parameter params/net2/head_conv/kernel is not finite"):
+    with pytest.raises(
+        CheckpointError, match=r"^refusing to write .*/again: parameter params/net2/head_conv/kernel is not finite"
+    ):
         checkpointing.save_model(str(tmp_path / "again"), SPEC, variables)
     assert not os.path.exists(tmp_path / "again")
 
@@ -88,11 +98,37 @@ def test_resolve_model_dir_takes_a_model_or_a_workdirs_export(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(CheckpointError) as err:
         resolve_model_dir(str(tmp_path / "empty"))
-    assert str(err.value) == f"{tmp_path / 'empty'} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no export/classsr)"
-    with pytest.raises(CheckpointError, match=r"^checkpoint .*/nowhere does not exist$"):
+    assert (
+        str(err.value)
+        == f"{tmp_path / 'empty'} is not a classsr_jax checkpoint (no model/ and variables/ inside, "
+        "and no export/classsr)"
+    )
+    with pytest.raises(CheckpointError) as err:
         resolve_model_dir(str(tmp_path / "nowhere"))
+    assert str(err.value) == (
+        f"checkpoint {tmp_path / 'nowhere'} does not exist "
+        "(and it is not a bundled model: quickstart, quickstart-original)"
+    )
     with pytest.raises(CheckpointError, match=r"is not a classsr_jax checkpoint \(no model/ and variables/ inside\)$"):
         checkpointing.load_model(str(tmp_path / "run"))  # load_model itself takes a model directory only
+
+
+def test_bundled_names_open_the_package_models_unless_a_path_of_that_name_exists(tmp_path, monkeypatch):
+    package = os.path.dirname(os.path.abspath(checkpointing.__file__))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_dir("quickstart") == os.path.join(package, "pretrained", "quickstart")
+    assert resolve_model_dir("quickstart-original") == os.path.join(package, "pretrained", "quickstart-original")
+    classsr, original = checkpointing.open_model("quickstart"), checkpointing.open_model("quickstart-original")
+    assert (classsr.spec.kind, classsr.spec.network, classsr.spec.widths, classsr.spec.scale) == (
+        "classsr",
+        "fsrcnn",
+        (16, 36, 56),
+        4,
+    )
+    assert (original.spec.kind, original.spec.widths) == ("network", (56,))
+    # A folder called quickstart in the working directory is what the user means.
+    model = checkpointing.save_model(str(tmp_path / "quickstart"), SPEC, random_variables(SPEC))
+    assert resolve_model_dir("quickstart") == "quickstart" and os.path.abspath("quickstart") == model
 
 
 def test_a_failing_model_write_is_one_line_naming_the_directory_and_leaves_nothing(tmp_path, monkeypatch):
@@ -109,13 +145,19 @@ def test_a_failing_model_write_is_one_line_naming_the_directory_and_leaves_nothi
 
 def test_checkpoint_manager_keeps_the_last_n_and_the_best(tmp_path):
     state = {"w": np.zeros(3, np.float32)}
-    with checkpointing.train_checkpoint_manager(str(tmp_path), keep_last=2, save_every_steps=1, asynchronous=False) as manager:
+    with checkpointing.train_checkpoint_manager(
+        str(tmp_path), keep_last=2, save_every_steps=1, asynchronous=False
+    ) as manager:
         for step, psnr in zip(range(1, 7), [20.0, 25.0, 21.0, 22.0, 23.0, 22.5]):
-            checkpointing.save_train_state(manager, step, {"w": state["w"] + step}, {"stage": "t"}, metrics={"psnr": psnr}, force=True)
+            checkpointing.save_train_state(
+                manager, step, {"w": state["w"] + step}, {"stage": "t"}, metrics={"psnr": psnr}, force=True
+            )
         manager.wait_until_finished()
         assert list(manager.all_steps()) == [2, 5, 6]
         assert manager.best_step() == 2
-        restored, progress = checkpointing.restore_train_state(manager, 2, {"w": jax.ShapeDtypeStruct((3,), np.float32)})
+        restored, progress = checkpointing.restore_train_state(
+            manager, 2, {"w": jax.ShapeDtypeStruct((3,), np.float32)}
+        )
     np.testing.assert_array_equal(restored["w"], np.full(3, 2, np.float32))
     assert progress == {"stage": "t"}
     assert checkpointing.latest_train_step(str(tmp_path)) == 6
@@ -146,9 +188,15 @@ def test_a_failing_background_save_is_one_line_at_the_next_save_or_the_wait(tmp_
     manager = checkpointing.train_checkpoint_manager(directory, keep_last=5, save_every_steps=1, asynchronous=True)
     with pytest.raises(CheckpointError) as err:
         for step in range(1, 4):
-            checkpointing.save_train_state(manager, step, {"w": np.full(3, step, np.float32)}, {"step": step}, force=True)
+            checkpointing.save_train_state(
+                manager, step, {"w": np.full(3, step, np.float32)}, {"step": step}, force=True
+            )
         checkpointing.wait_for_train_saves(manager)
-    where = f"the training checkpoint of step 3 in {directory}" if failing_step == 2 else f"a training checkpoint in {directory}"
+    where = (
+        f"the training checkpoint of step 3 in {directory}"
+        if failing_step == 2
+        else f"a training checkpoint in {directory}"
+    )
     assert str(err.value) == f"cannot save {where}: OSError: [Errno 28] No space left on device"
     manager.close()
     assert checkpointing.latest_train_step(directory) == failing_step - 1

@@ -13,8 +13,13 @@ def test_pairs_must_be_scale_times_their_lr_after_the_modcrop():
     check_pair_shapes("modcropped", (40, 50), (163, 203), 4)  # the LR was made from the HR cropped to 160x200
     with pytest.raises(DataError, match=r"^small: HR is 100x100, smaller than 4 × its 40x40 LR \(160x160\)$"):
         check_pair_shapes("small", (40, 40), (100, 100), 4)
-    with pytest.raises(DataError, match=r"^big: HR is 164x160, not 4 × its 40x40 LR .*wrong scale or a mismatched pair$"):
+    with pytest.raises(
+        DataError, match=r"^big: HR is 160x164, not 4 × its 40x40 LR .*wrong scale or a mismatched pair$"
+    ):
         check_pair_shapes("big", (40, 40), (164, 160), 4)
+    with pytest.raises(DataError) as err:  # sizes read width x height: (h, w) = (40, 50) is 50x40
+        check_pair_shapes("wide", (40, 50), (100, 120), 4)
+    assert str(err.value) == "wide: HR is 120x100, smaller than 4 × its 50x40 LR (200x160)"
 
 
 def test_markdown_table_and_class_shares():
@@ -24,14 +29,25 @@ def test_markdown_table_and_class_shares():
 
 
 def results(counts):
-    avg = lambda psnr, flops, pct, c: {"psnr": psnr, "psnr_y": psnr + 1.5, "flops": flops, "flops_percent": pct, "class_counts": c}
+    avg = lambda psnr, flops, pct, c: {
+        "psnr": psnr,
+        "psnr_y": psnr + 1.5,
+        "flops": flops,
+        "flops_percent": pct,
+        "class_counts": c,
+    }
     return {
-        "models": [{"key": "bicubic", "name": "Bicubic", "params": 0},
-                   {"key": "original", "name": "FSRCNN-O", "params": 24515},
-                   {"key": "classsr", "name": "ClassSR-FSRCNN", "params": 112940}],
+        "models": [
+            {"key": "bicubic", "name": "Bicubic", "params": 0},
+            {"key": "original", "name": "FSRCNN-O", "params": 24515},
+            {"key": "classsr", "name": "ClassSR-FSRCNN", "params": 112940},
+        ],
         "datasets": {
-            "held-out": {"bicubic": {"psnr": 27.0, "psnr_y": 28.5}, "original": avg(28.0, 467.9e6, 100.0, [0, 0, 9]),
-                         "classsr": avg(28.1, 320.3e6, 68.5, counts)},
+            "held-out": {
+                "bicubic": {"psnr": 27.0, "psnr_y": 28.5},
+                "original": avg(28.0, 467.9e6, 100.0, [0, 0, 9]),
+                "classsr": avg(28.1, 320.3e6, 68.5, counts),
+            },
         },
     }
 
@@ -47,7 +63,8 @@ def test_results_table_rows_and_collapse_note():
     ]
     collapsed = format_results_table(results([1, 2, 97]))
     assert collapsed.split("\n\n")[1] == (
-        "On held-out, ClassSR-FSRCNN sends 97% of the tiles to branch 3 of 3: the classifier does not route these images."
+        "On held-out, ClassSR-FSRCNN sends 97% of the tiles to branch 3 of 3: "
+        "the classifier does not route these images."
     )
 
 

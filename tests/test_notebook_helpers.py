@@ -37,7 +37,9 @@ def test_configs_are_found_by_name_or_path_and_unknown_names_list_the_available_
 
 
 def test_overrides_set_dotted_fields_and_refuse_unknown_ones():
-    config = configuration.apply_overrides(configuration.load_config("fsrcnn"), {"original.num_steps": 7, "half_precision": True})
+    config = configuration.apply_overrides(
+        configuration.load_config("fsrcnn"), {"original.num_steps": 7, "half_precision": True}
+    )
     assert config.original.num_steps == 7 and config.half_precision is True
     with pytest.raises(ConfigError, match="original.num_stepz"):
         configuration.apply_overrides(config, {"original.num_stepz": 1})
@@ -62,7 +64,9 @@ def test_training_config_chooses_drive_manual_dir_or_the_tfds_catalogue(tmp_path
 
 def test_training_setup_smoke_is_a_tiny_valid_run_in_a_new_temporary_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    config, workdir = nh.training_setup(True, "rcan", data="drive", workdir="/ignored", overrides={"half_precision": True})
+    config, workdir = nh.training_setup(
+        True, "rcan", data="drive", workdir="/ignored", overrides={"half_precision": True}
+    )
     assert workdir.startswith(str(tmp_path)) and not os.path.exists(workdir)
     assert os.path.isdir(config.data.data_dir) and config.data.data_dir.startswith(str(tmp_path))
     assert config.data.dataset == "classsr_bundled/x4" and tuple(config.model.widths) == (4, 6, 8)
@@ -70,8 +74,9 @@ def test_training_setup_smoke_is_a_tiny_valid_run_in_a_new_temporary_folder(tmp_
     for stage in ("original", "branches", "joint"):
         assert config[stage].num_steps <= 8 and config[stage].batch_size % 8 == 0
     assert "4/6/8" in nh.describe_config(config)
-    real, real_workdir = nh.training_setup(False, "srresnet", data="catalogue", workdir=str(tmp_path / "w"),
-                                           overrides={"original.num_steps": 5})
+    real, real_workdir = nh.training_setup(
+        False, "srresnet", data="catalogue", workdir=str(tmp_path / "w"), overrides={"original.num_steps": 5}
+    )
     assert real.model.network == "srresnet" and real.original.num_steps == 5 and real_workdir == str(tmp_path / "w")
     with pytest.raises(ValueError, match="workdir"):
         nh.training_setup(False, "fsrcnn", data="catalogue")
@@ -106,8 +111,14 @@ def test_exported_models_are_listed_with_their_description_and_parameter_count(o
     exports = nh.exported_models(str(tmp_path))
     params = sum(np.size(v) for v in jax.tree_util.tree_leaves(loaded.variables["params"]))  # counted by hand
     assert params == 112_940  # the README's ClassSR-FSRCNN
-    assert exports == [{"name": "classsr", "path": str(tmp_path / "export" / "classsr"),
-                        "model": "ClassSR-fsrcnn x4 (widths 16/36/56)", "params": params}]
+    assert exports == [
+        {
+            "name": "classsr",
+            "path": str(tmp_path / "export" / "classsr"),
+            "model": "ClassSR-fsrcnn x4 (widths 16/36/56)",
+            "params": params,
+        }
+    ]
     assert "| classsr | ClassSR-fsrcnn x4 (widths 16/36/56) | 112,940 |" in nh.format_exports(exports)
     assert nh.exported_models(str(tmp_path / "none")) == []
 
@@ -144,14 +155,27 @@ def test_an_official_pth_is_converted_once_and_then_reopened(official):
         nh.open_checkpoint(loaded.path + "_new", official_pth=pth)
 
 
-def test_demo_setup_makes_an_untrained_checkpoint_only_in_smoke_mode(tmp_path, monkeypatch, capsys):
+def test_demo_setup_uses_the_bundled_model_only_in_smoke_mode(capsys):
     assert nh.demo_setup(False, "/my/ckpt", "coffee") == ("/my/ckpt", "coffee")
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    made = []
-    monkeypatch.setattr(nh, "smoke_checkpoint", lambda path: made.append(path) or path)  # the notebook test makes one
-    path, image = nh.demo_setup(True, "/my/ckpt", "coffee")
-    assert made == [path] and path.startswith(str(tmp_path)) and image == "chelsea"
-    assert "UNTRAINED" in capsys.readouterr().out
+    assert nh.demo_setup(True, "/my/ckpt", "coffee") == ("quickstart", "chelsea")
+    assert capsys.readouterr().out == "smoke mode: the bundled model quickstart and the bundled photo 'chelsea'\n"
+
+
+def test_require_tpu_stops_on_a_runtime_without_one_unless_allowed():
+    assert jax.devices()[0].platform == "cpu"
+    with pytest.raises(RuntimeError) as err:
+        nh.require_tpu(allow_cpu=False)
+    assert str(err.value) == (
+        f"this runtime has no TPU (JAX sees {jax.device_count()} CPU device(s)): choose Runtime → Change runtime type "
+        "→ TPU and run the notebook again, or set ALLOW_CPU = True to go on here"
+    )
+    assert nh.require_tpu(allow_cpu=True) == "cpu"
+
+
+def test_training_config_bundled_keeps_the_configs_own_data():
+    config = nh.training_config("quickstart", data="bundled", manual_dir="/ignored")
+    assert config.data.dataset == "classsr_bundled/x4_aug" and config.data.manual_dir == ""
+    configuration.validate_config(config)
 
 
 def test_demo_pair_degrades_a_bundled_photo_or_a_file_with_the_matlab_bicubic(tmp_path):
@@ -210,7 +234,9 @@ def test_budget_sweep_caps_the_flops_and_reuses_the_programs(official, upscaler)
     assert sweep[-1]["psnr"] == pytest.approx(scoring.image_metrics(free, hr, 4)["psnr"], abs=1e-9)
     assert "| 0.35 |" in nh.format_sweep(sweep)
     assert nh.figure_png(nh.budget_figure(sweep)).startswith(PNG_MAGIC)
-    with pytest.raises(ValueError, match=r"^the budget must be a positive fraction of the -O network's FLOPs, got 0.0$"):
+    with pytest.raises(
+        ValueError, match=r"^the budget must be a positive fraction of the -O network's FLOPs, got 0.0$"
+    ):
         nh.budget_sweep(upscaler, lr, hr, (0.5, 0.0))
 
 

@@ -1,9 +1,9 @@
 """The quickstart's exported models keep flat colours and beat bicubic on photos they never saw, including ones in
 colours the training photos lack and the bundled photos outside its train split (grey ones among them).
 
-tests/data/quickstart holds `export/original` and `export/classsr` of one run of the README's main command
-(tests/data/quickstart/README.md says which). The measurements are `benchmarks.bench_quickstart`'s, which
-benchmarks/JOURNAL.md quotes for every candidate recipe.
+The package bundles `export/original` and `export/classsr` of one run of the README's main command as
+classsr_jax/pretrained/quickstart-original and quickstart (classsr_jax/pretrained/README.md says which). The
+measurements are `benchmarks.bench_quickstart`'s, which benchmarks/JOURNAL.md quotes for every candidate recipe.
 """
 
 from pathlib import Path
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from benchmarks import bench_quickstart
-from classsr_jax.checkpointing import load_model
+from classsr_jax.checkpointing import bundled_model_dir, load_model
 from classsr_jax.inference.upscaler import Upscaler
 from configs import quickstart
 
-MODELS = Path(__file__).parent / "data" / "quickstart"
+MODELS = {"original": Path(bundled_model_dir("quickstart-original")), "classsr": Path(bundled_model_dir("quickstart"))}
 TOLERANCE = 3  # uint8 levels per channel
 
 
@@ -24,11 +24,11 @@ TOLERANCE = 3  # uint8 levels per channel
 def upscalers():
     """The quickstart's models as its evaluate stage runs them: -O, ClassSR, and ClassSR at the configured budget."""
     budget = quickstart.get_config().evaluate.budget
-    return bench_quickstart.workdir_upscalers(str(MODELS), budget or None)[0]
+    return bench_quickstart.workdir_upscalers("quickstart", budget or None)[0]
 
 
 def test_the_models_are_the_quickstarts_and_small(upscalers):
-    size = sum(f.stat().st_size for f in MODELS.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for folder in MODELS.values() for f in folder.rglob("*") if f.is_file())
     assert size < 2_000_000
     config = quickstart.get_config()
     original, classsr = upscalers["original"].spec, upscalers["classsr"].spec
@@ -61,7 +61,7 @@ def test_classsr_keeps_flat_colours(upscalers):
 @pytest.fixture(scope="module")
 def unseen():
     budget = quickstart.get_config().evaluate.budget
-    return bench_quickstart.unseen_results(*bench_quickstart.workdir_upscalers(str(MODELS), budget or None))
+    return bench_quickstart.unseen_results(*bench_quickstart.workdir_upscalers("quickstart", budget or None))
 
 
 @pytest.mark.parametrize("split", bench_quickstart.UNSEEN_SPLITS)
@@ -102,7 +102,7 @@ def test_routing_does_not_hang_on_float_rounding(upscalers):
     # A Class-Module whose logits differ from tile to tile by a few float32 ulps routes by rounding: another
     # machine or dtype would route the same photo differently. In bfloat16 (8 bits of mantissa) almost every
     # tile of a held-out photo must still go to the same branch.
-    model = load_model(str(MODELS / "export" / "classsr"))
+    model = load_model(str(MODELS["classsr"]))
     half = Upscaler(model.spec, model.variables, dtype="bfloat16")
     for photo in bench_quickstart.unseen_pairs("validation"):
         full_classes, half_classes = (u.upscale(photo.lr).classes for u in (upscalers["classsr"], half))
@@ -112,7 +112,7 @@ def test_routing_does_not_hang_on_float_rounding(upscalers):
 def test_bfloat16_stays_close_to_float32_on_the_trained_models(upscalers):
     photo = bench_quickstart.unseen_pairs("validation")[0]
     for name in ("original", "classsr"):
-        model = load_model(str(MODELS / "export" / name))
+        model = load_model(str(MODELS[name]))
         half = Upscaler(model.spec, model.variables, dtype="bfloat16")
         full_sr, half_sr = (u.upscale(photo.lr, float_merge=True).sr_255 for u in (upscalers[name], half))
         mse = np.mean((full_sr.astype(np.float64) - half_sr) ** 2)

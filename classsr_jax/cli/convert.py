@@ -27,9 +27,10 @@ from classsr_jax.models.torch_names import state_dict_to_variables
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_enum("model", None, list(NETWORKS), "Backbone of the checkpoint.", flag_values=FLAGS)
-flags.DEFINE_string("input", None, "PyTorch .pth file (a state_dict).", flag_values=FLAGS)
+flags.DEFINE_string("input", None, "PyTorch .pth file (a state_dict).", short_name="i", flag_values=FLAGS)
 flags.DEFINE_string(
-    "output", None, "Output checkpoint directory (must not exist unless --overwrite).", flag_values=FLAGS
+    "output", None, "Output checkpoint directory (must not exist unless --overwrite).", short_name="o",
+    flag_values=FLAGS
 )
 flags.DEFINE_integer(
     "branch", None, "Take only this branch (1-based) of a composite checkpoint.", lower_bound=1, flag_values=FLAGS
@@ -41,6 +42,16 @@ flags.register_validator(
     lambda s: s is None or s in SCALES,
     f"--scale must be {', '.join(map(str, SCALES[:-1]))} or {SCALES[-1]}",
     flag_values=FLAGS,
+)
+
+
+HELP = cli.CommandHelp(
+    usage="classsr-convert --model NETWORK -i FILE.pth -o CHECKPOINT [flags]",
+    summary="Convert an official ClassSR or branch PyTorch checkpoint into a classsr_jax checkpoint.",
+    examples=("classsr-convert --model rcan -i ClassSR_RCAN.pth -o ckpt/classsr_rcan",
+              "classsr-convert --model rcan -i ClassSR_RCAN.pth --branch 3 -o ckpt/rcan_o"),
+    groups=(("Input and output", ("model", "input", "output", "overwrite")), ("Network", ("branch", "scale"))),
+    required=("model", "input", "output"),
 )
 
 
@@ -152,7 +163,11 @@ def split_composite(sd: dict[str, np.ndarray]) -> tuple[dict, list[dict]]:
 
 
 def convert_state_dict(
-    network: str, sd: dict[str, np.ndarray], path: str = "checkpoint", branch: int | None = None, scale: int | None = None
+    network: str,
+    sd: dict[str, np.ndarray],
+    path: str = "checkpoint",
+    branch: int | None = None,
+    scale: int | None = None,
 ) -> tuple[ModelSpec, dict]:
     """Returns (spec, Flax variables) for a composite or single-network state_dict; ConvertError names every
     missing, unexpected or mis-shaped key at once."""
@@ -221,7 +236,7 @@ def run_command(flag_values: flags.FlagValues) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run(run_command, FLAGS, argv, program="classsr_jax.convert")
+    return cli.run(run_command, FLAGS, argv, program="classsr-convert", command_help=HELP)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Evaluate a model on LR/HR folders: PSNR, PSNR-Y, SSIM-Y, the paper's FLOPs figure, class ratios, time.
 
-  python -m classsr_jax.evaluate --checkpoint DIR --lr-dir LR --hr-dir HR [--protocol paper|full]
-      [--force-class K] [--budget F] [--with-original] [--dtype bfloat16] [--report R.json]
+  classsr-evaluate --checkpoint DIR --lr-dir LR --hr-dir HR [--protocol paper|full]
+      [--force-class K] [--budget F] [--with-original] [--nobicubic] [--dtype bfloat16] [--report R.json]
+
+The table has a row for MATLAB bicubic on the same pixels (the paper's baseline), unless --nobicubic.
 
 LR and HR images are paired by name; an LR name may carry the scale suffix of DIV2K (0801x4.png ↔ 0801.png).
 Every bad pair (no partner, two files with one name, an HR that is not scale × its LR, an unreadable or
@@ -17,12 +19,13 @@ import os
 import re
 import sys
 
+import numpy as np
 from absl import flags
 
 from classsr_jax import cli
-from classsr_jax.cli.model_flags import define_model_flags, make_upscaler
+from classsr_jax.cli.model_flags import MODEL_GROUPS, define_model_flags, make_upscaler
 from classsr_jax.errors import DataError, UserError
-from classsr_jax.evaluation.scoring import Pair, check_pair_shapes, evaluate_models, format_table
+from classsr_jax.evaluation.scoring import Pair, bicubic_average, check_pair_shapes, evaluate_models, format_table
 from classsr_jax.inference.upscaler import Upscaler
 from classsr_jax.io import atomic
 from classsr_jax.io.background import prefetched
@@ -33,6 +36,17 @@ define_model_flags(FLAGS, default_protocol="paper")
 flags.DEFINE_string("lr-dir", None, "Folder of LR images.", flag_values=FLAGS)
 flags.DEFINE_string("hr-dir", None, "Folder of the ground-truth HR images.", flag_values=FLAGS)
 flags.DEFINE_bool("with-original", False, "Also evaluate the -O network (the last branch).", flag_values=FLAGS)
+flags.DEFINE_bool("bicubic", True, "Add a row for MATLAB bicubic interpolation on the same pixels.", flag_values=FLAGS)
+HELP = cli.CommandHelp(
+    usage="classsr-evaluate --checkpoint MODEL --lr-dir LR --hr-dir HR [flags]",
+    summary="PSNR, PSNR-Y, SSIM-Y, FLOPs and class ratios of a model on LR/HR folders, as the paper's table.",
+    examples=("classsr-evaluate --checkpoint quickstart --lr-dir data/LR/X4 --hr-dir data/HR",
+              "classsr-evaluate --checkpoint ckpt/classsr_rcan --lr-dir LR --hr-dir HR --with-original --budget 0.5"),
+    groups=(("Data", ("lr-dir", "hr-dir")), ("Table", ("with-original", "bicubic", "report", "overwrite")),
+            *MODEL_GROUPS),
+    required=("checkpoint", "lr-dir", "hr-dir"),
+)
+TILE = 32  # the LR tile, for the bicubic row's covered area under the paper protocol
 
 
 def pair_folders(lr_dir: str, hr_dir: str, scale: int) -> tuple[list[tuple[str, str, str]], list[dict]]:
@@ -58,7 +72,10 @@ def pair_folders(lr_dir: str, hr_dir: str, scale: int) -> tuple[list[tuple[str, 
         if not hrs:
             fail(bare, f"{bare}: no HR image in {hr_dir} for {lrs[0]} (looked for {lr_stem} and {bare})")
         elif len(hrs) > 1:
-            fail(bare, f"{bare}: several HR files could be the partner of {lrs[0]}: {', '.join(map(os.path.basename, hrs))}")
+            fail(
+                bare,
+                f"{bare}: several HR files could be the partner of {lrs[0]}: {', '.join(map(os.path.basename, hrs))}",
+            )
         else:
             pairs.append((bare, lrs[0], hrs[0]))
     return pairs, failures
@@ -83,8 +100,21 @@ def report_failure(failures: list[dict], name: str, error: Exception) -> None:
     print(f"error: {error}", file=sys.stderr, flush=True)
 
 
-def read_pairs(pairs, max_pixels: int | None, failures: list[dict]):
-    """Pairs decoded on a background thread, one ahead of the device; unreadable ones go to failures."""
+def scale_255(pixels: np.ndarray) -> np.ndarray:
+    """Samples on the 0–255 scale (16-bit divided by 257), as the bicubic baseline reads them."""
+    return pixels.astype(np.float64) / 257.0 if pixels.dtype == np.uint16 else pixels
+
+
+def read_pairs(
+    pairs,
+    max_pixels: int | None,
+    failures: list[dict],
+    bicubic: dict[str, dict] | None = None,
+    scale: int = 4,
+    protocol: str = "paper",
+):
+    """Pairs decoded on a background thread, one ahead of the device; unreadable ones go to failures. With a
+    `bicubic` dict, each pair's bicubic metrics are stored in it under the pair's name."""
     load = lambda job: (read_image(job[1], max_pixels), read_image(job[2], max_pixels))
     for (name, _, _), images, error, seconds in prefetched(pairs, load):
         if error is not None:
@@ -93,6 +123,13 @@ def read_pairs(pairs, max_pixels: int | None, failures: list[dict]):
             report_failure(failures, name, error)
             continue
         lr, hr = images
+        if bicubic is not None:
+            try:
+                bicubic[name] = bicubic_average(
+                    [(name, scale_255(lr.pixels), scale_255(hr.pixels))], scale, protocol, TILE
+                )
+            except ValueError:  # too small for the protocol: evaluate_models reports the pair
+                pass
         yield Pair(name, lr.pixels, hr.pixels, seconds)
 
 
@@ -110,10 +147,15 @@ def run(fv: flags.FlagValues) -> int:
     upscalers = {"model": upscaler}
     if fv["with-original"].value and spec.kind == "classsr":  # the -O network alone: no Class-Module, 100% of itself
         last = spec.num_branches - 1
-        upscalers["original"] = Upscaler(spec.branch(last), spec.branch_variables(loaded.variables, last),
-                                         protocol=fv.protocol, dtype=fv.dtype)
+        upscalers["original"] = Upscaler(
+            spec.branch(last), spec.branch_variables(loaded.variables, last), protocol=fv.protocol, dtype=fv.dtype
+        )
+    bicubic = {} if fv.bicubic else None
     results = evaluate_models(
-        upscalers, read_pairs(pairs, max_pixels, failures), options={"model": routing}, progress=True,
+        upscalers,
+        read_pairs(pairs, max_pixels, failures, bicubic, spec.scale, fv.protocol),
+        options={"model": routing},
+        progress=True,
         total=len(pairs),
         on_error=lambda name, e: report_failure(failures, name, e),
     )
@@ -124,6 +166,10 @@ def run(fv: flags.FlagValues) -> int:
     if "original" in results:
         report["original"] = results["original"]
         rows.append((f"{spec.network}-O", results["original"]["average"]))
+    if bicubic is not None:
+        names = [image["name"] for image in report["images"]]
+        report["bicubic"] = {k: float(np.mean([bicubic[n][k] for n in names])) for k in ("psnr", "psnr_y", "ssim_y")}
+        rows.append(("Bicubic", report["bicubic"]))
     report.update(failed=failures, protocol=fv.protocol)
     print(format_table(rows))
     if fv.report:
@@ -134,7 +180,7 @@ def run(fv: flags.FlagValues) -> int:
 
 
 def main(argv=None) -> int:
-    return cli.run(run, FLAGS, argv, program="classsr-evaluate")
+    return cli.run(run, FLAGS, argv, program="classsr-evaluate", command_help=HELP)
 
 
 if __name__ == "__main__":

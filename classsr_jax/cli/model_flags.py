@@ -14,7 +14,8 @@ from classsr_jax.io.images import pixel_limit
 
 
 def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
-    flags.DEFINE_string("checkpoint", None, "A converted checkpoint, an exported model or a training workdir.",
+    flags.DEFINE_string("checkpoint", None, "A converted checkpoint, an exported model, a training workdir, or a "
+                        "bundled model: quickstart (ClassSR-FSRCNN x4) or quickstart-original (its FSRCNN-O).",
                         flag_values=fv)
     flags.DEFINE_enum("protocol", default_protocol, ["full", "paper"],
                       "full: every pixel, overlaps blended; paper: the original's test pipeline.", flag_values=fv)
@@ -25,13 +26,25 @@ def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
                        flag_values=fv)
     flags.DEFINE_enum("dtype", "float32", list(DTYPES),
                       "Compute dtype of parameters and activations; bfloat16 for accelerators.", flag_values=fv)
-    flags.DEFINE_integer("max-pixels", None,
-                         f"Refuse images with more pixels than this (default {pixel_limit():,}, Pillow's; 0: no limit).",
-                         flag_values=fv)
+    flags.DEFINE_integer(
+        "max-pixels",
+        None,
+        f"Refuse images with more pixels than this (default {pixel_limit():,}, Pillow's; 0: no limit).",
+        flag_values=fv,
+    )
     flags.DEFINE_integer("cpu-devices", None, "On a CPU, run JAX as N devices so that each band's tiles are spread "
                          "over the cores (default: one per core).", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("report", None, "Write the report as JSON here.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs (by default they are kept).", flag_values=fv)
+
+
+# The --help groups of these flags, after each command's own.
+MODEL_GROUPS = (
+    ("Model", ("checkpoint", "protocol", "dtype")),
+    ("Routing", ("budget", "force-class")),
+    ("Limits", ("max-pixels",)),
+    ("Devices", ("cpu-devices",)),
+)
 
 
 def routing_options(fv: flags.FlagValues, spec) -> dict:

@@ -18,7 +18,7 @@ from absl import flags
 from classsr_jax import cli
 from classsr_jax.data.testsets import DIV8K_TEST_SETS, build_bundled, build_div8k_test_sets, build_val10
 
-PROGRAM = "classsr_jax.prepare"
+PROGRAM = "classsr-prepare"
 # Each set, and the flags it takes besides --output, --scale and --no-progress.
 SETS = {
     "testsets": ("div8k", "factor-2k", "factor-4k"),  # Test2K/4K/8K from DIV8K 1201–1500
@@ -31,12 +31,37 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_string("output", None, "Folder that receives <set>/HR/X<s> and <set>/LR/X<s>.", flag_values=FLAGS)
 flags.DEFINE_enum("scale", "4", ["2", "3", "4"], "SR factor.", flag_values=FLAGS)
 flags.DEFINE_boolean("no-progress", False, "Hide the progress bar.", flag_values=FLAGS)
-flags.DEFINE_string("div8k", None, "testsets: folder with the DIV8K HR images (1201.png … 1500.png).", flag_values=FLAGS)
-flags.DEFINE_integer("factor-2k", DIV8K_TEST_SETS["Test2K"][2], "testsets: downscale factor from DIV8K to Test2K.",
-                     lower_bound=1, flag_values=FLAGS)
-flags.DEFINE_integer("factor-4k", DIV8K_TEST_SETS["Test4K"][2], "testsets: downscale factor from DIV8K to Test4K.",
-                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_string(
+    "div8k", None, "testsets: folder with the DIV8K HR images (1201.png … 1500.png).", flag_values=FLAGS
+)
+flags.DEFINE_integer(
+    "factor-2k",
+    DIV8K_TEST_SETS["Test2K"][2],
+    "testsets: downscale factor from DIV8K to Test2K.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "factor-4k",
+    DIV8K_TEST_SETS["Test4K"][2],
+    "testsets: downscale factor from DIV8K to Test4K.",
+    lower_bound=1,
+    flag_values=FLAGS,
+)
 flags.DEFINE_string("div2k", None, "val10: folder with the DIV2K HR images (0801.png … 0810.png).", flag_values=FLAGS)
+
+
+HELP = cli.CommandHelp(
+    usage="classsr-prepare {testsets,val10,bundled} --output DIR [flags]",
+    summary="Build evaluation folders (HR/X<s> and LR/X<s>) for classsr-evaluate.",
+    examples=("classsr-prepare bundled --output data", "classsr-prepare val10 --div2k DIV2K_HR --output data"),
+    groups=(
+        ("Output", ("output", "scale", "no-progress")),
+        ("testsets", ("div8k", "factor-2k", "factor-4k")),
+        ("val10", ("div2k",)),
+    ),
+    required=("output",),
+)
 
 
 def prepare(which: str, flag_values: flags.FlagValues) -> None:
@@ -62,13 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     """`classsr-prepare SET [flags]`, SET one of testsets, val10, bundled."""
     argv = list(sys.argv[1:] if argv is None else argv)
     which = argv[0] if argv and not argv[0].startswith("-") else None
-    if which is None and any(a in cli.HELP_FLAGS for a in argv):
-        print(__doc__)
-        return cli.OK
+    if which is None and any(a in (*cli.HELP_FLAGS, cli.VERSION_FLAG) for a in argv):
+        return cli.run(lambda _: None, FLAGS, argv, program="classsr-prepare", command_help=HELP)
     if which not in SETS:
         given = f"unknown set {which!r}" if which else "no set given"
         return cli.fail(f"{given}: use prepare {{{','.join(SETS)}}} [flags]", cli.USAGE_ERROR)
-    return cli.run(functools.partial(prepare, which), FLAGS, argv[1:], program=f"{PROGRAM} {which}")
+    return cli.run(functools.partial(prepare, which), FLAGS, argv[1:], program=f"{PROGRAM} {which}", command_help=HELP)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Upscale images with a ClassSR model (or a single network) through routed, seam-free tiling.
 
-  python -m classsr_jax.upscale --checkpoint DIR --input IN --output OUT [--protocol full|paper]
-      [--mask MASK.png] [--force-class K] [--budget F] [--dtype bfloat16] [--report R.json] [--overwrite]
+  classsr-upscale -i IN -o OUT [--checkpoint DIR|quickstart] [--protocol full|paper] [--mask MASK.png]
+      [--force-class K] [--budget F] [--dtype bfloat16] [--suffix _x4] [--recursive] [--report R.json] [--overwrite]
 
-IN and OUT are files, or folders (every image in IN, with a progress bar); in folder mode --mask names a
+Without --checkpoint the bundled model `quickstart` runs (one line says so). IN and OUT are files, or folders
+(every image in IN, one line per image beside a progress bar; --recursive mirrors subfolders into OUT, else
+they are skipped and counted in one line; --suffix names outputs name_x4.png); in folder mode --mask names a
 folder for the class maps. Inputs are never written: an output that is an input (the same path, a symlink or
 a hard link) is refused before any work. Existing outputs are kept unless --overwrite: for a single file that
 is an error; in folder mode they are skipped and counted, so a rerun continues where a crash stopped. A bad
@@ -24,8 +26,9 @@ import numpy as np
 from absl import flags
 from tqdm import tqdm
 
-from classsr_jax import cli
-from classsr_jax.cli.model_flags import define_model_flags, make_upscaler
+from classsr_jax import checkpointing, cli
+from classsr_jax.api import output_bit_depth
+from classsr_jax.cli.model_flags import MODEL_GROUPS, define_model_flags, make_upscaler
 from classsr_jax.errors import UserError, WriteError
 from classsr_jax.inference.class_map import class_map_overlay
 from classsr_jax.inference.layouts import upscale_image
@@ -37,12 +40,23 @@ from classsr_jax.io.pixels import to_uint8
 
 FLAGS = flags.FlagValues()
 define_model_flags(FLAGS, default_protocol="full")
-flags.DEFINE_string("input", None, "An image file or a folder of images.", flag_values=FLAGS)
-flags.DEFINE_string("output", None, "The output file, or a folder when --input is a folder.", flag_values=FLAGS)
+flags.DEFINE_string("input", None, "An image file or a folder of images.", short_name="i", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "The output file, or a folder when --input is a folder.", short_name="o",
+                    flag_values=FLAGS)
 flags.DEFINE_string("mask", None, "The class-map picture (a folder in folder mode).", flag_values=FLAGS)
-
-# 16-bit inputs stay 16-bit where the output format can hold them.
-SIXTEEN_BIT_FORMATS = (".png", ".tif", ".tiff")
+flags.DEFINE_string("suffix", "", "Folder mode: add this to each output's name (_x4: photo.png → photo_x4.png).",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("recursive", False, "Folder mode: also upscale the images in subfolders, mirrored into the output "
+                  "folder (without it they are skipped, and counted in one line).", flag_values=FLAGS)
+HELP = cli.CommandHelp(
+    usage="classsr-upscale -i INPUT -o OUTPUT [flags]",
+    summary="Upscale an image, or every image of a folder, with a ClassSR model (default: the bundled quickstart).",
+    examples=("classsr-upscale -i photo.jpg -o photo_x4.png",
+              "classsr-upscale -i photos/ -o big/ --suffix _x4 --recursive --checkpoint ckpt/classsr_rcan"),
+    groups=(("Input and output", ("input", "output", "suffix", "recursive", "mask", "overwrite", "report")),
+            *MODEL_GROUPS),
+    required=("input", "output"),
+)
 # What a bad image can raise: a user error (unreadable, too big, unwritable) or a ValueError of the tiling
 # (an image smaller than a tile under the paper protocol). Anything else is a bug and stops the command.
 ITEM_ERRORS = (UserError, ValueError)
@@ -65,11 +79,6 @@ def write_outputs(upscaler: Upscaler, job: Job, image: LoadedImage, result: Upsc
         write_image(job.mask, class_map_overlay(sr8, boxes, result.classes, num_classes=upscaler.spec.num_branches))
 
 
-def bit_depth_for(image: LoadedImage, output: str) -> int:
-    """16-bit inputs stay 16-bit where the output format can hold them."""
-    return 16 if image.bit_depth == 16 and os.path.splitext(output)[1].lower() in SIXTEEN_BIT_FORMATS else 8
-
-
 def report_entry(job: Job, result: UpscaleResult, scale: int, read_s: float, write_s: float) -> dict:
     report = {"input": job.input, "output": job.output, **result.report(scale)}
     report["timing"].update(read_s=read_s, write_s=write_s)
@@ -79,17 +88,22 @@ def report_entry(job: Job, result: UpscaleResult, scale: int, read_s: float, wri
 def summary_line(report: dict) -> str:
     t = report["timing"]
     return (
-        f"{report['input']} → {report['output']}: {report['output_hw'][0]}x{report['output_hw'][1]}, "
+        f"{report['input']} → {report['output']}: {report['output_hw'][1]}x{report['output_hw'][0]}, "
         f"{report['tiles']} tiles {report['class_counts']}, FLOPs {report['flops_percent']:.0f}% of -O, "
-        f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
+        f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; "
+        f"read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
     )
 
 
 def budget_warning(report: dict) -> None:
     """One line on stderr when a FLOPs cap could not be met (every tile already went to the cheapest branch)."""
     if report.get("budget_met") is False:
-        print(f"warning: {report['input']}: the budget {report['budget']:g} cannot be met; every tile went to the "
-              f"cheapest branch ({report['flops_percent']:.0f}% of the -O FLOPs)", file=sys.stderr, flush=True)
+        print(
+            f"warning: {report['input']}: the budget {report['budget']:g} cannot be met; every tile went to the "
+            f"cheapest branch ({report['flops_percent']:.0f}% of the -O FLOPs)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def check_extension(path: str, what: str) -> None:
@@ -97,9 +111,16 @@ def check_extension(path: str, what: str) -> None:
         raise cli.UsageError(f"{what} {path} has an unknown extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
 
 
+def with_suffix(name: str, suffix: str) -> str:
+    """'photo.png', '_x4' → 'photo_x4.png'."""
+    stem, extension = os.path.splitext(name)
+    return f"{stem}{suffix}{extension}"
+
+
 def plan_file(fv: flags.FlagValues) -> Job:
     """The one job of file mode, with every output checked before any work."""
-    output = os.path.join(fv.output, os.path.basename(fv.input)) if os.path.isdir(fv.output) else fv.output
+    in_folder = os.path.join(fv.output, with_suffix(os.path.basename(fv.input), fv.suffix))
+    output = in_folder if os.path.isdir(fv.output) else fv.output
     check_extension(output, "output")
     atomic.check_output_path(output, [fv.input], overwrite=fv.overwrite)
     if fv.mask:
@@ -111,18 +132,23 @@ def plan_file(fv: flags.FlagValues) -> Job:
 def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int]:
     """(jobs to run, outputs kept because they exist, images found) in folder mode. Refuses before any work an
     output or mask folder that is a file, and any output that would be an input."""
-    inputs = list_images(fv.input)
+    inputs = list_images(fv.input, recursive=fv.recursive)
+    if fv.recursive:  # an output folder inside the input folder holds outputs, not inputs
+        inside = [os.path.realpath(f) + os.sep for f in (fv.output, fv.mask) if f]
+        inputs = [p for p in inputs if not os.path.realpath(p).startswith(tuple(inside))]
     for folder, flag in ((fv.output, "--output"), (fv.mask, "--mask")):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise cli.UsageError(f"{flag} {folder} is a file, but --input {fv.input} is a folder: give a folder")
     jobs, kept = [], []
     for path in inputs:
-        name = os.path.basename(path)
-        output = os.path.join(fv.output, name)
+        name = os.path.relpath(path, fv.input)  # subfolders (--recursive) are mirrored
+        output = os.path.join(fv.output, with_suffix(name, fv.suffix))
         mask = os.path.join(fv.mask, os.path.splitext(name)[0] + "_mask.png") if fv.mask else None
         for target in (output, mask):
             if target and any(atomic.same_file(target, source) for source in inputs):
-                raise WriteError(f"{target} would overwrite an input image; inputs are never written, choose another folder")
+                raise WriteError(
+                    f"{target} would overwrite an input image; inputs are never written, choose another folder"
+                )
         if not fv.overwrite and (os.path.lexists(output) or (mask is not None and os.path.lexists(mask))):
             kept.append(output)
         else:
@@ -134,7 +160,7 @@ def run_file(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, job: Job) 
     t0 = time.perf_counter()
     image = read_image(job.input, fv["max-pixels"].value)
     read_s = time.perf_counter() - t0
-    result, alpha = upscale_image(upscaler, image, bit_depth=bit_depth_for(image, job.output), **routing)
+    result, alpha = upscale_image(upscaler, image, bit_depth=output_bit_depth(image, job.output), **routing)
     t0 = time.perf_counter()
     write_outputs(upscaler, job, image, result, alpha)
     report = report_entry(job, result, upscaler.spec.scale, read_s, time.perf_counter() - t0)
@@ -145,12 +171,30 @@ def run_file(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, job: Job) 
     return cli.OK
 
 
-def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], kept: list[str],
-               found: int) -> int:
-    """Decodes ahead and encodes behind on threads while the device upscales; bad images are reported and skipped."""
+def skipped_subfolders_line(folder: str) -> str | None:
+    """One line naming the subfolders of `folder` that folder mode skips without --recursive, or None."""
+    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    if not names:
+        return None
+    shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+    return f"note: skipped {len(names)} subfolder(s) of {folder} ({shown}); --recursive upscales them too"
+
+
+def make_folders(jobs: list[Job]) -> None:
+    """The output and mask folders of every job (subfolders mirrored with --recursive)."""
+    for folder in sorted({os.path.dirname(p) for job in jobs for p in (job.output, job.mask) if p}):
+        os.makedirs(folder, exist_ok=True)
+
+
+def run_folder(
+    fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], kept: list[str], found: int
+) -> int:
+    """Decodes ahead and encodes behind on threads while the device upscales; bad images are reported and skipped.
+    One line per image is written beside the progress bar."""
     os.makedirs(fv.output, exist_ok=True)
     if fv.mask:
         os.makedirs(fv.mask, exist_ok=True)
+    make_folders(jobs)
     reports, failures = [], []
     lock = threading.Lock()
 
@@ -168,7 +212,7 @@ def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: li
                 failed(job, error)
                 continue
             try:
-                result, alpha = upscale_image(upscaler, image, bit_depth=bit_depth_for(image, job.output), **routing)
+                result, alpha = upscale_image(upscaler, image, bit_depth=output_bit_depth(image, job.output), **routing)
             except ITEM_ERRORS as e:
                 failed(job, e)
                 continue
@@ -180,6 +224,7 @@ def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: li
                     failed(job, error)
                 else:
                     entry = report_entry(job, result, upscaler.spec.scale, read_s, write_s)
+                    tqdm.write(summary_line(entry))
                     budget_warning(entry)
                     with lock:
                         reports.append(entry)
@@ -197,18 +242,29 @@ def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: li
 
 
 def run(fv: flags.FlagValues) -> int:
-    cli.require_flags(fv, "checkpoint", "input", "output")
+    cli.require_flags(fv, "input", "output")
     if not os.path.exists(fv.input):
         raise cli.UsageError(f"input {fv.input} does not exist")
     folder_mode = os.path.isdir(fv.input)
     if folder_mode:
         jobs, kept, found = plan_folder(fv)
         outputs = [job.output for job in jobs]
+        skipped = None if fv.recursive else skipped_subfolders_line(fv.input)
+        if skipped:
+            print(skipped, file=sys.stderr, flush=True)
     else:
         job = plan_file(fv)
         outputs = [job.output]
     if fv.report:
         atomic.check_output_path(fv.report, [fv.input, *outputs], overwrite=fv.overwrite, what="report")
+    if fv.checkpoint is None:
+        fv.checkpoint = checkpointing.DEFAULT_MODEL
+        print(
+            f"note: no --checkpoint: using the bundled model {checkpointing.DEFAULT_MODEL} (a small ClassSR-FSRCNN "
+            "x4 trained on a few photos, a demonstration; --checkpoint picks another)",
+            file=sys.stderr,
+            flush=True,
+        )
     _, upscaler, routing = make_upscaler(fv)
     if folder_mode:
         return run_folder(fv, upscaler, routing, jobs, kept, found)
@@ -216,7 +272,7 @@ def run(fv: flags.FlagValues) -> int:
 
 
 def main(argv=None) -> int:
-    return cli.run(run, FLAGS, argv, program="classsr-upscale")
+    return cli.run(run, FLAGS, argv, program="classsr-upscale", command_help=HELP)
 
 
 if __name__ == "__main__":

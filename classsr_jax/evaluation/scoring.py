@@ -33,16 +33,17 @@ class Pair:
 
 
 def check_pair_shapes(name: str, lr_hw: tuple[int, int], hr_hw: tuple[int, int], scale: int) -> None:
-    """DataError unless the HR, cropped to a multiple of `scale` as the LR was made, is exactly scale × the LR."""
+    """DataError unless the HR, cropped to a multiple of `scale` as the LR was made, is exactly scale × the LR.
+    Sizes in the messages read width x height."""
     (lh, lw), (hh, hw) = lr_hw, hr_hw
     want = (scale * lh, scale * lw)
     cropped = (hh - hh % scale, hw - hw % scale)
     if cropped == want:
         return
     if hh < want[0] or hw < want[1]:
-        raise DataError(f"{name}: HR is {hh}x{hw}, smaller than {scale} × its {lh}x{lw} LR ({want[0]}x{want[1]})")
+        raise DataError(f"{name}: HR is {hw}x{hh}, smaller than {scale} × its {lw}x{lh} LR ({want[1]}x{want[0]})")
     raise DataError(
-        f"{name}: HR is {hh}x{hw}, not {scale} × its {lh}x{lw} LR ({want[0]}x{want[1]} after cropping the HR "
+        f"{name}: HR is {hw}x{hh}, not {scale} × its {lw}x{lh} LR ({want[1]}x{want[0]} after cropping the HR "
         f"to a multiple of {scale}): wrong scale or a mismatched pair"
     )
 
@@ -61,7 +62,7 @@ def image_metrics(result: UpscaleResult, hr: np.ndarray, scale: int) -> dict[str
     """
     h, w = result.sr.shape[:2]
     if hr.shape[0] < h or hr.shape[1] < w:
-        raise DataError(f"ground truth is {hr.shape[0]}x{hr.shape[1]}, smaller than the {h}x{w} output")
+        raise DataError(f"ground truth is {hr.shape[1]}x{hr.shape[0]}, smaller than the {w}x{h} output")
     gt = _values_255(hr[:h, :w, :3])
     sr = result.sr_255.astype(np.float64) if result.sr_255 is not None else _values_255(result.sr)
     return {
@@ -152,13 +153,26 @@ def class_shares(class_counts) -> str:
 
 
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
-    """The paper's table: one row per model/dataset with PSNR, FLOPs and % of -O, plus class ratios and time."""
+    """The paper's table: one row per model/dataset with PSNR, FLOPs and % of -O, plus class ratios and time.
+
+    A row without FLOPs (bicubic) shows '—' in the model-only columns."""
+
+    def model_columns(avg: dict[str, Any]) -> list[str]:
+        if "flops" not in avg:
+            return ["—"] * 4
+        return [
+            flops_lib.format_flops(avg["flops"]),
+            f"{avg['flops_percent']:.0f}%",
+            class_shares(avg["class_counts"]),
+            f"{avg['inference_s']:.2f}",
+        ]
+
     return markdown_table(
         ["model", "PSNR (dB)", "PSNR-Y", "SSIM-Y", "FLOPs/tile", "% of -O", "class ratio", "s/image"],
-        [[name, f"{avg['psnr']:.2f}", f"{avg['psnr_y']:.2f}", f"{avg['ssim_y']:.4f}",
-          flops_lib.format_flops(avg["flops"]), f"{avg['flops_percent']:.0f}%", class_shares(avg["class_counts"]),
-          f"{avg['inference_s']:.2f}"]
-         for name, avg in rows],
+        [
+            [name, f"{avg['psnr']:.2f}", f"{avg['psnr_y']:.2f}", f"{avg['ssim_y']:.4f}", *model_columns(avg)]
+            for name, avg in rows
+        ],
     )
 
 
@@ -195,8 +209,20 @@ def format_results_table(results: dict[str, Any], collapse_threshold: float = 0.
             counts = avg.get("class_counts") if model["key"] == "classsr" else None
             if counts and sum(counts) and max(counts) / sum(counts) > collapse_threshold:
                 k = max(range(len(counts)), key=counts.__getitem__)
-                notes.append(f"On {dataset}, {model['name']} sends {100 * counts[k] / sum(counts):.0f}% of the "
-                             f"tiles to branch {k + 1} of {len(counts)}: the classifier does not route these images.")
-    table = markdown_table(["Dataset", "Model", "Params", "PSNR (dB)", "PSNR-Y (dB)", "FLOPs/tile (% of -O)",
-                            "tiles simple/medium/hard (%)"], rows)
+                notes.append(
+                    f"On {dataset}, {model['name']} sends {100 * counts[k] / sum(counts):.0f}% of the tiles to "
+                    f"branch {k + 1} of {len(counts)}: the classifier does not route these images."
+                )
+    table = markdown_table(
+        [
+            "Dataset",
+            "Model",
+            "Params",
+            "PSNR (dB)",
+            "PSNR-Y (dB)",
+            "FLOPs/tile (% of -O)",
+            "tiles simple/medium/hard (%)",
+        ],
+        rows,
+    )
     return "\n\n".join([table, *notes])

@@ -104,7 +104,7 @@ def paper_grid(h: int, w: int, tile: int = 32, step: int = 28) -> TileGrid:
         raise ValueError(f"step ({step}) must not exceed tile ({tile})")
     if h < tile or w < tile:
         raise ValueError(
-            f"image of {h}x{w} LR pixels is smaller than the {tile}x{tile} tile; "
+            f"image of {w}x{h} LR pixels is smaller than the {tile}x{tile} tile; "
             "the paper protocol cannot handle it, use protocol 'full'"
         )
     ys = np.arange(0, h - tile + 1, step)

@@ -208,7 +208,7 @@ def decode(path: str, limit: int | None, header_only: bool) -> Decoded:
     except Exception as exc:
         raise fail(reason(exc)) from exc
     if decoded.height == 0 or decoded.width == 0:
-        raise fail(f"zero-size image ({decoded.height}x{decoded.width})")
+        raise fail(f"zero-size image ({decoded.width}x{decoded.height})")
     return decoded
 
 

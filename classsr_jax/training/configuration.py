@@ -14,6 +14,7 @@ parses `--config`, from any working directory and as an installed console script
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -40,13 +41,12 @@ CONFIGS_FOLDER = "configs"
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _search_roots() -> list[Path]:
-    """Where configs/<name>.py may live: the working directory, then the checkout this package came from."""
-    roots = [Path.cwd()]
-    checkout = Path(__file__).resolve().parents[1]
-    if checkout not in roots:
-        roots.append(checkout)
-    return roots
+def _config_folders() -> list[Path]:
+    """Where <name>.py may live: configs/ of the working directory, of the checkout this package came from, and
+    the installed package classsr_jax.configs (pyproject maps configs/ into the wheel under that name)."""
+    package = Path(__file__).resolve().parents[1]
+    folders = [Path.cwd() / CONFIGS_FOLDER, package.parent / CONFIGS_FOLDER, package / CONFIGS_FOLDER]
+    return list(dict.fromkeys(folders))
 
 
 def split_config_argument(text: str) -> tuple[str, str | None]:
@@ -63,14 +63,16 @@ def find_config(name: str) -> str:
         if os.path.isfile(name):
             return os.path.abspath(name)
         raise ConfigError(f"config file {name} does not exist")
-    for root in _search_roots():
-        path = root / CONFIGS_FOLDER / f"{name}.py"
+    for folder in _config_folders():
+        path = folder / f"{name}.py"
         if path.is_file():
             return str(path)
-    available = sorted({p.stem for r in _search_roots() for p in (r / CONFIGS_FOLDER).glob("*.py") if p.stem != "__init__"})
-    where = " or ".join(str(r / CONFIGS_FOLDER) for r in _search_roots())
+    folders = [f for f in _config_folders() if f.is_dir()] or _config_folders()
+    available = sorted({p.stem for f in folders for p in f.glob("*.py") if p.stem != "__init__"})
+    where = " or ".join(map(str, folders))
     raise ConfigError(
-        f"no config {name!r} in {where}; available: {', '.join(available) or 'none (run from a checkout of the repository)'}"
+        f"no config {name!r} in {where}; available: "
+        f"{', '.join(available) or 'none (run from a checkout of the repository)'}"
     )
 
 
@@ -81,10 +83,23 @@ def config_root(path: str) -> str | None:
 
 
 def add_config_root_to_path(path: str | None) -> None:
-    """Puts the config's repository root on sys.path (first), so that its `from configs import …` works."""
+    """Makes the config's `from configs import …` work: puts its repository root on sys.path (first), or, for a
+    config of the installed package, makes `configs` another name of `classsr_jax.configs`."""
     root = config_root(split_config_argument(path)[0]) if path else None
-    if root and root not in sys.path:
+    if root and Path(root).resolve() == Path(__file__).resolve().parents[1]:
+        sys.modules.setdefault(CONFIGS_FOLDER, importlib.import_module(f"classsr_jax.{CONFIGS_FOLDER}"))
+    elif root and root not in sys.path:
         sys.path.insert(0, root)
+
+
+def config_file_argument(text: str) -> str:
+    """A --config value as absl's config_flags reads it: a bare name ('quickstart', 'smoke:bundled') becomes the
+    path of configs/<name>.py (`find_config`); a path stays as it is."""
+    name, arg = split_config_argument(text)
+    if name.endswith(".py") or os.sep in name:
+        return text
+    path = find_config(name)
+    return path if arg is None else f"{path}:{arg}"
 
 
 def load_config(path_or_name: str, overrides: dict[str, Any] | None = None):
@@ -179,22 +194,45 @@ def validate_config(config) -> None:
         raise ConfigError(f"config field model.network is {network!r}: use one of {', '.join(NETWORKS)}")
     widths = _field(config, "model.widths")
     if len(widths) != NUM_CLASSES:
-        raise ConfigError(f"config field model.widths needs {NUM_CLASSES} widths (simple, medium, hard), got {tuple(widths)}")
+        raise ConfigError(
+            f"config field model.widths needs {NUM_CLASSES} widths (simple, medium, hard), got {tuple(widths)}"
+        )
     init = _field(config, "model.init")
     if init not in interpolation_init.INITS:
-        raise ConfigError(f"config field model.init is {init!r}: use {' or '.join(repr(i) for i in interpolation_init.INITS)}")
+        raise ConfigError(
+            f"config field model.init is {init!r}: use {' or '.join(repr(i) for i in interpolation_init.INITS)}"
+        )
     if init == "interpolation" and network not in interpolation_init.SUPPORTED:
-        raise ConfigError(f"config field model.init: an interpolating start is implemented for {', '.join(interpolation_init.SUPPORTED)}, not {network}")
+        raise ConfigError(
+            "config field model.init: an interpolating start is implemented for "
+            f"{', '.join(interpolation_init.SUPPORTED)}, not {network}"
+        )
     for stage in TRAINING_STAGES:
-        for field in ("batch_size", "num_steps", "cosine_period", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        for field in (
+            "batch_size",
+            "num_steps",
+            "cosine_period",
+            "log_every_steps",
+            "eval_every_steps",
+            "checkpoint_every_steps",
+        ):
             _positive_int(config, f"{stage}.{field}")
     for stage, choices in TILE_SOURCES.items():
         if _field(config, f"{stage}.tiles") not in choices:
-            raise ConfigError(f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: use {' or '.join(repr(c) for c in choices)}")
+            raise ConfigError(
+                f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: "
+                f"use {' or '.join(repr(c) for c in choices)}"
+            )
     if _bool(config, "branches.slim_from_original") and network not in slim.SUPPORTED:
-        raise ConfigError(f"config field branches.slim_from_original: cutting branches out of -O is implemented for {', '.join(slim.SUPPORTED)}, not {network}")
+        raise ConfigError(
+            "config field branches.slim_from_original: cutting branches out of -O is implemented for "
+            f"{', '.join(slim.SUPPORTED)}, not {network}"
+        )
     if config.branches.slim_from_original and max(widths) != widths[-1]:
-        raise ConfigError(f"config field branches.slim_from_original needs branches no wider than -O (the last width), got {tuple(widths)}")
+        raise ConfigError(
+            "config field branches.slim_from_original needs branches no wider than -O (the last width), "
+            f"got {tuple(widths)}"
+        )
     for stage in ("joint", "finetune"):
         _bool(config, f"{stage}.calibrate_routing")
         _positive_int(config, f"{stage}.calibration_tiles")
@@ -210,7 +248,9 @@ def validate_config(config) -> None:
         raise ConfigError(f"config field data.colour_augment: {e}") from None
     budget = _field(config, "evaluate.budget")
     if not 0.0 <= budget:
-        raise ConfigError(f"config field evaluate.budget is {budget}: use a positive share of the -O FLOPs, or 0 for none")
+        raise ConfigError(
+            f"config field evaluate.budget is {budget}: use a positive share of the -O FLOPs, or 0 for none"
+        )
     division_thresholds(config)
     selected_stages(config)
     evaluation_sources(config)
@@ -230,7 +270,9 @@ def division_thresholds(config) -> str | tuple[float, float]:
     try:
         t1, t2 = (float(v) for v in value.split(","))
     except ValueError:
-        raise ConfigError(f"config field division.thresholds is {value!r}: use 'tertiles', 'paper' or 't1,t2' in dB") from None
+        raise ConfigError(
+            f"config field division.thresholds is {value!r}: use 'tertiles', 'paper' or 't1,t2' in dB"
+        ) from None
     return (t1, t2)
 
 
@@ -242,7 +284,10 @@ def selected_stages(config) -> tuple[str, ...]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in names if s not in STAGES]
     if unknown or not names:
-        raise ConfigError(f"config field stages has unknown stage(s) {', '.join(unknown) or '(none given)'}: use 'all' or some of {', '.join(STAGES)}")
+        raise ConfigError(
+            f"config field stages has unknown stage(s) {', '.join(unknown) or '(none given)'}: "
+            f"use 'all' or some of {', '.join(STAGES)}"
+        )
     return tuple(s for s in STAGES if s in names)
 
 

@@ -1,0 +1,1 @@
+"""The training configs: `get_config()` files, installed as the package `classsr_jax.configs`."""
