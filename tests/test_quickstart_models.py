@@ -74,10 +74,10 @@ def test_fsrcnn_o_beats_bicubic_on_unseen_photos(unseen, split):
 @pytest.mark.parametrize("split", bench_quickstart.UNSEEN_SPLITS)
 def test_the_budget_row_holds_classsr_to_three_quarters_of_the_o_flops(unseen, split):
     budget, free = unseen[split]["classsr_budget"], unseen[split]["classsr"]
-    # A cap per image, the Class-Module's FLOPs included: never over 75%, never above free routing, and images
-    # over the cap are held close to it (a photo of ~100 tiles moves in steps of about 1%).
+    # A cap per image, the Class-Module's FLOPs included: never over 75%, never above free routing, and the images
+    # over the cap keep most of their FLOPs (the tiles that gain least move first, not every tile).
     assert budget["flops_percent"] <= min(75.0, free["flops_percent"] + 1e-9), (split, budget, free)
-    assert budget["flops_percent"] >= min(70.0, free["flops_percent"]), (split, budget["flops_percent"])
+    assert budget["flops_percent"] >= 0.8 * min(75.0, free["flops_percent"]), (split, budget["flops_percent"])
     assert np.count_nonzero(budget["class_counts"]) >= 2  # really routed
 
 

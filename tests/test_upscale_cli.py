@@ -151,7 +151,8 @@ def test_evaluate_reports_the_paper_table(checkpoint, tmp_path, capsys):
     avg = r["average"]
     assert {"psnr", "psnr_y", "ssim_y", "flops", "flops_percent", "class_ratio", "inference_s"} <= set(avg)
     assert 0 <= avg["flops_percent"] <= 100 + 1.7 and abs(sum(avg["class_ratio"]) - 1) < 1e-9
-    assert r["original"]["average"]["class_ratio"] == [0.0, 0.0, 1.0]
+    # The -O network alone: one branch, no Class-Module, exactly 100% of its own FLOPs.
+    assert r["original"]["average"]["class_ratio"] == [1.0] and r["original"]["average"]["flops_percent"] == 100.0
     # Paper protocol on 40x48 LR: one tile per axis (28 + 32 > 48), so the output covers 32x32 LR pixels.
     assert r["images"][0]["output_hw"] == [128, 128]
     out = capsys.readouterr().out
