@@ -58,7 +58,7 @@ def original_command(state_dict: str, network: str, widths: str, src: str, dst: 
 
 
 def outputs_agree(a_path: str, b_path: str) -> str:
-    """'max |diff| (share of differing values)' of two 8-bit RGB images of the same size."""
+    """'largest difference (share of values that differ)' of two 8-bit RGB images of the same size."""
     a = np.asarray(Image.open(a_path).convert("RGB"), np.int16)
     b = np.asarray(Image.open(b_path).convert("RGB"), np.int16)
     if a.shape != b.shape:
@@ -99,18 +99,17 @@ def case_row(label: str, result: dict) -> tuple[list[str], float]:
     u_device = med([t["compile_s"] + t["inference_s"] for t in u_timing])
     o_io = med([r.report["read_s"] + r.report["write_s"] for r in original])
     u_io = med([t["read_s"] + t["write_s"] for t in u_timing])
-    counts = (f"{'/'.join(map(str, original[-1].report['class_counts']))} | "
-              f"{'/'.join(map(str, ours[-1].report['class_counts']))}")
     row = [label, harness.seconds(o_wall), harness.seconds(u_wall), f"{o_wall / u_wall:.2f}×",
            harness.seconds(o_loop), harness.seconds(u_device), harness.seconds(o_io), harness.seconds(u_io),
            f"{med([r.peak_rss_gib for r in original]):.2f} / {med([r.peak_rss_gib for r in ours]):.2f} GiB",
-           result["agree"], counts]
+           result["agree"], "/".join(map(str, original[-1].report["class_counts"])),
+           "/".join(map(str, ours[-1].report["class_counts"]))]
     return row, o_wall / u_wall
 
 
 HEADERS = ["case", "original: wall", "ours: wall", "speed-up", "original: tile loop", "ours: compile + inference",
-           "original: read + write", "ours: read + write", "peak RSS original / ours", "outputs: max |diff| (share)",
-           "tiles per branch original | ours"]
+           "original: read + write", "ours: read + write", "peak RSS original / ours",
+           "outputs: largest difference (share differing)", "tiles per branch: original", "tiles per branch: ours"]
 
 
 def original(args) -> None:
