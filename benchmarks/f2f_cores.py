@@ -68,21 +68,21 @@ HEADERS = ["case", "tree", "CPU devices", "warm upscale", "speed-up over today",
 
 def cores(args) -> None:
     print(harness.machine_line(), flush=True)
-    size = "quick" if args.quick else "2K"
+    lr_hw = LR_HW["quick" if args.quick else "2K"]
+    size = "2K" if not args.quick else f"{4 * lr_hw[1]}×{4 * lr_hw[0]}"
     networks = args.networks.split(",") if args.networks else NETWORKS
     rows, targets = [], []
     with harness.worktree(args.against) as old:
         for network in networks:
             with contextlib.ExitStack() as stack:
                 pools = worker_pools(stack, {"before": old, "now": harness.REPO})
-                results = measure(pools, network, LR_HW[size], args.rounds)
+                results = measure(pools, network, lr_hw, args.rounds)
             network_rows, speedup = cores_rows(network, size, args.against, results)
             rows += network_rows
             targets.append([f"{size} ClassSR-{network}: now at 2 devices ≥ {TARGET}× today", f"{speedup:.2f}×",
                             met(speedup >= TARGET)])
             print(harness.table(HEADERS, network_rows), flush=True)
-    lr_h, lr_w = LR_HW[size]
-    print(f"\n### Warm upscale, LR {lr_w}×{lr_h} ×4, thirds-routing random ClassSR, median (min–max) of "
+    print(f"\n### Warm upscale, LR {lr_hw[1]}×{lr_hw[0]} ×4, thirds-routing random ClassSR, median (min–max) of "
           f"{args.rounds} round(s); today = before at 1 device\n")
     print(harness.table(HEADERS, rows))
     print("\n### Targets\n")

@@ -197,3 +197,23 @@ def test_bench_file_to_file_original_quick_on_the_quickstart():
     expected = seconds(row["original: wall"]) / seconds(row["ours: wall"])
     assert abs(speedup - expected) < 0.02 * expected + 0.01
     assert target["measured"] == row["speed-up"] and target["met"] == ("yes" if speedup >= 3 else "**no**")
+
+
+@pytest.mark.slow
+def test_bench_file_to_file_folder_quick_adds_up():
+    run = run_module("benchmarks.bench_file_to_file", "folder", "--quick")
+    assert run.returncode == 0, run.stderr[-3000:]
+    title = "A folder of 480×270 photo-content images to 2K PNGs, quickstart ClassSR-FSRCNN ×4, median of 1 round(s)"
+    tables = markdown_tables(run.stdout)
+    assert list(tables) == [title, "Targets"]
+    before, now = tables[title]
+    assert (before["tree"], now["tree"]) == ("before (abb5d2c)", "now")
+    for row in (before, now):
+        assert row["images"] == "2"
+        wall, startup, compile_s = (seconds(row[k]) for k in ("wall", "start-up", "Σ compile"))
+        assert abs(seconds(row["wall − start-up − compile"]) - (wall - startup - compile_s)) < 0.03
+        inference = seconds(row["Σ inference"])
+        assert abs(float(row["wall / Σ inference"]) - wall / inference) < 0.02 * wall / inference + 0.01
+    (target,) = tables["Targets"]
+    ratio = float(now["(wall − start-up − compile) / Σ inference"])
+    assert target["measured"] == f"{ratio:.2f} ×" and target["met"] == ("yes" if ratio <= 1.15 else "**no**")
