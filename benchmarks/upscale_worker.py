@@ -13,6 +13,7 @@ import resource
 import sys
 import time
 
+import jax
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -27,9 +28,12 @@ def _load(name):
 
 fixtures = _load("fixtures")  # only what both code trees provide: fixtures import nothing newer
 
-from classsr_jax.inference import upscaler  # noqa: E402  (the tree on PYTHONPATH, after the fixtures)
+try:  # the tree on PYTHONPATH, after the fixtures
+    from classsr_jax.inference.upscaler import Upscaler
+except ImportError:  # a tree from before the package was grouped by role (inference was one module)
+    from classsr_jax.inference import Upscaler
 
-DEVICE_ENGINE = hasattr(upscaler.Upscaler, "band_shape")  # this session's engine; older trees merge on the host
+DEVICE_ENGINE = hasattr(Upscaler, "band_shape")  # this session's engine; older trees merge on the host
 state = {}
 
 
@@ -47,7 +51,7 @@ def upscale_once():
         result = up.upscale(image)
         out = result.sr
     else:
-        from classsr_jax.io.images import to_uint8
+        from classsr_jax.image_io import to_uint8  # only trees from before the device engine get here
 
         result = up.upscale(image.astype(np.float32) / np.float32(255.0))
         out = to_uint8(result.sr)
@@ -64,10 +68,11 @@ def handle(request):
             kw["band_tiles"] = request["band_tiles"]
         if DEVICE_ENGINE and request.get("dtype"):
             kw["dtype"] = request["dtype"]
-        state["upscaler"] = upscaler.Upscaler(spec, variables, **kw)
+        state["upscaler"] = Upscaler(spec, variables, **kw)
         state["image"] = np.rint(image01 * 255).astype(np.uint8)
         seconds, result, _ = upscale_once()
-        return {"first_s": seconds, "compile_s": result.compile_s, "engine": "device" if DEVICE_ENGINE else "host"}
+        return {"first_s": seconds, "compile_s": result.compile_s, "engine": "device" if DEVICE_ENGINE else "host",
+                "devices": len(jax.devices())}
     seconds, result, out = upscale_once()
     return {
         "seconds": seconds,
