@@ -5,14 +5,17 @@ import errno
 import io
 import os
 import struct
+import threading
 import warnings
 import zlib
 
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image, ImageCms, ImageOps
+from PIL import EpsImagePlugin, Image, ImageCms, ImageFile, ImageOps, PngImagePlugin
 
+from classsr_jax.data.files import read_rgb_uint8
+from classsr_jax.errors import UnreadableImageError
 from classsr_jax.io import png16
 from classsr_jax.io.images import (
     ImageError,
@@ -256,6 +259,105 @@ def test_zero_size_png_raises_image_error(tmp_path):
     with pytest.raises(ImageError) as info:
         read_image(path)
     _assert_one_line_naming(info, "empty.png")
+
+
+# ------------------------------------------------------------------ what decoding may cost
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Makes any pixel decoding fail loudly: the refusals below must come from the header alone."""
+    def decoded(*args, **kwargs):
+        raise AssertionError("pixels were decoded")
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", decoded)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decoded)
+
+
+def _refused(path, message, **kwargs):
+    for read in (read_image, image_size):
+        with pytest.raises(ImageError) as info:
+            read(path, **kwargs)
+        assert str(info.value) == f"cannot read image {path}: {message}"
+
+
+def test_tiff_with_1000_samples_per_pixel_is_refused_from_the_header(tmp_path, no_decoding):
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, np.zeros((2, 2, 1000), np.uint8), photometric="minisblack", planarconfig="contig",
+                     metadata=None)
+    _refused(path, "1000 samples per pixel (at most 4: gray, gray+alpha, RGB, RGBA)")
+
+
+def test_multi_page_tiff_and_volume_are_refused(tmp_path, no_decoding):
+    pages = tmp_path / "pages.tif"
+    tifffile.imwrite(pages, np.zeros((3, 8, 8), np.uint8), photometric="minisblack", metadata=None)
+    _refused(pages, "3 pages; only single images are read (save the one you want as its own file)")
+    volume = tmp_path / "volume.tif"
+    tifffile.imwrite(volume, np.zeros((2, 16, 16), np.uint8), photometric="minisblack", volumetric=True,
+                     tile=(16, 16), metadata=None)
+    _refused(volume, "2 slices (a volume); only single images are read (save the one you want as its own file)")
+
+
+def test_animated_png_and_gif_are_refused(tmp_path, no_decoding):
+    frames = [Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), (255, 0, 0))]
+    for name in ("anim.png", "anim.gif"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+        _refused(tmp_path / name, "2 frames or pages; only single images are read (save the one you want as its "
+                                  "own file)")
+
+
+def test_decoded_size_limit_from_the_header(tmp_path, no_decoding):
+    path = tmp_path / "float.tif"  # 10x10 = 100 pixels, within the pixel limit, but 8-byte samples
+    tifffile.imwrite(path, np.zeros((10, 10, 3), np.float64), photometric="rgb", metadata=None)
+    _refused(path, "decoded size 2400 bytes (10x10, 3 samples of 8 bytes) is over the 800 bytes limit (8 bytes "
+                   "per pixel of the pixel limit; --max-pixels raises it)", max_pixels=100)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def read():
+        try:
+            read_image(fifo)
+        except ImageError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)  # a guard against hanging the suite, not a timing: the refusal comes before any open
+    if reader.is_alive():  # unblock the reader, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("read_image blocked on a FIFO")
+    assert outcome == [f"cannot read image {fifo}: not a regular file (a FIFO, socket or device); only files are "
+                       "read"]
+    with pytest.raises(UnreadableImageError, match="not a regular file"):
+        read_rgb_uint8(fifo)  # would block too: the dataset reader checks the same way
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n"
+
+
+def test_eps_renamed_png_never_reaches_pillows_eps_plugin(tmp_path, monkeypatch):
+    path = tmp_path / "drawing.png"
+    path.write_bytes(EPS)
+    with Image.open(path) as im:
+        assert im.format == "EPS"  # an unrestricted open would hand it to the Ghostscript plugin
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: pytest.fail("EPS plugin reached"))
+    _refused(path, "not a recognised image file (only PNG, JPEG, BMP, TIFF, WEBP, QOI, GIF)")
+    with pytest.raises(UnreadableImageError, match="not an image Pillow can identify"):
+        read_rgb_uint8(path)
+
+
+def test_memory_error_while_decoding_is_an_image_error(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(_u8((8, 8, 3))).save(path)
+
+    def out_of_memory(self):
+        raise MemoryError()
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", out_of_memory)
+    with pytest.raises(ImageError) as info:
+        read_image(path)
+    assert str(info.value) == f"cannot read image {path}: not enough memory to decode it"
 
 
 def test_unknown_extension_on_write(tmp_path):
