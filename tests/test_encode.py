@@ -304,3 +304,35 @@ def test_encoded_bytes_are_what_write_image_stores(tmp_path):
     expected = encode.BY_EXTENSION[".png"].encode(photo, encode.Options(), None)
     assert (tmp_path / "x.png").read_bytes() == expected
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(expected))), photo)
+
+
+# ------------------------------------------------------------------ the upscale command's flags
+
+def test_upscale_output_format_flags(tmp_path, capsys):
+    from classsr_jax.checkpointing import save_model
+    from classsr_jax.cli import upscale
+    from classsr_jax.models import ModelSpec
+
+    spec = ModelSpec("classsr", "fsrcnn", (16, 36, 56))
+    checkpoint = str(tmp_path / "classsr_fsrcnn")
+    save_model(checkpoint, spec, spec.init(seed=3))
+    src = tmp_path / "in"
+    src.mkdir()
+    write_image(src / "a.png", _photo()[:40, :48])
+    write_image(src / "b.jpg", _photo()[40:80, :48])
+    runs = {}
+    for name, extra in (("default", []), ("small", ["--png-compression", "0", "--quality", "20", "--encoders", "2"])):
+        out = tmp_path / name
+        assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(out), *extra]) == 0
+        runs[name] = {n: (out / n).stat().st_size for n in ("a.png", "b.jpg")}
+    assert np.array_equal(read_image(tmp_path / "small" / "a.png").pixels,
+                          read_image(tmp_path / "default" / "a.png").pixels)  # lossless either way
+    assert runs["small"]["a.png"] > 160 * 192 * 3  # zlib level 0 stores the rows
+    tables = {}
+    for name in runs:
+        with Image.open(tmp_path / name / "b.jpg") as im:  # random weights give flat outputs: compare the tables
+            tables[name] = sum(sum(table) for table in im.quantization.values())
+    assert tables["small"] > 4 * tables["default"]  # quality 20 against 95
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / "x"),
+                         "--png-compression", "10"]) == 2
+    assert "png-compression" in capsys.readouterr().err

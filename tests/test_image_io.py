@@ -402,7 +402,7 @@ def test_list_images(tmp_path):
     empty.mkdir()
     with pytest.raises(ImageError) as info:
         list_images(empty)
-    assert str(info.value).startswith("no images (png, tif, tiff, jpg, jpeg, webp, bmp, qoi) in ")
+    assert str(info.value).startswith("no images (png, jpg, jpeg, tif, tiff, bmp, webp, qoi) in ")
     _assert_one_line_naming(info, str(empty))
     with pytest.raises(ImageError, match="no such folder"):
         list_images(tmp_path / "missing")

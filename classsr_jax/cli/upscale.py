@@ -41,6 +41,12 @@ define_model_flags(FLAGS, default_protocol="full")
 flags.DEFINE_string("input", None, "An image file or a folder of images.", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "The output file, or a folder when --input is a folder.", flag_values=FLAGS)
 flags.DEFINE_string("mask", None, "The class-map picture (a folder in folder mode).", flag_values=FLAGS)
+flags.DEFINE_integer("png-compression", None, "zlib level 0-9 for PNG outputs (6: Pillow's size); default: fast.",
+                     lower_bound=0, upper_bound=9, flag_values=FLAGS)
+flags.DEFINE_integer("quality", None, "1-100: JPEG quality (default 95); makes WebP lossy (default lossless).",
+                     lower_bound=1, upper_bound=100, flag_values=FLAGS)
+flags.DEFINE_integer("encoders", None, "Threads encoding outputs in folder mode; default min(4, cores).",
+                     lower_bound=1, flag_values=FLAGS)
 
 # 16-bit inputs stay 16-bit where the output format can hold them.
 SIXTEEN_BIT_FORMATS = (".png", ".tif", ".tiff")
@@ -74,11 +80,13 @@ def upscale_image(upscaler: Upscaler, image: LoadedImage, output: str) -> Upscal
     return upscaler.upscale(image.pixels, bit_depth=16 if sixteen else 8)
 
 
-def write_outputs(upscaler: Upscaler, job: Job, image: LoadedImage, result: UpscaleResult) -> None:
+def write_outputs(upscaler: Upscaler, job: Job, image: LoadedImage, result: UpscaleResult,
+                  fv: flags.FlagValues) -> None:
     """The SR image (in the input's layout, depth and colour profile) and the class map, each written atomically."""
     scale = upscaler.spec.scale
     alpha = None if image.alpha_pixels is None else upscale_alpha(image.alpha_pixels, result.sr.shape[:2], scale)
-    write_image(job.output, result.sr, like=image, alpha=alpha)
+    write_image(job.output, result.sr, like=image, alpha=alpha, png_compression=fv["png-compression"].value,
+                quality=fv.quality)
     if job.mask:
         sr8 = result.sr if result.sr.dtype == np.uint8 else to_uint8(result.sr / np.float32(65535.0))
         boxes = result.grid.hr_boxes(scale)
@@ -144,7 +152,7 @@ def run_file(fv: flags.FlagValues, upscaler: Upscaler, job: Job) -> int:
     read_s = time.perf_counter() - t0
     result = upscale_image(upscaler, image, job.output)
     t0 = time.perf_counter()
-    write_outputs(upscaler, job, image, result)
+    write_outputs(upscaler, job, image, result, fv)
     report = report_entry(job, result, upscaler.spec.scale, read_s, time.perf_counter() - t0)
     if fv.report:
         atomic.write_json(fv.report, report)
@@ -166,7 +174,7 @@ def run_folder(fv: flags.FlagValues, upscaler: Upscaler, jobs: list[Job], kept: 
         tqdm.write(f"error: {error}", file=sys.stderr)
 
     read = lambda job: read_image(job.input, fv["max-pixels"].value)
-    with BackgroundWriter() as writer:
+    with BackgroundWriter(encoders=fv.encoders) as writer:
         for job, image, error, read_s in tqdm(prefetched(jobs, read), total=len(jobs), desc="upscale", unit="image"):
             if error is not None:
                 if not isinstance(error, ITEM_ERRORS):
@@ -188,7 +196,7 @@ def run_folder(fv: flags.FlagValues, upscaler: Upscaler, jobs: list[Job], kept: 
                     with lock:
                         reports.append(report_entry(job, result, upscaler.spec.scale, read_s, write_s))
 
-            writer.submit(functools.partial(write_outputs, upscaler, job, image, result), done)
+            writer.submit(functools.partial(write_outputs, upscaler, job, image, result, fv), done)
     if fv.report:
         atomic.write_json(fv.report, {"images": reports, "failed": failures, "kept": kept})
     line = f"upscaled {len(reports)} of {found} images into {fv.output}"

@@ -116,15 +116,14 @@ class Format:
     gray: bool = True  # stores one channel; else gray samples are written as RGB
     icc: bool = True
     max_side: int = 2**31 - 1
-    lossy: bool = False
 
 
-FORMATS = (
+FORMATS = (  # in the order messages list them: the original four first
     Format("PNG", (".png",), _png, sixteen_bit=True),
+    Format("JPEG", (".jpg", ".jpeg"), _jpeg, alpha=False, max_side=65535),
     Format("TIFF", (".tif", ".tiff"), _tiff, sixteen_bit=True),
-    Format("JPEG", (".jpg", ".jpeg"), _jpeg, alpha=False, max_side=65535, lossy=True),
-    Format("WebP", (".webp",), _webp, gray=False, max_side=16383),
     Format("BMP", (".bmp",), _bmp, icc=False),
+    Format("WebP", (".webp",), _webp, gray=False, max_side=16383),
     Format("QOI", (".qoi",), _qoi, gray=False, icc=False),
 )
 BY_EXTENSION = {extension: fmt for fmt in FORMATS for extension in fmt.extensions}
