@@ -8,7 +8,9 @@ outputs are flat and compress instantly, so they say nothing). 2K is 2048x1080, 
 16-bit case is the 4K image times 257 plus a little deterministic noise in the low byte, as a 16-bit SR output
 has.
 
-Each candidate encodes into memory (no disk: the atomic rename and fsync cost the same for all); the time is
+Each candidate encodes into memory (no disk: the atomic rename and fsync cost the same for all), except the
+"write_image (project)" row: the project's whole write into a file (encode, atomic write, fsync), which is what
+is left of write time for one image that no computing overlaps. The time is
 the fastest of ``--rounds`` runs (one at 8K). "exact" decodes the bytes with a decoder other than the encoder's
 where one exists (Pillow for 8-bit PNG, the project's reader for 16-bit) and compares every sample. Prints a
 Markdown table; the size reference is Pillow's default (compress_level 6), for 16 bit zlib level 6

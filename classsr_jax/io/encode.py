@@ -63,8 +63,9 @@ def with_iccp(png: bytes, profile: bytes) -> bytes:
 
 
 def _png(samples: np.ndarray, options: Options, icc_profile: bytes | None) -> bytes:
+    samples = np.ascontiguousarray(samples)
     if options.png_compression is None and samples.dtype == np.uint8 and samples.shape[2] in (3, 4):
-        data = bytes(fpng.from_ndarray(np.ascontiguousarray(samples)))
+        data = bytes(fpng.from_ndarray(samples))
     elif options.png_compression is None:  # fpng writes 8-bit RGB(A) only
         data = bytes(imagecodecs.png_encode(samples, level=1, strategy=3, filter=16))
     else:
