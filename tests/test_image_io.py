@@ -373,7 +373,7 @@ def test_atomic_write_leaves_existing_file_untouched(tmp_path, monkeypatch):
         f.write(b"\x89PNG partial garbage")  # half-written output, then a crash
         raise OSError("disk full")
 
-    monkeypatch.setattr(images, "_encode_into", failing_write)
+    monkeypatch.setattr(images, "_encode", failing_write)
     with pytest.raises(ImageError) as info:
         write_image(path, np.zeros((6, 6, 3)))
     _assert_one_line_naming(info, "out.png")
@@ -827,7 +827,7 @@ def test_disk_full_half_way_keeps_the_old_output(tmp_path, monkeypatch, suffix, 
     path = tmp_path / f"out{suffix}"
     write_image(path, np.full((6, 6, 3), 0.5), like=_like("rgb", bit_depth))
     before = path.read_bytes()
-    monkeypatch.setattr(images, "_encode_into", lambda f, *a: _enospc(f))
+    monkeypatch.setattr(images, "_encode", lambda f, *a: _enospc(f))
     with pytest.raises(ImageError) as info:
         write_image(path, np.zeros((6, 6, 3)), like=_like("rgb", bit_depth))
     assert str(info.value) == f"cannot write image {path}: [Errno 28] No space left on device"

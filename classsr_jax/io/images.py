@@ -176,8 +176,9 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Loaded
 
 # --------------------------------------------------------------------------- writing
 
-def _encode_into(f: BinaryIO, fmt: encode.Format, samples: np.ndarray, options: encode.Options,
+def _encode(f: BinaryIO, fmt: encode.Format, samples: np.ndarray, options: encode.Options,
                  icc_profile: bytes | None) -> None:
+    """Encodes into memory, then writes the bytes into ``f`` (the one place a test can fail the write)."""
     f.write(fmt.encode(samples, options, icc_profile))
 
 
@@ -274,7 +275,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | No
     if alpha is not None:
         samples = np.concatenate([samples, _at_depth(alpha, bit_depth)[..., None]], axis=2)
     try:
-        atomic_write(path, lambda f: _encode_into(f, fmt, samples, options, icc_profile))
+        atomic_write(path, lambda f: _encode(f, fmt, samples, options, icc_profile))
     except WriteError as exc:
         why = str(exc).removeprefix(f"cannot write {path}: ")
         raise ImageError(f"cannot write image {path}: {why}") from exc
