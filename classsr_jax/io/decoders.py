@@ -40,7 +40,6 @@ class Refused(Exception):
     """A file we deliberately do not decode; the message is the reason."""
 
 
-
 class Decoded(NamedTuple):
     height: int  # as the header gives them, before the orientation is applied
     width: int
@@ -65,8 +64,8 @@ def _check_cost(height: int, width: int, samples: int, sample_bytes: int, limit:
     size = height * width * samples * sample_bytes
     if limit is not None and size > limit * BYTES_PER_LIMIT_PIXEL:
         raise Refused(f"decoded size {_megabytes(size)} ({width}x{height}, {samples} samples of {sample_bytes} "
-                       f"bytes) is over the {_megabytes(limit * BYTES_PER_LIMIT_PIXEL)} limit "
-                       f"({BYTES_PER_LIMIT_PIXEL} bytes per pixel of the pixel limit; --max-pixels raises it)")
+                      f"bytes) is over the {_megabytes(limit * BYTES_PER_LIMIT_PIXEL)} limit "
+                      f"({BYTES_PER_LIMIT_PIXEL} bytes per pixel of the pixel limit; --max-pixels raises it)")
 
 
 def _check_single(count: int, what: str) -> None:
@@ -100,7 +99,7 @@ def _check_size(height: int, width: int, limit: int | None) -> None:
         return
     exact = _amount(height * width, False) == _amount(limit, False)  # 89.5 MP vs 89.5 MP says nothing
     raise Refused(f"{width}x{height} = {_amount(height * width, exact)} is over the "
-                   f"{_amount(limit, exact)} limit (--max-pixels raises it)")
+                  f"{_amount(limit, exact)} limit (--max-pixels raises it)")
 
 
 _PILLOW_CHECK_LOCK = threading.Lock()
