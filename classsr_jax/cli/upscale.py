@@ -104,7 +104,8 @@ def summary_line(report: dict) -> str:
     return (
         f"{report['input']} → {report['output']}: {report['output_hw'][0]}x{report['output_hw'][1]}, "
         f"{report['tiles']} tiles {report['class_counts']}, FLOPs {report['flops_percent']:.0f}% of -O, "
-        f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
+        f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; "
+        f"read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
     )
 
 
@@ -138,7 +139,8 @@ def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int]:
         mask = os.path.join(fv.mask, os.path.splitext(name)[0] + "_mask.png") if fv.mask else None
         for target in (output, mask):
             if target and any(atomic.same_file(target, source) for source in inputs):
-                raise WriteError(f"{target} would overwrite an input image; inputs are never written, choose another folder")
+                raise WriteError(f"{target} would overwrite an input image; inputs are never written, "
+                                 "choose another folder")
         if not fv.overwrite and (os.path.lexists(output) or (mask is not None and os.path.lexists(mask))):
             kept.append(output)
         else:
