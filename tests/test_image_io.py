@@ -5,15 +5,19 @@ import errno
 import io
 import os
 import struct
+import threading
 import warnings
 import zlib
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image, ImageCms, ImageOps
+from PIL import EpsImagePlugin, Image, ImageCms, ImageFile, ImageOps, PngImagePlugin
 
-from classsr_jax.io import png16
+from classsr_jax.data.files import read_rgb_uint8
+from classsr_jax.errors import UnreadableImageError
+from classsr_jax.io import images, png16
 from classsr_jax.io.images import (
     ImageError,
     LoadedImage,
@@ -82,13 +86,12 @@ def test_png_16bit_rgb_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4])
-@pytest.mark.parametrize("filter_type", [None, 0, 1, 2, 3, 4])
-def test_png_16bit_encoder_all_filters_and_layouts(tmp_path, channels, filter_type):
+@pytest.mark.parametrize("png_filter", [None, *imagecodecs.PNG.FILTER])
+def test_png_16bit_reader_all_filters_and_layouts(tmp_path, channels, png_filter):
     samples = _u16((9, 11, channels))
     samples[3:6] = samples[3:6] // 1000  # some smooth-ish rows too
     path = tmp_path / "f.png"
-    with open(path, "wb") as f:
-        png16.write_png(f, samples, filter_type)
+    path.write_bytes(imagecodecs.png_encode(samples, filter=png_filter))  # libpng, independent of our reader
     if channels == 1:  # Pillow's decoder is independent of ours
         assert np.array_equal(np.asarray(Image.open(path)), samples[..., 0])
     img = read_image(path)
@@ -222,10 +225,9 @@ def test_truncated_png_raises_image_error(tmp_path):
 
 
 def test_truncated_16bit_png_raises_image_error(tmp_path):
-    full = io.BytesIO()
-    png16.write_png(full, _u16((40, 40, 3)))
+    full = imagecodecs.png_encode(_u16((40, 40, 3)))
     path = tmp_path / "broken16.png"
-    path.write_bytes(full.getvalue()[:200])
+    path.write_bytes(full[:200])
     with pytest.raises(ImageError) as info:
         read_image(path)
     _assert_one_line_naming(info, "broken16.png")
@@ -258,6 +260,105 @@ def test_zero_size_png_raises_image_error(tmp_path):
     _assert_one_line_naming(info, "empty.png")
 
 
+# ------------------------------------------------------------------ what decoding may cost
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Makes any pixel decoding fail loudly: the refusals below must come from the header alone."""
+    def decoded(*args, **kwargs):
+        raise AssertionError("pixels were decoded")
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", decoded)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decoded)
+
+
+def _refused(path, message, **kwargs):
+    for read in (read_image, image_size):
+        with pytest.raises(ImageError) as info:
+            read(path, **kwargs)
+        assert str(info.value) == f"cannot read image {path}: {message}"
+
+
+def test_tiff_with_1000_samples_per_pixel_is_refused_from_the_header(tmp_path, no_decoding):
+    path = tmp_path / "wide.tif"
+    tifffile.imwrite(path, np.zeros((2, 2, 1000), np.uint8), photometric="minisblack", planarconfig="contig",
+                     metadata=None)
+    _refused(path, "1000 samples per pixel (at most 4: gray, gray+alpha, RGB, RGBA)")
+
+
+def test_multi_page_tiff_and_volume_are_refused(tmp_path, no_decoding):
+    pages = tmp_path / "pages.tif"
+    tifffile.imwrite(pages, np.zeros((3, 8, 8), np.uint8), photometric="minisblack", metadata=None)
+    _refused(pages, "3 pages; only single images are read (save the one you want as its own file)")
+    volume = tmp_path / "volume.tif"
+    tifffile.imwrite(volume, np.zeros((2, 16, 16), np.uint8), photometric="minisblack", volumetric=True,
+                     tile=(16, 16), metadata=None)
+    _refused(volume, "2 slices (a volume); only single images are read (save the one you want as its own file)")
+
+
+def test_animated_png_and_gif_are_refused(tmp_path, no_decoding):
+    frames = [Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), (255, 0, 0))]
+    for name in ("anim.png", "anim.gif"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+        _refused(tmp_path / name, "2 frames or pages; only single images are read (save the one you want as its "
+                                  "own file)")
+
+
+def test_decoded_size_limit_from_the_header(tmp_path, no_decoding):
+    path = tmp_path / "float.tif"  # 10x10 = 100 pixels, within the pixel limit, but 8-byte samples
+    tifffile.imwrite(path, np.zeros((10, 10, 3), np.float64), photometric="rgb", metadata=None)
+    _refused(path, "decoded size 2400 bytes (10x10, 3 samples of 8 bytes) is over the 800 bytes limit (8 bytes "
+                   "per pixel of the pixel limit; --max-pixels raises it)", max_pixels=100)
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def read():
+        try:
+            read_image(fifo)
+        except ImageError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)  # a guard against hanging the suite, not a timing: the refusal comes before any open
+    if reader.is_alive():  # unblock the reader, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("read_image blocked on a FIFO")
+    assert outcome == [f"cannot read image {fifo}: not a regular file (a FIFO, socket or device); only files are "
+                       "read"]
+    with pytest.raises(UnreadableImageError, match="not a regular file"):
+        read_rgb_uint8(fifo)  # would block too: the dataset reader checks the same way
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n"
+
+
+def test_eps_renamed_png_never_reaches_pillows_eps_plugin(tmp_path, monkeypatch):
+    path = tmp_path / "drawing.png"
+    path.write_bytes(EPS)
+    with Image.open(path) as im:
+        assert im.format == "EPS"  # an unrestricted open would hand it to the Ghostscript plugin
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: pytest.fail("EPS plugin reached"))
+    _refused(path, "not a recognised image file (only PNG, JPEG, BMP, TIFF, WEBP, QOI, GIF)")
+    with pytest.raises(UnreadableImageError, match="not an image Pillow can identify"):
+        read_rgb_uint8(path)
+
+
+def test_memory_error_while_decoding_is_an_image_error(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(_u8((8, 8, 3))).save(path)
+
+    def out_of_memory(self):
+        raise MemoryError()
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", out_of_memory)
+    with pytest.raises(ImageError) as info:
+        read_image(path)
+    assert str(info.value) == f"cannot read image {path}: not enough memory to decode it"
+
+
 def test_unknown_extension_on_write(tmp_path):
     with pytest.raises(ImageError, match="unknown extension"):
         write_image(tmp_path / "x.gif", np.zeros((2, 2, 3)))
@@ -268,11 +369,11 @@ def test_atomic_write_leaves_existing_file_untouched(tmp_path, monkeypatch):
     write_image(path, np.full((6, 6, 3), 0.5))
     before = path.read_bytes()
 
-    def failing_save(self, fp, *args, **kwargs):
-        fp.write(b"\x89PNG partial garbage")  # half-written output, then a crash
+    def failing_write(f, *args):
+        f.write(b"\x89PNG partial garbage")  # half-written output, then a crash
         raise OSError("disk full")
 
-    monkeypatch.setattr(Image.Image, "save", failing_save)
+    monkeypatch.setattr(images, "_encode", failing_write)
     with pytest.raises(ImageError) as info:
         write_image(path, np.zeros((6, 6, 3)))
     _assert_one_line_naming(info, "out.png")
@@ -282,11 +383,10 @@ def test_atomic_write_leaves_existing_file_untouched(tmp_path, monkeypatch):
 
 
 def test_atomic_write_16bit_encoder_failure(tmp_path, monkeypatch):
-    def failing_png(f, samples, filter_type=None, icc_profile=None):
-        f.write(b"\x89PNG")
+    def failing_png(samples, **kwargs):
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(png16, "write_png", failing_png)
+    monkeypatch.setattr(imagecodecs, "png_encode", failing_png)
     with pytest.raises(ImageError, match="encoder exploded"):
         write_image(tmp_path / "new.png", np.zeros((4, 4, 3)), like=_like("rgb", 16))
     assert os.listdir(tmp_path) == []
@@ -302,7 +402,7 @@ def test_list_images(tmp_path):
     empty.mkdir()
     with pytest.raises(ImageError) as info:
         list_images(empty)
-    assert str(info.value).startswith("no images (png, jpg, jpeg, tif, tiff, bmp) in ")
+    assert str(info.value).startswith("no images (png, jpg, jpeg, tif, tiff, bmp, webp, qoi) in ")
     _assert_one_line_naming(info, str(empty))
     with pytest.raises(ImageError, match="no such folder"):
         list_images(tmp_path / "missing")
@@ -370,10 +470,9 @@ def _insert_chunk_after_ihdr(png_bytes, chunk):
 
 def test_16bit_png_with_exif_orientation_reads_upright(tmp_path):
     samples = _u16((7, 11, 3))
-    out = io.BytesIO()
-    png16.write_png(out, samples)
+    out = imagecodecs.png_encode(samples)
     path = tmp_path / "turned16.png"
-    path.write_bytes(_insert_chunk_after_ihdr(out.getvalue(), png16.chunk(b"eXIf", _exif(8).tobytes())))
+    path.write_bytes(_insert_chunk_after_ihdr(out, png16.chunk(b"eXIf", _exif(8).tobytes())))
     img = read_image(path)
     assert (img.mode, img.bit_depth) == ("rgb", 16)
     assert np.array_equal(img.pixels, np.rot90(samples, 1))
@@ -728,9 +827,7 @@ def test_disk_full_half_way_keeps_the_old_output(tmp_path, monkeypatch, suffix, 
     path = tmp_path / f"out{suffix}"
     write_image(path, np.full((6, 6, 3), 0.5), like=_like("rgb", bit_depth))
     before = path.read_bytes()
-    monkeypatch.setattr(Image.Image, "save", lambda self, fp, *a, **k: _enospc(fp))
-    monkeypatch.setattr(png16, "write_png", lambda f, *a, **k: _enospc(f))
-    monkeypatch.setattr(tifffile, "imwrite", lambda f, *a, **k: _enospc(f))
+    monkeypatch.setattr(images, "_encode", lambda f, *a: _enospc(f))
     with pytest.raises(ImageError) as info:
         write_image(path, np.zeros((6, 6, 3)), like=_like("rgb", bit_depth))
     assert str(info.value) == f"cannot write image {path}: [Errno 28] No space left on device"

@@ -16,7 +16,7 @@ from classsr_jax.models import ModelSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = ModelSpec("classsr", "fsrcnn", (16, 36, 56))
-EXTENSIONS = "png, jpg, jpeg, tif, tiff, bmp"
+EXTENSIONS = "png, jpg, jpeg, tif, tiff, bmp, webp, qoi"
 UPSCALE_KEYS = {"input_hw", "output_hw", "tiles", "class_counts", "flops", "flops_percent", "executed_flops", "timing"}
 
 

@@ -48,12 +48,19 @@ flags.DEFINE_string("suffix", "", "Folder mode: add this to each output's name (
                     flag_values=FLAGS)
 flags.DEFINE_bool("recursive", False, "Folder mode: also upscale the images in subfolders, mirrored into the output "
                   "folder (without it they are skipped, and counted in one line).", flag_values=FLAGS)
+flags.DEFINE_integer("png-compression", None, "zlib level 0-9 for PNG outputs (6: Pillow's size); default: fast.",
+                     lower_bound=0, upper_bound=9, flag_values=FLAGS)
+flags.DEFINE_integer("quality", None, "1-100: JPEG quality (default 95); makes WebP lossy (default lossless).",
+                     lower_bound=1, upper_bound=100, flag_values=FLAGS)
+flags.DEFINE_integer("encoders", None, "Threads encoding outputs in folder mode; default min(4, cores).",
+                     lower_bound=1, flag_values=FLAGS)
 HELP = cli.CommandHelp(
     usage="classsr-upscale -i INPUT -o OUTPUT [flags]",
     summary="Upscale an image, or every image of a folder, with a ClassSR model (default: the bundled quickstart).",
     examples=("classsr-upscale -i photo.jpg -o photo_x4.png",
               "classsr-upscale -i photos/ -o big/ --suffix _x4 --recursive --checkpoint ckpt/classsr_rcan"),
     groups=(("Input and output", ("input", "output", "suffix", "recursive", "mask", "overwrite", "report")),
+            ("Output files", ("png-compression", "quality", "encoders")),
             *MODEL_GROUPS),
     required=("input", "output"),
 )
@@ -69,10 +76,11 @@ class Job:
     mask: str | None
 
 
-def write_outputs(upscaler: Upscaler, job: Job, image: LoadedImage, result: UpscaleResult,
+def write_outputs(fv: flags.FlagValues, upscaler: Upscaler, job: Job, image: LoadedImage, result: UpscaleResult,
                   alpha: np.ndarray | None) -> None:
     """The SR image (in the input's layout, depth and colour profile) and the class map, each written atomically."""
-    write_image(job.output, result.sr, like=image, alpha=alpha)
+    write_image(job.output, result.sr, like=image, alpha=alpha, png_compression=fv["png-compression"].value,
+                quality=fv.quality)
     if job.mask:
         sr8 = result.sr if result.sr.dtype == np.uint8 else to_uint8(result.sr / np.float32(65535.0))
         boxes = result.grid.hr_boxes(upscaler.spec.scale)
@@ -162,7 +170,7 @@ def run_file(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, job: Job) 
     read_s = time.perf_counter() - t0
     result, alpha = upscale_image(upscaler, image, bit_depth=output_bit_depth(image, job.output), **routing)
     t0 = time.perf_counter()
-    write_outputs(upscaler, job, image, result, alpha)
+    write_outputs(fv, upscaler, job, image, result, alpha)
     report = report_entry(job, result, upscaler.spec.scale, read_s, time.perf_counter() - t0)
     if fv.report:
         atomic.write_json(fv.report, report)
@@ -204,7 +212,7 @@ def run_folder(
         tqdm.write(f"error: {error}", file=sys.stderr)
 
     read = lambda job: read_image(job.input, fv["max-pixels"].value)
-    with BackgroundWriter() as writer:
+    with BackgroundWriter(encoders=fv.encoders) as writer:
         for job, image, error, read_s in tqdm(prefetched(jobs, read), total=len(jobs), desc="upscale", unit="image"):
             if error is not None:
                 if not isinstance(error, ITEM_ERRORS):
@@ -229,7 +237,7 @@ def run_folder(
                     with lock:
                         reports.append(entry)
 
-            writer.submit(functools.partial(write_outputs, upscaler, job, image, result, alpha), done)
+            writer.submit(functools.partial(write_outputs, fv, upscaler, job, image, result, alpha), done)
     if fv.report:
         atomic.write_json(fv.report, {"images": reports, "failed": failures, "kept": kept})
     line = f"upscaled {len(reports)} of {found} images into {fv.output}"

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from classsr_jax.errors import DataError, UnreadableImageError
-from classsr_jax.io import atomic
+from classsr_jax.io import atomic, decoders
 from classsr_jax.io.images import list_images
 
 logger = logging.getLogger(__name__)
@@ -69,14 +69,19 @@ def to_rgb_uint8(image: Image.Image, name: str) -> np.ndarray:
 
 
 def read_rgb_uint8(path: str | os.PathLike[str]) -> np.ndarray:
-    """Reads an image file fully into uint8 HxWx3; any decoding problem becomes a one-line DataError."""
+    """Reads an image file fully into uint8 HxWx3; any decoding problem becomes a one-line DataError.
+
+    Opened as the project's reader opens files: regular files only, Pillow limited to the formats it decodes.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with decoders.open_restricted(str(path)) as image:
             image.load()  # Decode now so truncated files fail here, not later.
             return to_rgb_uint8(image, str(path))
     except DataError:
         raise
+    except decoders.Refused as refused:
+        raise UnreadableImageError(path, str(refused)) from None
     except UnidentifiedImageError:
         raise UnreadableImageError(path, "not an image Pillow can identify") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:

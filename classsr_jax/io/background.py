@@ -1,14 +1,16 @@
 """Host I/O beside the device: decode the next items and encode the previous ones on threads while the device
 computes, so a folder runs at the device's speed.
 
-Decoding and encoding (Pillow, zlib, tifffile) release the GIL for their heavy parts, so threads overlap them
-with the device programs. Both helpers bound how many items are in flight, which bounds host memory.
+Decoding and encoding (Pillow, libpng, zlib, tifffile) release the GIL for their heavy parts, so threads overlap
+them with the device programs and, with several encoder threads, with each other (fpng holds the GIL, but takes
+0.3 s for an 8K image). Both helpers bound how many items are in flight, which bounds host memory.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -42,16 +44,28 @@ def prefetched(jobs: Iterable[Job], load: Callable[[Job], Result], ahead: int = 
             yield (done_job, *future.result())
 
 
-class BackgroundWriter:
-    """Runs write jobs one after another on a thread, at most `pending` queued (submit blocks beyond that).
+def default_encoders() -> int:
+    """Encoder threads for this host: one per core, at most 4 (each holds one image in memory)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
-    `submit(fn, on_done)` calls `fn()` on the thread, then `on_done(result, exception, seconds)` on the
-    thread too; `close()` waits for everything. Exceptions are never lost: they reach `on_done`.
+
+class BackgroundWriter:
+    """Runs write jobs on `encoders` threads, at most `encoders + pending` jobs in flight (submit blocks beyond
+    that), which bounds the images held in memory.
+
+    `submit(fn, on_done)` calls `fn()` on a thread, then `on_done(result, exception, seconds)` on that thread, one
+    `on_done` at a time (callers need no lock); jobs finish in any order. `close()` waits for everything.
+    Exceptions are never lost: those of `fn` reach `on_done`, and one raised by `on_done` itself is raised again
+    by `close()`.
     """
 
-    def __init__(self, pending: int = 1):
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
-        self._slots = threading.Semaphore(pending + 1)
+    def __init__(self, pending: int = 1, encoders: int | None = None):
+        self.encoders = default_encoders() if encoders is None else encoders
+        if self.encoders < 1 or pending < 0:
+            raise ValueError(f"need at least one encoder and pending >= 0, got {self.encoders} and {pending}")
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.encoders, thread_name_prefix="encode")
+        self._slots = threading.Semaphore(self.encoders + pending)
+        self._report_lock = threading.Lock()
         self._futures: list[concurrent.futures.Future] = []
 
     def submit(self, fn: Callable[[], Any], on_done: Callable[[Any, BaseException | None, float], None]) -> None:
@@ -64,7 +78,8 @@ class BackgroundWriter:
             except Exception as e:  # reported through on_done
                 result, error = None, e
             try:
-                on_done(result, error, time.perf_counter() - t0)
+                with self._report_lock:
+                    on_done(result, error, time.perf_counter() - t0)
             finally:
                 self._slots.release()
 

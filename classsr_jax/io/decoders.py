@@ -1,13 +1,19 @@
-"""Decoding image files into integer samples: PNG, JPEG and BMP through Pillow, TIFF through tifffile (Pillow
-for the TIFFs tifffile cannot decode), with the pixel limit checked from the header before any decoding.
+"""Decoding image files into integer samples: PNG, JPEG, BMP, WebP, QOI (and GIF) through Pillow, TIFF through
+tifffile (Pillow for the TIFFs tifffile cannot decode).
 
-`image_io` is the public side (`read_image`, `image_size`); the decisions are described there.
+Nothing is decoded before its cost is known from the header: the pixel limit, at most 4 samples per pixel, one
+page or frame (never a volume), and a decoded size of at most 8 bytes per pixel of the pixel limit (4 samples of
+16 bits). Only regular files are opened (a FIFO would block the reader), and Pillow only ever sees its plugins for
+the formats listed here, chosen by content (an EPS file renamed .png never reaches Pillow's Ghostscript plugin).
+
+`images` is the public side (`read_image`, `image_size`); the other decisions are described there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -24,8 +30,14 @@ _ORIENTATION_TAG = 274
 _ICC_PROFILE_TAG = 34675
 
 
-class _Refused(Exception):
-    """A readable file we deliberately do not decode; the message is the reason."""
+# The Pillow formats we decode (by content: ``Image.open(formats=...)``); GIF is read but never written.
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "QOI", "GIF")
+MAX_SAMPLES_PER_PIXEL = 4  # gray, gray+alpha, RGB, RGBA
+BYTES_PER_LIMIT_PIXEL = 8  # the decoded-size limit per pixel of the pixel limit: 4 samples of 16 bits
+
+
+class Refused(Exception):
+    """A file we deliberately do not decode; the message is the reason."""
 
 
 class Decoded(NamedTuple):
@@ -41,12 +53,53 @@ def _amount(pixels: int, exact: bool) -> str:
     return f"{pixels / 1e6:.1f} MP" if pixels >= 100_000 and not exact else f"{pixels} pixels"
 
 
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} bytes"
+
+
+def _check_cost(height: int, width: int, samples: int, sample_bytes: int, limit: int | None) -> None:
+    """Refuses, from header values, more than 4 samples per pixel or a decoded size over the byte limit."""
+    if samples > MAX_SAMPLES_PER_PIXEL:
+        raise Refused(f"{samples} samples per pixel (at most {MAX_SAMPLES_PER_PIXEL}: gray, gray+alpha, RGB, RGBA)")
+    size = height * width * samples * sample_bytes
+    if limit is not None and size > limit * BYTES_PER_LIMIT_PIXEL:
+        raise Refused(f"decoded size {_megabytes(size)} ({width}x{height}, {samples} samples of {sample_bytes} "
+                      f"bytes) is over the {_megabytes(limit * BYTES_PER_LIMIT_PIXEL)} limit "
+                      f"({BYTES_PER_LIMIT_PIXEL} bytes per pixel of the pixel limit; --max-pixels raises it)")
+
+
+def _check_single(count: int, what: str) -> None:
+    if count > 1:
+        raise Refused(f"{count} {what}; only single images are read (save the one you want as its own file)")
+
+
+def regular_file(path: str) -> None:
+    """Raises Refused unless ``path`` is a regular file (checked with os.stat before anything opens it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise Refused("no such file") from None
+    except OSError as exc:
+        raise Refused(reason(exc)) from None
+    if stat.S_ISDIR(mode):
+        raise Refused("it is a folder")
+    if not stat.S_ISREG(mode):
+        raise Refused("not a regular file (a FIFO, socket or device); only files are read")
+
+
+def open_restricted(path: str) -> Image.Image:
+    """``Image.open`` of a regular file, with Pillow's plugins limited to PILLOW_FORMATS (the dataset reader's
+    open too). Raises Refused for anything but a regular file, UnidentifiedImageError for other formats."""
+    regular_file(path)
+    return Image.open(path, formats=list(PILLOW_FORMATS))
+
+
 def _check_size(height: int, width: int, limit: int | None) -> None:
     if limit is None or height * width <= limit:
         return
     exact = _amount(height * width, False) == _amount(limit, False)  # 89.5 MP vs 89.5 MP says nothing
-    raise _Refused(f"{width}x{height} = {_amount(height * width, exact)} is over the "
-                   f"{_amount(limit, exact)} limit (--max-pixels raises it)")
+    raise Refused(f"{width}x{height} = {_amount(height * width, exact)} is over the "
+                  f"{_amount(limit, exact)} limit (--max-pixels raises it)")
 
 
 _PILLOW_CHECK_LOCK = threading.Lock()
@@ -76,7 +129,7 @@ def _open_pillow(path: str, head: bytes) -> Image.Image:
         if head.startswith(magic):
             return plugin(path)
     with _pillow_check_off():
-        return Image.open(path)
+        return open_restricted(path)
 
 
 def checked_profile(profile: bytes | None, colour_channels: int) -> bytes | None:
@@ -105,10 +158,10 @@ def _pillow_samples(im: Image.Image, path: str) -> tuple[np.ndarray, int]:
     if im.mode == "I":
         values = np.asarray(im)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise _Refused("unsupported 32-bit integer samples (only 8 and 16 bit)")
+            raise Refused("unsupported 32-bit integer samples (only 8 and 16 bit)")
         return values.astype(np.uint16)[..., None], 16
     if im.mode == "F":
-        raise _Refused("unsupported floating-point samples (only 8 and 16 bit)")
+        raise Refused("unsupported floating-point samples (only 8 and 16 bit)")
     if im.mode in ("P", "L", "RGB") and im.has_transparency_data:
         im = im.convert("LA" if im.mode == "L" else "RGBA")
     elif im.mode == "P":
@@ -116,15 +169,26 @@ def _pillow_samples(im: Image.Image, path: str) -> tuple[np.ndarray, int]:
     elif im.mode in _PIL_CONVERSIONS:
         im = im.convert(_PIL_CONVERSIONS[im.mode])
     if im.mode not in ("L", "LA", "RGB", "RGBA"):
-        raise _Refused(f"unsupported image mode {im.mode}")
+        raise Refused(f"unsupported image mode {im.mode}")
     samples = np.asarray(im)
     return (samples[..., None] if samples.ndim == 2 else samples), 8
+
+
+def _pillow_cost(im: Image.Image) -> tuple[int, int]:
+    """(samples per pixel, bytes per sample) that decoding ``im`` yields, from its header."""
+    if im.format == "PNG" and im.tile and im.tile[0].args in png16.COLOUR_RAWMODES:
+        return len(im.getbands()), 2
+    if im.mode in ("P", "PA"):  # palette indices become RGB(A)
+        return 4, 1
+    return len(im.getbands()), {"I": 4, "F": 4}.get(im.mode, 2 if im.mode.startswith("I;16") else 1)
 
 
 def _read_pillow(path: str, head: bytes, limit: int | None, header_only: bool) -> Decoded:
     with _open_pillow(path, head) as im:
         width, height = im.size
         _check_size(height, width, limit)
+        _check_single(getattr(im, "n_frames", 1), "frames or pages")
+        _check_cost(height, width, *_pillow_cost(im), limit)
         # The base class's getexif reads EXIF (or XMP) from what the header parse found; the PNG plugin's own
         # would decode the image to look further. Pillow turns TIFFs upright itself (below).
         tiff = isinstance(im, TiffImagePlugin.TiffImageFile)
@@ -150,15 +214,15 @@ def _tiff_samples(page: tifffile.TiffPage) -> tuple[np.ndarray, int]:
     elif axes == "YX":
         data = data[..., None]
     elif axes != "YXS":
-        raise _Refused(f"unsupported TIFF layout {axes}")
+        raise Refused(f"unsupported TIFF layout {axes}")
     if data.dtype == np.bool_:
         data = data.astype(np.uint8) * 255
     if data.dtype not in (np.uint8, np.uint16):
-        raise _Refused(f"unsupported {data.dtype} samples (only 8- and 16-bit unsigned integers)")
+        raise Refused(f"unsupported {data.dtype} samples (only 8- and 16-bit unsigned integers)")
     bit_depth = 16 if data.dtype == np.uint16 else 8
     if photometric == 3:  # palette: colormap (3, 2**bits) of 16-bit values
         if page.colormap is None or data.shape[2] != 1:
-            raise _Refused("unsupported palette TIFF without a colour map")
+            raise Refused("unsupported palette TIFF without a colour map")
         rgb = page.colormap[:, data[..., 0]].transpose(1, 2, 0).astype(np.uint16)
         if np.all(rgb % 257 == 0):  # an 8-bit palette stored as v * 257
             return (rgb // 257).astype(np.uint8), 8
@@ -167,9 +231,9 @@ def _tiff_samples(page: tifffile.TiffPage) -> tuple[np.ndarray, int]:
         data = data.copy()
         data[..., :1] = np.iinfo(data.dtype).max - data[..., :1]
     elif photometric not in (1, 2):  # min-is-black, RGB
-        raise _Refused(f"unsupported TIFF photometric interpretation {photometric}")
+        raise Refused(f"unsupported TIFF photometric interpretation {photometric}")
     if data.shape[2] > 4:
-        raise _Refused(f"unsupported {data.shape[2]} samples per pixel")
+        raise Refused(f"unsupported {data.shape[2]} samples per pixel")
     return data, bit_depth
 
 
@@ -179,6 +243,10 @@ def _read_tiff(path: str, limit: int | None, header_only: bool) -> Decoded:
         page = tif.pages.first
         height, width = int(page.imagelength), int(page.imagewidth)
         _check_size(height, width, limit)
+        _check_single(len(tif.pages), "pages")
+        _check_single(int(page.imagedepth), "slices (a volume)")
+        sample_bytes = page.dtype.itemsize if page.dtype is not None else -(-int(page.bitspersample) // 8)
+        _check_cost(height, width, int(page.samplesperpixel), sample_bytes, limit)
         orientation = page.tags.valueof(_ORIENTATION_TAG, default=1)
         profile = page.tags.valueof(_ICC_PROFILE_TAG, default=None)
         header = Decoded(height, width, orientation, bytes(profile) if profile is not None else None)
@@ -193,18 +261,15 @@ def decode(path: str, limit: int | None, header_only: bool) -> Decoded:
     def fail(why: str) -> ImageError:
         return ImageError(f"cannot read image {path}: {one_line(why)}")
 
-    if not os.path.exists(path):
-        raise fail("no such file")
-    if os.path.isdir(path):
-        raise fail("it is a folder")
     try:
+        regular_file(path)
         decoded = _decode_any(path, limit, header_only)
-    except _Refused as exc:
+    except Refused as exc:
         raise fail(str(exc)) from None
     except Image.UnidentifiedImageError:
-        raise fail("not a recognised image file") from None
+        raise fail(f"not a recognised image file (only {', '.join(PILLOW_FORMATS)})") from None
     except MemoryError:
-        raise
+        raise fail("not enough memory to decode it") from None
     except Exception as exc:
         raise fail(reason(exc)) from exc
     if decoded.height == 0 or decoded.width == 0:
@@ -219,14 +284,14 @@ def _decode_any(path: str, limit: int | None, header_only: bool) -> Decoded:
         return _read_pillow(path, head, limit, header_only)
     try:
         return _read_tiff(path, limit, header_only)
-    except (_Refused, MemoryError):
+    except (Refused, MemoryError):
         raise
     except Exception as tiff_exc:
         # tifffile lacks some codecs (LZW, JPEG) without imagecodecs;
         # Pillow reads most such 8-bit files.
         try:
             return _read_pillow(path, head, limit, header_only)
-        except _Refused:
+        except Refused:
             raise
         except Exception:
             raise tiff_exc from None

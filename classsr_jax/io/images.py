@@ -1,14 +1,14 @@
 """Reading and writing images.
 
-* ``read_image`` reads PNG, JPEG, TIFF and BMP (8 and 16 bit; gray, gray+alpha, RGB, RGBA) upright, keeping the
-  integer samples (``LoadedImage.pixels``) and the ICC colour profile; every failure is a one-line ``ImageError``
-  naming the file. ``image_size`` reads only the header.
+* ``read_image`` reads PNG, JPEG, TIFF, WebP, BMP and QOI (and GIF; 8 and 16 bit; gray, gray+alpha, RGB, RGBA)
+  upright, keeping the integer samples (``LoadedImage.pixels``) and the ICC colour profile; every failure is a
+  one-line ``ImageError`` naming the file. ``image_size`` reads only the header.
 * ``write_image`` writes integer samples as they are, or floats in [0, 1], in the input's layout, bit depth and
-  colour profile, through ``fileio.atomic_write``.
+  colour profile, through ``atomic.atomic_write``; ``encode`` holds the formats and their encoders.
 
 Decisions:
-* TIFF goes through tifffile (full 16-bit support); everything else, and TIFFs tifffile cannot decode (LZW or JPEG
-  without imagecodecs), through Pillow. 16-bit colour PNGs are read and written by ``png16``.
+* TIFF goes through tifffile (full 16-bit support); everything else, and TIFFs tifffile cannot decode, through
+  Pillow. 16-bit colour PNGs are read by ``png16``. What decoding may cost is checked first (``decoders``).
 * The EXIF orientation is applied when reading, as browsers and ``PIL.ImageOps.exif_transpose`` do (EXIF or XMP in
   JPEG and PNG, tag 274 in TIFF). Outputs carry no EXIF, so nothing turns them again. A PNG eXIf chunk after the
   image data is ignored: the PNG format places it before, and only the header is read for it.
@@ -18,7 +18,7 @@ Decisions:
   other formats with Pillow's check briefly off, under a lock.
 * The ICC profile travels from input to output. A profile whose colour space does not describe the decoded samples
   (a CMYK profile after Pillow's CMYK to RGB conversion) is dropped: it would misdescribe the output. Pillow cannot
-  write one into a BMP, so BMP outputs have none.
+  write one into a BMP, nor QOI hold one, so those outputs have none.
 * A gray input is saved back as gray using the plain mean of the three SR channels (for integer samples rounded to
   the nearest integer; a third is never half-way): the network saw the same gray value in all three, so they are
   three estimates of one signal (luma weights are for genuinely coloured content).
@@ -31,20 +31,17 @@ import os
 from typing import BinaryIO, Literal
 
 import numpy as np
-import tifffile
 from PIL import Image
 
 from classsr_jax.errors import ImageError, WriteError
-from classsr_jax.io import decoders, png16
+from classsr_jax.io import decoders, encode
 from classsr_jax.io.atomic import atomic_write
 from classsr_jax.io.pixels import quantise, to_float01, to_uint8  # noqa: F401  (to_uint8 is part of this module's API)
 
 ImageMode = Literal["rgb", "gray", "rgba", "gray_alpha"]
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
-            ".tiff": "TIFF", ".bmp": "BMP"}
+# What is listed, read and written: every format ``encode`` writes, and ``decoders`` reads.
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(extension for fmt in encode.FORMATS for extension in fmt.extensions)
 _EXTENSION_LIST = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
 
 
@@ -143,12 +140,13 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[
     """
     path = os.fspath(path)
     header = decoders.decode(path, pixel_limit(max_pixels), header_only=True)
-    height, width = decoders.upright(np.empty((header.height, header.width, 0)), header.orientation).shape[:2]  # no data
+    no_data = np.empty((header.height, header.width, 0))
+    height, width = decoders.upright(no_data, header.orientation).shape[:2]
     return height, width
 
 
 def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> LoadedImage:
-    """Read a PNG, JPEG, TIFF or BMP file (8 or 16 bit), upright.
+    """Read a PNG, JPEG, TIFF, WebP, BMP or QOI file (8 or 16 bit), upright.
 
     The format is detected from the content, not the extension. Alpha is split off and gray stays one channel
     (``LoadedImage.mode`` records the stored layout so ``write_image`` can restore it).
@@ -158,8 +156,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Loaded
         (``Image.MAX_IMAGE_PIXELS``, about 89.5 MP), 0 or less for none.
 
     Raises:
-      ImageError: for a missing, unreadable, truncated, corrupt, unsupported, zero-size or too large file; the
-        message is one line naming the file.
+      ImageError: for a missing, unreadable, truncated, corrupt, unsupported, zero-size or too large file, a
+        multi-page file or one that is not a regular file; the message is one line naming the file.
     """
     path = os.fspath(path)
     decoded = decoders.decode(path, pixel_limit(max_pixels), header_only=False)
@@ -178,32 +176,10 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Loaded
 
 # --------------------------------------------------------------------------- writing
 
-def _pil_image(samples: np.ndarray) -> Image.Image:
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[samples.shape[2]]
-    return Image.fromarray(samples[..., 0] if samples.shape[2] == 1 else samples, mode=mode)
-
-
-def _encode(f: BinaryIO, samples: np.ndarray, fmt: str, icc_profile: bytes | None) -> None:
-    """Encode (H, W, C) samples into the open file ``f`` in format ``fmt``."""
-    profile = {"icc_profile": icc_profile} if icc_profile else {}
-    if fmt == "PNG":
-        if samples.dtype == np.uint16:
-            png16.write_png(f, samples, icc_profile=icc_profile)
-        else:
-            _pil_image(samples).save(f, format="PNG", **profile)
-    elif fmt == "TIFF":
-        channels = samples.shape[2]
-        tifffile.imwrite(
-            f, samples[..., 0] if channels == 1 else samples,
-            photometric="minisblack" if channels <= 2 else "rgb",
-            extrasamples=("unassalpha",) if channels in (2, 4) else None,
-            compression="zlib", predictor=True, metadata=None, iccprofile=icc_profile or None,
-        )
-    elif fmt == "JPEG":
-        # High quality and no chroma subsampling: SR detail is the point.
-        _pil_image(samples).save(f, format="JPEG", quality=95, subsampling=0, **profile)
-    else:  # Pillow's BMP writer cannot embed a profile
-        _pil_image(samples).save(f, format="BMP")
+def _encode(f: BinaryIO, fmt: encode.Format, samples: np.ndarray, options: encode.Options,
+                 icc_profile: bytes | None) -> None:
+    """Encodes into memory, then writes the bytes into ``f`` (the one place a test can fail the write)."""
+    f.write(fmt.encode(samples, options, icc_profile))
 
 
 def _at_depth(values: np.ndarray, bit_depth: int) -> np.ndarray:
@@ -231,32 +207,58 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return ((total + 1) // 3).astype(rgb.dtype)
 
 
+def _target(fmt: encode.Format, path: str, rgb: np.ndarray, like: LoadedImage | None,
+            icc_profile: bytes | None) -> tuple[bool, int, bytes | None]:
+    """(gray, bit depth, profile) of the file: ``like``'s where the format holds them; an explicit profile the
+    format cannot hold is an ImageError."""
+    height, width = rgb.shape[:2]
+    if max(height, width) > fmt.max_side:
+        raise ImageError(f"cannot write image {path}: {fmt.name} holds at most {fmt.max_side} pixels a side, "
+                         f"the image is {width}x{height}")
+    if icc_profile and not fmt.icc:
+        raise ImageError(f"cannot write image {path}: {fmt.name} cannot hold a colour profile")
+    gray = like is not None and like.mode in ("gray", "gray_alpha")
+    bit_depth = like.bit_depth if like is not None and fmt.sixteen_bit else 8
+    if icc_profile is None and like is not None and fmt.icc:
+        # A gray profile would misdescribe the RGB samples of a format that stores no gray.
+        icc_profile = decoders.checked_profile(like.icc_profile, 1 if gray and fmt.gray else 3)
+    return gray, bit_depth, icc_profile or None
+
+
 def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | None = None,
-                alpha: np.ndarray | None = None, icc_profile: bytes | None = None) -> None:
-    """Save RGB samples (H, W, 3), atomically; the format comes from the extension.
+                alpha: np.ndarray | None = None, icc_profile: bytes | None = None, *,
+                png_compression: int | None = None, quality: int | None = None) -> None:
+    """Save RGB samples (H, W, 3), atomically; the format comes from the extension (``encode.FORMATS``).
 
     ``rgb`` and ``alpha`` (H, W) are uint8 or uint16 samples, written as they are when their depth is the file's (8
-    for JPEG and BMP and without ``like``, else ``like.bit_depth``) and converted exactly otherwise, or floats in
+    for 8-bit formats and without ``like``, else ``like.bit_depth``) and converted exactly otherwise, or floats in
     [0, 1], clipped and rounded half to even (``pixels.quantise``).
 
     Without ``like`` the file is 8-bit RGB (RGBA with ``alpha``). With ``like`` (the input's LoadedImage) its
-    layout, bit depth and ICC profile are kept: gray inputs are saved gray (the mean of the three channels, rounded
-    for integers), 16-bit stays 16-bit. ``alpha`` is written when given (the caller upsamples the input's alpha);
-    without it the file has no alpha channel. ``icc_profile`` (raw bytes) replaces ``like``'s; ``b""`` writes none.
+    layout, bit depth and ICC profile are kept where the format holds them: gray inputs are saved gray (the mean of
+    the three channels, rounded for integers; as RGB in WebP and QOI), 16-bit stays 16-bit in PNG and TIFF.
+    ``alpha`` is written when given (the caller upsamples the input's alpha); without it the file has no alpha
+    channel. ``icc_profile`` (raw bytes) replaces ``like``'s; ``b""`` writes none.
 
-    Format limits: JPEG and BMP are 8-bit only; JPEG drops alpha; BMP stores gray+alpha as RGBA, its alpha in a
-    fourth byte that many readers (Pillow among them) ignore, and carries no colour profile.
+    Args:
+      png_compression: zlib level 0-9 for PNG (6 is Pillow's default size); None for the fast default.
+      quality: 1-100, JPEG quality (default 95), or lossy WebP (default lossless).
+      Formats without the setting ignore it, so one set of options serves a folder of mixed outputs.
+
+    Format limits: PNG and TIFF hold everything; JPEG, WebP, BMP and QOI are 8-bit; JPEG drops alpha; BMP stores
+    gray+alpha as RGBA, its alpha in a fourth byte that many readers (Pillow among them) ignore; BMP and QOI
+    carry no colour profile (an explicit one is an ImageError, ``like``'s is left out).
 
     Raises:
-      ValueError: for arrays of the wrong shape or type.
-      ImageError: for an unknown extension or any failure while writing.
+      ValueError: for arrays of the wrong shape or type, or options out of range.
+      ImageError: for an unknown extension, what the format cannot hold, or any failure while writing.
     """
     path = os.fspath(path)
-    fmt = _FORMATS.get(os.path.splitext(path)[1].lower())
+    fmt = encode.BY_EXTENSION.get(os.path.splitext(path)[1].lower())
     if fmt is None:
-        raise ImageError(
-            f"cannot write image {path}: unknown extension (use one of {_EXTENSION_LIST})"
-        )
+        raise ImageError(f"cannot write image {path}: unknown extension (use one of {_EXTENSION_LIST})")
+    options = encode.Options(png_compression=png_compression, quality=quality)
+    encode.check_options(options)
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ValueError(f"expected a non-empty (H, W, 3) RGB array, got shape {rgb.shape}")
@@ -264,20 +266,16 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | No
         alpha = np.asarray(alpha)
         if alpha.shape != rgb.shape[:2]:
             raise ValueError(f"alpha has shape {alpha.shape}, expected {rgb.shape[:2]}")
-    gray = like is not None and like.mode in ("gray", "gray_alpha")
-    bit_depth = like.bit_depth if like is not None and fmt not in ("JPEG", "BMP") else 8
-    if icc_profile is None and like is not None:
-        icc_profile = like.icc_profile
-    if fmt == "JPEG":
-        alpha = None
+    gray, bit_depth, icc_profile = _target(fmt, path, rgb, like, icc_profile)
+    alpha = alpha if fmt.alpha else None
 
     samples = _at_depth(_gray(rgb) if gray else rgb, bit_depth)
+    if samples.shape[2] == 1 and not (fmt.gray and (alpha is None or fmt.name != "BMP")):
+        samples = np.repeat(samples, 3, axis=2)  # the format stores no gray (BMP: no gray+alpha)
     if alpha is not None:
-        if fmt == "BMP" and gray:
-            samples = np.repeat(samples, 3, axis=2)
         samples = np.concatenate([samples, _at_depth(alpha, bit_depth)[..., None]], axis=2)
     try:
-        atomic_write(path, lambda f: _encode(f, samples, fmt, icc_profile or None))
+        atomic_write(path, lambda f: _encode(f, fmt, samples, options, icc_profile))
     except WriteError as exc:
         why = str(exc).removeprefix(f"cannot write {path}: ")
         raise ImageError(f"cannot write image {path}: {why}") from exc
