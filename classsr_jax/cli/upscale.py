@@ -2,13 +2,18 @@
 
   python -m classsr_jax.upscale --checkpoint DIR --input IN --output OUT [--protocol full|paper]
       [--mask MASK.png] [--force-class K] [--budget F] [--dtype bfloat16] [--report R.json] [--overwrite]
+      [--max-output-pixels N]
 
 IN and OUT are files, or folders (every image in IN, with a progress bar); in folder mode --mask names a
-folder for the class maps. Inputs are never written: an output that is an input (the same path, a symlink or
-a hard link) is refused before any work. Existing outputs are kept unless --overwrite: for a single file that
-is an error; in folder mode they are skipped and counted, so a rerun continues where a crash stopped. A bad
-image is reported and skipped, and the exit code says that something failed. While the device upscales one
-image, threads decode the next one and encode the previous one.
+folder for the class maps (NAME_mask.png). Every path the run writes (outputs, masks, the report) follows one
+rule, checked before any work (`classsr_jax.io.outputs`): never an input, never inside the checkpoint in use,
+never another output of the run (two inputs whose outputs or masks would share a name are an error), in a folder
+that exists or can be created and is writable. Existing outputs are kept unless --overwrite: for a single file
+that is an error; in folder mode they are skipped and counted, so a rerun continues where a crash stopped. An
+image whose output would exceed --max-output-pixels is refused from its header. A bad image is reported and
+skipped, and the exit code says that something failed. Ctrl-C or SIGTERM stops with one line saying how many
+images were written (exit code 130 or 143) and leaves no temporary file. While the device upscales one image,
+threads decode the next one and encode the previous one.
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ from tqdm import tqdm
 
 from classsr_jax import cli
 from classsr_jax.cli.model_flags import define_model_flags, make_upscaler
-from classsr_jax.errors import UserError, WriteError
+from classsr_jax.errors import ImageError, UserError
 from classsr_jax.inference.class_map import class_map_overlay
 from classsr_jax.inference.layouts import upscale_image
 from classsr_jax.inference.upscaler import Upscaler, UpscaleResult
-from classsr_jax.io import atomic
+from classsr_jax.io import atomic, outputs
 from classsr_jax.io.background import BackgroundWriter, prefetched
-from classsr_jax.io.images import IMAGE_EXTENSIONS, LoadedImage, list_images, read_image, write_image
+from classsr_jax.io.images import IMAGE_EXTENSIONS, LoadedImage, image_size, list_images, read_image, write_image
 from classsr_jax.io.pixels import to_uint8
 
 FLAGS = flags.FlagValues()
@@ -40,6 +45,9 @@ define_model_flags(FLAGS, default_protocol="full")
 flags.DEFINE_string("input", None, "An image file or a folder of images.", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "The output file, or a folder when --input is a folder.", flag_values=FLAGS)
 flags.DEFINE_string("mask", None, "The class-map picture (a folder in folder mode).", flag_values=FLAGS)
+flags.DEFINE_integer("max-output-pixels", None, "Refuse, from its header, an image whose upscaled output would have "
+                     "more pixels than this (default: what fits an eighth of this host's memory; 0: no limit).",
+                     lower_bound=0, flag_values=FLAGS)
 
 # 16-bit inputs stay 16-bit where the output format can hold them.
 SIXTEEN_BIT_FORMATS = (".png", ".tif", ".tiff")
@@ -81,7 +89,8 @@ def summary_line(report: dict) -> str:
     return (
         f"{report['input']} → {report['output']}: {report['output_hw'][0]}x{report['output_hw'][1]}, "
         f"{report['tiles']} tiles {report['class_counts']}, FLOPs {report['flops_percent']:.0f}% of -O, "
-        f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
+        f"{t['inference_s']:.2f} s (+{t['compile_s']:.1f} s compile; "
+        f"read {t['read_s']:.2f} s, write {t['write_s']:.2f} s)"
     )
 
 
@@ -97,44 +106,68 @@ def check_extension(path: str, what: str) -> None:
         raise cli.UsageError(f"{what} {path} has an unknown extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
 
 
-def plan_file(fv: flags.FlagValues) -> Job:
-    """The one job of file mode, with every output checked before any work."""
+def plan_file(fv: flags.FlagValues) -> tuple[Job, outputs.OutputPlan]:
+    """The one job of file mode and the plan of what it writes, every path checked before any work."""
     output = os.path.join(fv.output, os.path.basename(fv.input)) if os.path.isdir(fv.output) else fv.output
     check_extension(output, "output")
-    atomic.check_output_path(output, [fv.input], overwrite=fv.overwrite)
+    plan = outputs.OutputPlan([fv.input], [fv.checkpoint], overwrite=fv.overwrite)
+    plan.add(output, "output")
     if fv.mask:
         check_extension(fv.mask, "--mask")
-        atomic.check_output_path(fv.mask, [fv.input, output], overwrite=fv.overwrite, what="mask")
-    return Job(fv.input, output, fv.mask)
+        plan.add(fv.mask, "mask")
+    return Job(fv.input, output, fv.mask), plan
 
 
-def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int]:
-    """(jobs to run, outputs kept because they exist, images found) in folder mode. Refuses before any work an
-    output or mask folder that is a file, and any output that would be an input."""
+def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int, outputs.OutputPlan]:
+    """(jobs to run, outputs kept because they exist, images found, the plan of what the run writes) in folder
+    mode. Refuses before any work an output or mask folder that is a file, an output that would be an input or
+    inside the checkpoint, and two inputs whose outputs or masks would land on one file."""
     inputs = list_images(fv.input)
     for folder, flag in ((fv.output, "--output"), (fv.mask, "--mask")):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise cli.UsageError(f"{flag} {folder} is a file, but --input {fv.input} is a folder: give a folder")
+    plan = outputs.OutputPlan(inputs, [fv.checkpoint], overwrite=fv.overwrite)
     jobs, kept = [], []
     for path in inputs:
         name = os.path.basename(path)
         output = os.path.join(fv.output, name)
         mask = os.path.join(fv.mask, os.path.splitext(name)[0] + "_mask.png") if fv.mask else None
-        for target in (output, mask):
-            if target and any(atomic.same_file(target, source) for source in inputs):
-                raise WriteError(f"{target} would overwrite an input image; inputs are never written, choose another folder")
-        if not fv.overwrite and (os.path.lexists(output) or (mask is not None and os.path.lexists(mask))):
+        exists = plan.add(output, "output", of=path, keep_existing=True)
+        if mask is not None:
+            exists = plan.add(mask, "mask", of=path, keep_existing=True) or exists
+        if exists and not fv.overwrite:
             kept.append(output)
         else:
             jobs.append(Job(path, output, mask))
-    return jobs, kept, len(inputs)
+    plan.add_folder(fv.output)
+    if fv.mask:
+        plan.add_folder(fv.mask)
+    return jobs, kept, len(inputs), plan
+
+
+def item_error(path: str, error: BaseException) -> str:
+    """The error of one image as one line that names its file."""
+    message = str(error)
+    return message if path in message else f"{path}: {message}"
+
+
+def read_checked(fv: flags.FlagValues, path: str, scale: int) -> LoadedImage:
+    """Decodes `path` once its header shows that the output fits --max-output-pixels."""
+    limit = fv["max-output-pixels"].value
+    limit = outputs.memory_output_limit() if limit is None else limit
+    if limit:
+        outputs.check_output_size(path, image_size(path, fv["max-pixels"].value), scale, limit)
+    return read_image(path, fv["max-pixels"].value)
 
 
 def run_file(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, job: Job) -> int:
     t0 = time.perf_counter()
-    image = read_image(job.input, fv["max-pixels"].value)
+    image = read_checked(fv, job.input, upscaler.spec.scale)
     read_s = time.perf_counter() - t0
-    result, alpha = upscale_image(upscaler, image, bit_depth=bit_depth_for(image, job.output), **routing)
+    try:
+        result, alpha = upscale_image(upscaler, image, bit_depth=bit_depth_for(image, job.output), **routing)
+    except ValueError as e:  # e.g. an image smaller than a tile under the paper protocol
+        raise ImageError(item_error(job.input, e)) from None
     t0 = time.perf_counter()
     write_outputs(upscaler, job, image, result, alpha)
     report = report_entry(job, result, upscaler.spec.scale, read_s, time.perf_counter() - t0)
@@ -145,21 +178,11 @@ def run_file(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, job: Job) 
     return cli.OK
 
 
-def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], kept: list[str],
-               found: int) -> int:
-    """Decodes ahead and encodes behind on threads while the device upscales; bad images are reported and skipped."""
-    os.makedirs(fv.output, exist_ok=True)
-    if fv.mask:
-        os.makedirs(fv.mask, exist_ok=True)
-    reports, failures = [], []
+def write_all(upscaler: Upscaler, routing: dict, jobs: list[Job], read, reports: list, failed) -> None:
+    """Upscales every job, decoding ahead and encoding behind on threads; appends a report entry per image
+    written and calls `failed(job, error)` for each bad image. An interrupt waits for the encoder thread to
+    finish the image it holds (written whole, atomically) before it propagates."""
     lock = threading.Lock()
-
-    def failed(job: Job, error: BaseException) -> None:
-        with lock:
-            failures.append({"input": job.input, "error": str(error)})
-        tqdm.write(f"error: {error}", file=sys.stderr)
-
-    read = lambda job: read_image(job.input, fv["max-pixels"].value)
     with BackgroundWriter() as writer:
         for job, image, error, read_s in tqdm(prefetched(jobs, read), total=len(jobs), desc="upscale", unit="image"):
             if error is not None:
@@ -185,6 +208,25 @@ def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: li
                         reports.append(entry)
 
             writer.submit(functools.partial(write_outputs, upscaler, job, image, result, alpha), done)
+
+
+def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], kept: list[str],
+               found: int) -> int:
+    """Runs the jobs of folder mode; bad images are reported and skipped, the others written."""
+    reports, failures = [], []
+    lock = threading.Lock()
+
+    def failed(job: Job, error: BaseException) -> None:
+        with lock:
+            failures.append({"input": job.input, "error": item_error(job.input, error)})
+        tqdm.write(f"error: {item_error(job.input, error)}", file=sys.stderr)
+
+    read = lambda job: read_checked(fv, job.input, upscaler.spec.scale)
+    try:
+        write_all(upscaler, routing, jobs, read, reports, failed)
+    except (KeyboardInterrupt, cli.Terminated) as e:  # the writer has finished what it held: count it
+        e.progress = f"{len(reports)} of {len(jobs)} images written; rerun to resume"
+        raise
     if fv.report:
         atomic.write_json(fv.report, {"images": reports, "failed": failures, "kept": kept})
     line = f"upscaled {len(reports)} of {found} images into {fv.output}"
@@ -202,17 +244,20 @@ def run(fv: flags.FlagValues) -> int:
         raise cli.UsageError(f"input {fv.input} does not exist")
     folder_mode = os.path.isdir(fv.input)
     if folder_mode:
-        jobs, kept, found = plan_folder(fv)
-        outputs = [job.output for job in jobs]
+        jobs, kept, found, plan = plan_folder(fv)
     else:
-        job = plan_file(fv)
-        outputs = [job.output]
+        job, plan = plan_file(fv)
     if fv.report:
-        atomic.check_output_path(fv.report, [fv.input, *outputs], overwrite=fv.overwrite, what="report")
+        plan.add(fv.report, "report")
+    plan.prepare_folders()
     _, upscaler, routing = make_upscaler(fv)
     if folder_mode:
         return run_folder(fv, upscaler, routing, jobs, kept, found)
-    return run_file(fv, upscaler, routing, job)
+    try:
+        return run_file(fv, upscaler, routing, job)
+    except (KeyboardInterrupt, cli.Terminated) as e:
+        e.progress = "0 of 1 images written; rerun to resume"
+        raise
 
 
 def main(argv=None) -> int:
