@@ -55,8 +55,10 @@ def div8k(tmp_path):
 def test_testsets_builds_three_sets_with_exact_pairs(div8k, tmp_path, capsys):
     folder, photos = div8k
     out = tmp_path / "out"
-    code, stdout, _ = run(["testsets", "--div8k", str(folder), "--output", str(out), "--no-progress"], capsys)
-    assert code == 0
+    code, stdout, stderr = run(["testsets", "--div8k", str(folder), "--output", str(out), "--no-progress"], capsys)
+    # Incomplete sets are built, but the exit code and one line say so: 1 skipped; 97 + 99 + 99 missing.
+    assert code == 1
+    assert stderr.splitlines()[-1] == "error: the sets are incomplete: 1 source images skipped and 295 missing (listed above)"
     assert files_under(out) == [
         "Test2K/HR/X4/1201.png", "Test2K/HR/X4/1300.png", "Test2K/LR/X4/1201.png", "Test2K/LR/X4/1300.png",
         "Test4K/HR/X4/1301.png", "Test4K/LR/X4/1301.png",
@@ -90,7 +92,7 @@ def test_testsets_factor_override_and_scale_two(div8k, tmp_path, capsys):
         ["testsets", "--div8k", str(folder), "--output", str(out), "--scale", "2", "--factor-2k", "2", "--no-progress"],
         capsys,
     )
-    assert code == 0
+    assert code == 1  # the test sets are incomplete
     hr = load(out / "Test2K/HR/X2/1201.png")
     np.testing.assert_array_equal(hr, modcrop(to_uint8(imresize(photos["1201"][:70, :100], 0.5), 255.0), 2))
     np.testing.assert_array_equal(load(out / "Test2K/LR/X2/1201.png"), bicubic_degrade(hr, 2))
@@ -99,8 +101,10 @@ def test_testsets_factor_override_and_scale_two(div8k, tmp_path, capsys):
 def test_val10_takes_div2k_0801_to_0810(tmp_path, capsys):
     rng = np.random.default_rng(1)
     photos = {i: save(tmp_path / f"DIV2K/{i:04d}.png", rng.integers(0, 256, (30, 45, 3), dtype=np.uint8)) for i in (800, 801, 810, 811)}
-    code, stdout, _ = run(["val10", "--div2k", str(tmp_path / "DIV2K"), "--output", str(tmp_path / "out"), "--no-progress"], capsys)
-    assert code == 0
+    code, stdout, stderr = run(["val10", "--div2k", str(tmp_path / "DIV2K"), "--output", str(tmp_path / "out"),
+                                "--no-progress"], capsys)
+    assert (code, stderr.splitlines()[-1]) == (1, "error: the sets are incomplete: 0 source images skipped and 8 missing "
+                                                  "(listed above)")
     assert files_under(tmp_path / "out") == [
         "val_10/HR/X4/0801.png", "val_10/HR/X4/0810.png", "val_10/LR/X4/0801.png", "val_10/LR/X4/0810.png"
     ]

@@ -7,9 +7,9 @@ LR and HR images are paired by name; an LR name may carry the scale suffix of DI
 see `classsr_jax.evaluation.pairing`). Every bad pair (no partner, two LR files for one HR image, an HR that is
 not scale × its LR, an unreadable or too-large image, an image the protocol cannot tile) is named in one line,
 skipped and listed under `failed` in the report; the others are evaluated, and the exit code says that some
-failed. A thread decodes the next pair
-while the device works on the current one. --report is checked before any work (never an LR or HR image, never
-inside the checkpoint, in a writable folder), so a finished evaluation cannot lose its report.
+failed. A thread decodes the next pair while the device works on the current one. --report is checked before
+any work (never an LR or HR image, never inside the checkpoint, in a writable folder), so a finished
+evaluation cannot lose its report.
 """
 
 from __future__ import annotations
