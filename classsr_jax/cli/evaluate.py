@@ -18,6 +18,7 @@ import os
 import sys
 
 from absl import flags
+from tqdm import tqdm
 
 from classsr_jax import cli
 from classsr_jax.cli.model_flags import define_model_flags, make_upscaler
@@ -56,7 +57,7 @@ def report_failure(failures: list[dict], name: str, error: Exception, files: dic
     if path and path not in message:
         message = f"{name} ({path}): {message}"
     failures.append({"name": name, "error": message})
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    tqdm.write(f"error: {message}", file=sys.stderr)  # on its own line, not glued to the progress bar
 
 
 def read_pairs(pairs, max_pixels: int | None, failures: list[dict]):
