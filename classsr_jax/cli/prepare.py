@@ -32,7 +32,8 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_string("output", None, "Folder that receives <set>/HR/X<s> and <set>/LR/X<s>.", flag_values=FLAGS)
 flags.DEFINE_enum("scale", "4", ["2", "3", "4"], "SR factor.", flag_values=FLAGS)
 flags.DEFINE_boolean("no-progress", False, "Hide the progress bar.", flag_values=FLAGS)
-flags.DEFINE_string("div8k", None, "testsets: folder with the DIV8K HR images (1201.png … 1500.png).", flag_values=FLAGS)
+flags.DEFINE_string("div8k", None, "testsets: folder with the DIV8K HR images (1201.png … 1500.png).",
+                    flag_values=FLAGS)
 flags.DEFINE_integer("factor-2k", DIV8K_TEST_SETS["Test2K"][2], "testsets: downscale factor from DIV8K to Test2K.",
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("factor-4k", DIV8K_TEST_SETS["Test4K"][2], "testsets: downscale factor from DIV8K to Test4K.",
