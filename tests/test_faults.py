@@ -76,7 +76,9 @@ def photos(tmp_path):
 def test_report_mask_and_output_never_replace_an_input_or_the_checkpoint(checkpoint, photos, tmp_path, capsys,
                                                                          monkeypatch):
     no_model_load(monkeypatch)
-    before = hashes(photos, checkpoint)
+    earlier = tmp_path / "m.png"  # an earlier output: the mask and the report of this run may not both take it
+    earlier.write_bytes(b"earlier output")
+    before = hashes(photos, checkpoint, earlier)
     metadata = os.path.join(checkpoint, "model", "metadata")
     a, out = photos / "a.png", tmp_path / "out"
     os.link(a, tmp_path / "hard.png")
@@ -102,7 +104,7 @@ def test_report_mask_and_output_never_replace_an_input_or_the_checkpoint(checkpo
     for args, message in cases:
         assert upscale.main(["--checkpoint", checkpoint, *args, "--overwrite"]) == 1, args
         assert error_lines(capsys) == [f"error: {message}"]
-    assert hashes(photos, checkpoint) == before
+    assert hashes(photos, checkpoint, earlier) == before
     assert not out.exists() and not (tmp_path / "o.png").exists()
 
 
