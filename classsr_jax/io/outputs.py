@@ -117,7 +117,7 @@ class OutputPlan:
         self._outputs[real] = role
         if file_id is not None:
             self._outputs[file_id] = role
-        self.add_folder(os.path.dirname(os.path.abspath(path)))
+        self.add_folder(os.path.dirname(path))
         exists = os.path.lexists(path)
         if exists and not (self.overwrite or keep_existing):
             raise WriteError(f"{what} {path} exists; --overwrite replaces it")
@@ -125,13 +125,13 @@ class OutputPlan:
 
     def add_folder(self, folder: str | os.PathLike) -> None:
         """A folder the run writes into: it must be a folder or creatable (no file on its way)."""
-        folder = os.path.abspath(os.fspath(folder))
+        folder = os.fspath(folder) or "."  # messages keep the user's spelling; comparisons use the absolute path
         ancestor = folder
         while not os.path.exists(ancestor):
-            ancestor = os.path.dirname(ancestor)
+            ancestor = os.path.dirname(ancestor) or "."
         if not os.path.isdir(ancestor):
             raise WriteError(f"cannot create folder {folder}: {ancestor} is a file")
-        if folder not in self.folders:
+        if os.path.abspath(folder) not in map(os.path.abspath, self.folders):
             self.folders.append(folder)
 
     def prepare_folders(self) -> None:
