@@ -265,7 +265,7 @@ def test_atomic_write_removes_its_temp_on_interrupt_and_names_only_the_users_pat
 
     with pytest.raises(atomic.WriteError) as info:
         atomic.atomic_write(path, disk_full)
-    assert str(info.value) == f"cannot write {path}: {os.strerror(errno.ENOSPC)}"
+    assert str(info.value) == f"cannot write {path}: [Errno {errno.ENOSPC}] {os.strerror(errno.ENOSPC)}"
     assert os.listdir(tmp_path) == ["x.png"]
 
 

@@ -34,7 +34,7 @@ def _fsync_folder(folder: str) -> None:
 def _why(exc: BaseException) -> str:
     """The cause in one line, without the temporary file's name that OS errors carry: errors name the user's path."""
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+        return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else exc.strerror
     return reason(exc)
 
 
