@@ -3,6 +3,7 @@ by sha256 before and after, that no input, checkpoint file or earlier output cha
 
 import errno
 import hashlib
+import json
 import os
 import re
 import signal
@@ -205,7 +206,7 @@ def test_outputs_that_would_share_a_name_are_refused_before_any_work(checkpoint,
 # ----------------------------------------------------------------------------- 4. evaluate's ambiguous pairs
 
 
-def test_two_lr_files_for_one_hr_image_are_refused_and_scored_by_neither(tmp_path):
+def test_two_lr_files_for_one_hr_image_are_refused_and_scored_by_neither(checkpoint, tmp_path, capsys):
     lr, hr = tmp_path / "LR", tmp_path / "HR"
     lr.mkdir()
     hr.mkdir()
@@ -217,6 +218,12 @@ def test_two_lr_files_for_one_hr_image_are_refused_and_scored_by_neither(tmp_pat
     assert pairs == [("Y", str(lr / "Y.png"), str(hr / "Y.png"))]
     assert failures == [{"name": "X", "error": f"X: the LR files {lr / 'X.png'} and {lr / 'Xx4.png'} would share one "
                                                 "HR image; keep one of them (none was scored)"}]
+    report = tmp_path / "r.json"
+    assert evaluate.main(["--checkpoint", checkpoint, "--lr-dir", str(lr), "--hr-dir", str(hr), "--protocol", "full",
+                          "--report", str(report)]) == 1
+    assert error_lines(capsys) == [f"error: {failures[0]['error']}"]
+    scored = json.loads(report.read_text())
+    assert [image["name"] for image in scored["images"]] == ["Y"] and scored["failed"] == failures
 
 
 # --------------------------------------------------------------------------------- 5. convert's hostile files
