@@ -25,9 +25,9 @@ from classsr_jax import checkpointing
 from classsr_jax.errors import ImageError
 from classsr_jax.inference.layouts import upscale_image
 from classsr_jax.inference.upscaler import Upscaler, UpscaleResult
-from classsr_jax.io import atomic
+from classsr_jax.io import outputs
 from classsr_jax.io.images import IMAGE_EXTENSIONS, LoadedImage, read_image, write_image
-from classsr_jax.io.images import _gray as gray_of  # the one channel mean that gray outputs use
+from classsr_jax.io.images import gray_mean as gray_of  # the one channel mean that gray outputs use
 from classsr_jax.io.pixels import quantise
 from classsr_jax.models.flops import format_flops, model_flops
 
@@ -167,7 +167,9 @@ class Model:
         src, dst = os.fspath(src), os.fspath(dst)
         if os.path.splitext(dst)[1].lower() not in IMAGE_EXTENSIONS:
             raise ImageError(f"cannot write image {dst}: unknown extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
-        atomic.check_output_path(dst, [src], overwrite=overwrite)
+        plan = outputs.OutputPlan([src], [self.loaded.path], overwrite=overwrite)
+        plan.add(dst, "output")
+        plan.prepare_folders()
         image = read_image(src, max_pixels)
         result, alpha = upscale_image(self.upscaler, image, bit_depth=output_bit_depth(image, dst), budget=budget,
                                       force_class=force_class)

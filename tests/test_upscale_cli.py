@@ -119,7 +119,8 @@ def test_bad_checkpoint_and_empty_folder_are_one_line_errors(checkpoint, tmp_pat
                 "--output", str(tmp_path / "y.png"))
     assert r.returncode == 1
     assert r.stderr.strip() == (
-        f"error: {tmp_path / 'empty'} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no export/classsr)"
+        f"error: {tmp_path / 'empty'} is not a classsr_jax checkpoint "
+        "(no model/ and variables/ inside, and no export/classsr)"
     )
     assert not (tmp_path / "y.png").exists()
 
@@ -128,7 +129,8 @@ def test_corrupt_input_leaves_no_partial_output(checkpoint, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     write_image(str(tmp_path / "keep.png"), photo(4, 4))
     before = (tmp_path / "keep.png").read_bytes()
-    rc = upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "bad.png"), "--output", str(tmp_path / "keep.png")])
+    rc = upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "bad.png"),
+                       "--output", str(tmp_path / "keep.png")])
     assert rc == 1
     assert (tmp_path / "keep.png").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["bad.png", "keep.png"]
@@ -210,23 +212,25 @@ def test_existing_outputs_are_kept_unless_overwrite(checkpoint, tmp_path, capsys
     assert read_image(str(out / "a.png")).pixels.shape == (80, 96, 3)
     # A single file: an existing output is an error unless --overwrite.
     before = (out / "b.png").read_bytes()
-    assert upscale.main(["--checkpoint", checkpoint, "--input", str(src / "b.png"), "--output", str(out / "b.png")]) == 1
+    assert upscale.main(["--checkpoint", checkpoint, "--input", str(src / "b.png"),
+                         "--output", str(out / "b.png")]) == 1
     assert (out / "b.png").read_bytes() == before
 
 
-def test_output_file_in_folder_mode_and_report_in_a_missing_folder_fail_before_any_work(checkpoint, tmp_path):
+def test_output_file_in_folder_mode_and_report_under_a_file_fail_before_any_work(checkpoint, tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     write_image(str(src / "a.png"), photo(20, 24))
-    (tmp_path / "taken.png").write_bytes(b"x")
-    r = run_cli("classsr_jax.upscale", "--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / "taken.png"))
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"x")
+    r = run_cli("classsr_jax.upscale", "--checkpoint", checkpoint, "--input", str(src), "--output", str(taken))
     assert r.returncode == 2
-    assert r.stderr.strip() == f"error: --output {tmp_path / 'taken.png'} is a file, but --input {src} is a folder: give a folder"
+    assert r.stderr.strip() == f"error: --output {taken} is a file, but --input {src} is a folder: give a folder"
     r = run_cli("classsr_jax.upscale", "--checkpoint", checkpoint, "--input", str(src / "a.png"), "--output",
-                str(tmp_path / "a4.png"), "--report", str(tmp_path / "nowhere" / "r.json"))
+                str(tmp_path / "a4.png"), "--report", str(taken / "r.json"))
     assert r.returncode == 1
-    assert r.stderr.strip() == f"error: cannot write report {tmp_path / 'nowhere' / 'r.json'}: folder {tmp_path / 'nowhere'} does not exist"
-    assert not (tmp_path / "a4.png").exists()
+    assert r.stderr.strip() == f"error: cannot create folder {taken}: {taken} is a file"
+    assert not (tmp_path / "a4.png").exists() and taken.read_bytes() == b"x"
 
 
 def test_a_write_that_fails_half_way_leaves_nothing(checkpoint, tmp_path, monkeypatch):
@@ -240,7 +244,8 @@ def test_a_write_that_fails_half_way_leaves_nothing(checkpoint, tmp_path, monkey
 
     write_image(str(tmp_path / "in.png"), photo(20, 24))
     monkeypatch.setattr(images, "_encode", half_then_full)
-    rc = upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "in.png"), "--output", str(tmp_path / "o.png")])
+    rc = upscale.main(["--checkpoint", checkpoint, "--input", str(tmp_path / "in.png"),
+                       "--output", str(tmp_path / "o.png")])
     assert rc == 1
     assert sorted(os.listdir(tmp_path)) == ["in.png"]
 
@@ -267,7 +272,8 @@ def test_budget_through_the_commands(checkpoint, tmp_path):
     reports = {}
     for budget in ("0.45", "0.9"):
         report = tmp_path / f"r{budget}.json"
-        assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / f"o{budget}.png"),
+        assert upscale.main(["--checkpoint", checkpoint, "--input", str(src),
+                             "--output", str(tmp_path / f"o{budget}.png"),
                              "--budget", budget, "--report", str(report)]) == 0
         reports[budget] = json.loads(report.read_text())
     classifier_percent = 7.4 / 467.9 * 100  # FSRCNN's figure includes the Class-Module

@@ -12,14 +12,23 @@ absl's listing; --version the version), calls
 `run_command(flag_values)`, and turns any `UserError` it raises into one line and exit code 1. 0 means all
 done; 1 also means that some items of a batch failed (the command says which). Other exceptions are bugs and
 keep their traceback.
+
+Ctrl-C and SIGTERM end a command with one line, `interrupted: <progress>`, and exit code 130 or 143 (128 + the
+signal, as shells report it). SIGTERM is raised as `Terminated` in the main thread, so both unwind the same way:
+`atomic_write` removes its temporary file, and a command may attach what it finished as the exception's
+`progress` (e.g. "3 of 10 images written; rerun to resume"). File names that are not valid UTF-8 are printed
+with backslash escapes instead of crashing a strict stdout or stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Sequence
 
 from absl import flags
@@ -31,6 +40,8 @@ from classsr_jax.errors import UserError, one_line
 OK = 0
 FAILED = 1
 USAGE_ERROR = 2
+INTERRUPTED = 128 + signal.SIGINT  # 130
+TERMINATED = 128 + signal.SIGTERM  # 143
 HELP_FLAGS = ("--help", "-h", "--helpshort", "--helpfull", "-help")
 FULL_HELP_FLAG = "--helpfull"
 VERSION_FLAG = "--version"
@@ -97,6 +108,31 @@ class UsageError(UserError):
     """A missing or contradictory flag (exit code 2)."""
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt (not an Exception: no handler swallows it)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _signals_and_safe_streams():
+    """SIGTERM raises Terminated, and stdout/stderr escape what they cannot encode, while a command runs."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None
+    streams = [(s, s.errors) for s in (sys.stdout, sys.stderr) if hasattr(s, "reconfigure") and s.errors == "strict"]
+    for stream, _ in streams:  # a name with surrogates (undecodable bytes) prints as \udce9, never a crash
+        stream.reconfigure(errors="backslashreplace")
+    try:
+        yield
+    finally:
+        for stream, errors in streams:
+            stream.reconfigure(errors=errors)
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def print_error(message: object) -> None:
     print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
 
@@ -147,12 +183,17 @@ def run(command: Callable[[flags.FlagValues], int | None], flag_values: flags.Fl
     if flag_values is not flags.FLAGS and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # absl's logging reads its own flags from the global set: use their defaults
     absl_logging.use_absl_handler()
-    try:
-        extra = parse(flag_values, argv, program, describe_flag_error)
-        if extra:
-            raise UsageError(f"unexpected arguments: {' '.join(extra)}")
-        return int(command(flag_values) or OK)
-    except UsageError as e:
-        return fail(e, USAGE_ERROR)
-    except UserError as e:
-        return fail(e)
+    with _signals_and_safe_streams():
+        try:
+            extra = parse(flag_values, argv, program, describe_flag_error)
+            if extra:
+                raise UsageError(f"unexpected arguments: {' '.join(extra)}")
+            return int(command(flag_values) or OK)
+        except UsageError as e:
+            return fail(e, USAGE_ERROR)
+        except UserError as e:
+            return fail(e)
+        except (KeyboardInterrupt, Terminated) as e:
+            progress = getattr(e, "progress", "stopped before the end; rerun to finish")
+            print(f"interrupted: {progress}", file=sys.stderr, flush=True)
+            return TERMINATED if isinstance(e, Terminated) else INTERRUPTED

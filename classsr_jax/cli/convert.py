@@ -12,6 +12,7 @@ Widths, depth, scale and RCAN's value range are read off the tensor shapes.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import sys
 
@@ -20,7 +21,8 @@ from absl import flags
 
 from classsr_jax import cli
 from classsr_jax.checkpointing import save_model
-from classsr_jax.errors import ConvertError, reason
+from classsr_jax.errors import ConvertError, one_line, reason
+from classsr_jax.io.outputs import ensure_writable_folder
 from classsr_jax.models.backbones import NETWORKS, SCALES
 from classsr_jax.models.spec import ModelSpec
 from classsr_jax.models.torch_names import state_dict_to_variables
@@ -55,6 +57,18 @@ HELP = cli.CommandHelp(
 )
 
 
+def refused_pickle(error: Exception) -> str:
+    """Why torch's safe unpickler refused a file, in one line, without torch's advice to retry unsafely."""
+    text = str(error)
+    named = re.search(r"GLOBAL (\S+)", text)
+    if named:
+        return f"it is not a plain state_dict of tensors (it asks for the Python object {named.group(1)}); " \
+            "such files are never unpickled, as that could run code"
+    detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
+    cause = f" ({one_line(detail.group(1))})" if detail else ""
+    return f"it is not a plain state_dict of tensors{cause}"
+
+
 def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
     """Reads a .pth state_dict safely (weights_only=True) into numpy arrays, every floating tensor as float32.
 
@@ -67,6 +81,8 @@ def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:
         raise ConvertError(f"input {path} does not exist") from e
+    except pickle.UnpicklingError as e:  # refused by the safe unpickler: say why, never advise weights_only=False
+        raise ConvertError(f"cannot read {path} as a PyTorch checkpoint: {refused_pickle(e)}") from e
     except Exception as e:  # torch raises many types for a file that is not a checkpoint
         raise ConvertError(f"cannot read {path} as a PyTorch checkpoint: {reason(e)}") from e
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -197,7 +213,8 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def check_paths(input_path: str, output: str, overwrite: bool) -> None:
-    """One-line errors, before any work, for an input that is not there and an output that would replace it."""
+    """One-line errors, before any work, for an input that is not there, an output that would replace it, and an
+    output folder that cannot be created or written (its parent is created here)."""
     if not os.path.exists(input_path):
         raise ConvertError(f"input {input_path} does not exist")
     # Both spellings: a symlink resolves elsewhere, but deleting a folder deletes the link inside it too.
@@ -216,6 +233,7 @@ def check_paths(input_path: str, output: str, overwrite: bool) -> None:
             raise ConvertError(
                 f"--output {output} exists and is not a classsr_jax checkpoint; --overwrite replaces only a checkpoint"
             )
+    ensure_writable_folder(os.path.dirname(os.path.abspath(output)))  # one line naming the folder, e.g. read-only
 
 
 def _joined(names: list[str]) -> str:

@@ -5,29 +5,31 @@
 
 The table has a row for MATLAB bicubic on the same pixels (the paper's baseline), unless --nobicubic.
 
-LR and HR images are paired by name; an LR name may carry the scale suffix of DIV2K (0801x4.png ↔ 0801.png).
-Every bad pair (no partner, two files with one name, an HR that is not scale × its LR, an unreadable or
-too-large image, an image the protocol cannot tile) is named in one line, skipped and listed under `failed` in
-the report; the others are evaluated, and the exit code says that some failed. A thread decodes the next pair
-while the device works on the current one.
+LR and HR images are paired by name; an LR name may carry the scale suffix of DIV2K (0801x4.png ↔ 0801.png;
+see `classsr_jax.evaluation.pairing`). Every bad pair (no partner, two LR files for one HR image, an HR that is
+not scale × its LR, an unreadable or too-large image, an image the protocol cannot tile) is named in one line,
+skipped and listed under `failed` in the report; the others are evaluated, and the exit code says that some
+failed. A thread decodes the next pair while the device works on the current one. --report is checked before
+any work (never an LR or HR image, never inside the checkpoint, in a writable folder), so a finished
+evaluation cannot lose its report.
 """
 
 from __future__ import annotations
 
-import collections
 import os
-import re
 import sys
 
 import numpy as np
 from absl import flags
+from tqdm import tqdm
 
 from classsr_jax import cli
 from classsr_jax.cli.model_flags import MODEL_GROUPS, define_model_flags, make_upscaler
 from classsr_jax.errors import DataError, UserError
+from classsr_jax.evaluation.pairing import pair_folders
 from classsr_jax.evaluation.scoring import Pair, bicubic_average, check_pair_shapes, evaluate_models, format_table
 from classsr_jax.inference.upscaler import Upscaler
-from classsr_jax.io import atomic
+from classsr_jax.io import atomic, outputs
 from classsr_jax.io.background import prefetched
 from classsr_jax.io.images import image_size, list_images, read_image
 
@@ -49,38 +51,6 @@ HELP = cli.CommandHelp(
 TILE = 32  # the LR tile, for the bicubic row's covered area under the paper protocol
 
 
-def pair_folders(lr_dir: str, hr_dir: str, scale: int) -> tuple[list[tuple[str, str, str]], list[dict]]:
-    """((name, lr path, hr path) for every LR image with exactly one HR partner, failures for the rest)."""
-    lr_paths, hr_paths = list_images(lr_dir), list_images(hr_dir)
-    stem = lambda path: os.path.splitext(os.path.basename(path))[0]
-    hr_by_stem, lr_by_stem = collections.defaultdict(list), collections.defaultdict(list)
-    for path in hr_paths:
-        hr_by_stem[stem(path)].append(path)
-    for path in lr_paths:
-        lr_by_stem[stem(path)].append(path)
-    pairs, failures = [], []
-
-    def fail(name: str, message: str) -> None:
-        failures.append({"name": name, "error": message})
-
-    for lr_stem, lrs in sorted(lr_by_stem.items()):
-        bare = re.sub(rf"x{scale}$", "", lr_stem, flags=re.IGNORECASE)
-        if len(lrs) > 1:
-            fail(bare, f"{bare}: several LR files share the name {lr_stem}: {', '.join(map(os.path.basename, lrs))}")
-            continue
-        hrs = hr_by_stem.get(lr_stem) or hr_by_stem.get(bare) or []
-        if not hrs:
-            fail(bare, f"{bare}: no HR image in {hr_dir} for {lrs[0]} (looked for {lr_stem} and {bare})")
-        elif len(hrs) > 1:
-            fail(
-                bare,
-                f"{bare}: several HR files could be the partner of {lrs[0]}: {', '.join(map(os.path.basename, hrs))}",
-            )
-        else:
-            pairs.append((bare, lrs[0], hrs[0]))
-    return pairs, failures
-
-
 def checked_pairs(pairs, scale: int, max_pixels: int | None, failures: list[dict]) -> list[tuple[str, str, str]]:
     """The pairs whose headers fit (sizes within the pixel limit, HR = scale × LR); the others go to failures."""
     good = []
@@ -95,9 +65,13 @@ def checked_pairs(pairs, scale: int, max_pixels: int | None, failures: list[dict
     return good
 
 
-def report_failure(failures: list[dict], name: str, error: Exception) -> None:
-    failures.append({"name": name, "error": str(error)})
-    print(f"error: {error}", file=sys.stderr, flush=True)
+def report_failure(failures: list[dict], name: str, error: Exception, files: dict[str, str] | None = None) -> None:
+    """Lists and prints the failure of one pair, its message naming the LR file (`files`: name -> LR path)."""
+    message, path = str(error), (files or {}).get(name)
+    if path and path not in message:
+        message = f"{name} ({path}): {message}"
+    failures.append({"name": name, "error": message})
+    tqdm.write(f"error: {message}", file=sys.stderr)  # on its own line, not glued to the progress bar
 
 
 def scale_255(pixels: np.ndarray) -> np.ndarray:
@@ -133,14 +107,25 @@ def read_pairs(
         yield Pair(name, lr.pixels, hr.pixels, seconds)
 
 
+def plan_report(fv: flags.FlagValues) -> None:
+    """Checks --report against the rule of `classsr_jax.io.outputs` before any work: not an LR or HR image, not
+    inside the checkpoint, in a writable folder (created if needed)."""
+    if not fv.report:
+        return
+    inputs = [*list_images(fv["lr-dir"].value), *list_images(fv["hr-dir"].value)]
+    plan = outputs.OutputPlan(inputs, [fv.checkpoint], overwrite=fv.overwrite)
+    plan.add(fv.report, "report")
+    plan.prepare_folders()
+
+
 def run(fv: flags.FlagValues) -> int:
     cli.require_flags(fv, "checkpoint", "lr-dir", "hr-dir")
-    if fv.report:
-        atomic.check_output_path(fv.report, overwrite=fv.overwrite, what="report")
+    plan_report(fv)
     loaded, upscaler, routing = make_upscaler(fv)
     spec, max_pixels = loaded.spec, fv["max-pixels"].value
     pairs, failures = pair_folders(fv["lr-dir"].value, fv["hr-dir"].value, spec.scale)
     pairs = checked_pairs(pairs, spec.scale, max_pixels, failures)
+    lr_files = {name: lr_path for name, lr_path, _ in pairs}
     for failure in failures:
         print(f"error: {failure['error']}", file=sys.stderr)
     label = f"ClassSR-{spec.network}" if spec.kind == "classsr" else spec.network
@@ -157,7 +142,7 @@ def run(fv: flags.FlagValues) -> int:
         options={"model": routing},
         progress=True,
         total=len(pairs),
-        on_error=lambda name, e: report_failure(failures, name, e),
+        on_error=lambda name, e: report_failure(failures, name, e, lr_files),
     )
     if "model" not in results:
         raise DataError(f"no pair could be evaluated ({len(failures)} failed)")

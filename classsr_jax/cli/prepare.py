@@ -5,7 +5,8 @@
     python -m classsr_jax.prepare bundled --output OUT [--scale 4]                # no download needed
 
 How each set is made is documented in `classsr_jax.data.testsets`. Bad input ends with one line on stderr
-(exit code 1; a bad or missing flag, exit code 2); unreadable source images are skipped and listed in the summary.
+(exit code 1; a bad or missing flag, exit code 2). Unreadable source images are skipped and missing ones listed
+in the summary; either makes the exit code 1, with one line that counts them.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ HELP = cli.CommandHelp(
 )
 
 
-def prepare(which: str, flag_values: flags.FlagValues) -> None:
+def prepare(which: str, flag_values: flags.FlagValues) -> int:
     given = [name for name in flag_values if flag_values[name].present and name not in COMMON + SETS[which]]
     if given:
         raise cli.UsageError(f"--{given[0]} is not a flag of prepare {which}")
@@ -81,6 +82,11 @@ def prepare(which: str, flag_values: flags.FlagValues) -> None:
         reports = [build_bundled(output, scale, progress=progress)]
     for report in reports:
         print(report.line())
+    skipped, missing = sum(len(r.skipped) for r in reports), sum(len(r.missing) for r in reports)
+    if skipped or missing:  # the sets are incomplete: scores on them would not be comparable
+        return cli.fail(f"the sets are incomplete: {skipped} source images skipped and {missing} missing "
+                        "(listed above)")
+    return cli.OK
 
 
 def main(argv: list[str] | None = None) -> int:

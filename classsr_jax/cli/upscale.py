@@ -1,16 +1,21 @@
 """Upscale images with a ClassSR model (or a single network) through routed, seam-free tiling.
 
   classsr-upscale -i IN -o OUT [--checkpoint DIR|quickstart] [--protocol full|paper] [--mask MASK.png]
-      [--force-class K] [--budget F] [--dtype bfloat16] [--suffix _x4] [--recursive] [--report R.json] [--overwrite]
+      [--force-class K] [--budget F] [--dtype bfloat16] [--suffix _x4] [--recursive] [--report R.json]
+      [--overwrite] [--max-output-pixels N] [--png-compression N] [--quality Q]
 
 Without --checkpoint the bundled model `quickstart` runs (one line says so). IN and OUT are files, or folders
 (every image in IN, one line per image beside a progress bar; --recursive mirrors subfolders into OUT, else
 they are skipped and counted in one line; --suffix names outputs name_x4.png); in folder mode --mask names a
-folder for the class maps. Inputs are never written: an output that is an input (the same path, a symlink or
-a hard link) is refused before any work. Existing outputs are kept unless --overwrite: for a single file that
-is an error; in folder mode they are skipped and counted, so a rerun continues where a crash stopped. A bad
-image is reported and skipped, and the exit code says that something failed. While the device upscales one
-image, threads decode the next one and encode the previous one.
+folder for the class maps (NAME_mask.png). Every path the run writes (outputs, masks, the report) follows one
+rule, checked before any work (`classsr_jax.io.outputs`): never an input, never inside the checkpoint in use,
+never another output of the run (two inputs whose outputs or masks would share a name are an error), in a folder
+that exists or can be created and is writable. Existing outputs are kept unless --overwrite: for a single file
+that is an error; in folder mode they are skipped and counted, so a rerun continues where a crash stopped. An
+image whose output would exceed --max-output-pixels is refused from its header. A bad image is reported and
+skipped, and the exit code says that something failed. Ctrl-C or SIGTERM stops with one line saying how many
+images were written (exit code 130 or 143) and leaves no temporary file. While the device upscales one image,
+threads decode the next one and encode the previous ones.
 """
 
 from __future__ import annotations
@@ -29,13 +34,13 @@ from tqdm import tqdm
 from classsr_jax import checkpointing, cli
 from classsr_jax.api import output_bit_depth
 from classsr_jax.cli.model_flags import MODEL_GROUPS, define_model_flags, make_upscaler
-from classsr_jax.errors import UserError, WriteError
+from classsr_jax.errors import ImageError, UserError
 from classsr_jax.inference.class_map import class_map_overlay
 from classsr_jax.inference.layouts import upscale_image
 from classsr_jax.inference.upscaler import Upscaler, UpscaleResult
-from classsr_jax.io import atomic
+from classsr_jax.io import atomic, outputs
 from classsr_jax.io.background import BackgroundWriter, prefetched
-from classsr_jax.io.images import IMAGE_EXTENSIONS, LoadedImage, list_images, read_image, write_image
+from classsr_jax.io.images import IMAGE_EXTENSIONS, LoadedImage, image_size, list_images, read_image, write_image
 from classsr_jax.io.pixels import to_uint8
 
 FLAGS = flags.FlagValues()
@@ -54,13 +59,16 @@ flags.DEFINE_integer("quality", None, "1-100: JPEG quality (default 95); makes W
                      lower_bound=1, upper_bound=100, flag_values=FLAGS)
 flags.DEFINE_integer("encoders", None, "Threads encoding outputs in folder mode; default min(4, cores).",
                      lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("max-output-pixels", None, "Refuse, from its header, an image whose upscaled output would have "
+                     "more pixels than this (default: what fits an eighth of this host's memory; 0: no limit).",
+                     lower_bound=0, flag_values=FLAGS)
 HELP = cli.CommandHelp(
     usage="classsr-upscale -i INPUT -o OUTPUT [flags]",
     summary="Upscale an image, or every image of a folder, with a ClassSR model (default: the bundled quickstart).",
     examples=("classsr-upscale -i photo.jpg -o photo_x4.png",
               "classsr-upscale -i photos/ -o big/ --suffix _x4 --recursive --checkpoint ckpt/classsr_rcan"),
     groups=(("Input and output", ("input", "output", "suffix", "recursive", "mask", "overwrite", "report")),
-            ("Output files", ("png-compression", "quality", "encoders")),
+            ("Output files", ("png-compression", "quality", "encoders", "max-output-pixels")),
             *MODEL_GROUPS),
     required=("input", "output"),
 )
@@ -106,12 +114,8 @@ def summary_line(report: dict) -> str:
 def budget_warning(report: dict) -> None:
     """One line on stderr when a FLOPs cap could not be met (every tile already went to the cheapest branch)."""
     if report.get("budget_met") is False:
-        print(
-            f"warning: {report['input']}: the budget {report['budget']:g} cannot be met; every tile went to the "
-            f"cheapest branch ({report['flops_percent']:.0f}% of the -O FLOPs)",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"warning: {report['input']}: the budget {report['budget']:g} cannot be met; every tile went to the "
+              f"cheapest branch ({report['flops_percent']:.0f}% of the -O FLOPs)", file=sys.stderr, flush=True)
 
 
 def check_extension(path: str, what: str) -> None:
@@ -125,21 +129,29 @@ def with_suffix(name: str, suffix: str) -> str:
     return f"{stem}{suffix}{extension}"
 
 
-def plan_file(fv: flags.FlagValues) -> Job:
-    """The one job of file mode, with every output checked before any work."""
+def protected_paths(fv: flags.FlagValues) -> list[str]:
+    """What the run reads besides its images and must never write into: the checkpoint in use."""
+    model_dir = checkpointing.resolve_model_dir(fv.checkpoint)
+    return [p for p in {fv.checkpoint, model_dir} if os.path.exists(p)]
+
+
+def plan_file(fv: flags.FlagValues) -> tuple[Job, outputs.OutputPlan]:
+    """The one job of file mode and the plan of what it writes, every path checked before any work."""
     in_folder = os.path.join(fv.output, with_suffix(os.path.basename(fv.input), fv.suffix))
     output = in_folder if os.path.isdir(fv.output) else fv.output
     check_extension(output, "output")
-    atomic.check_output_path(output, [fv.input], overwrite=fv.overwrite)
+    plan = outputs.OutputPlan([fv.input], protected_paths(fv), overwrite=fv.overwrite)
+    plan.add(output, "output")
     if fv.mask:
         check_extension(fv.mask, "--mask")
-        atomic.check_output_path(fv.mask, [fv.input, output], overwrite=fv.overwrite, what="mask")
-    return Job(fv.input, output, fv.mask)
+        plan.add(fv.mask, "mask")
+    return Job(fv.input, output, fv.mask), plan
 
 
-def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int]:
-    """(jobs to run, outputs kept because they exist, images found) in folder mode. Refuses before any work an
-    output or mask folder that is a file, and any output that would be an input."""
+def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int, outputs.OutputPlan]:
+    """(jobs to run, outputs kept because they exist, images found, the plan of what the run writes) in folder
+    mode. Refuses before any work an output or mask folder that is a file, an output that would be an input or
+    inside the checkpoint, and two inputs whose outputs or masks would land on one file."""
     inputs = list_images(fv.input, recursive=fv.recursive)
     if fv.recursive:  # an output folder inside the input folder holds outputs, not inputs
         inside = [os.path.realpath(f) + os.sep for f in (fv.output, fv.mask) if f]
@@ -147,36 +159,23 @@ def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int]:
     for folder, flag in ((fv.output, "--output"), (fv.mask, "--mask")):
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise cli.UsageError(f"{flag} {folder} is a file, but --input {fv.input} is a folder: give a folder")
+    plan = outputs.OutputPlan(inputs, protected_paths(fv), overwrite=fv.overwrite)
     jobs, kept = [], []
     for path in inputs:
         name = os.path.relpath(path, fv.input)  # subfolders (--recursive) are mirrored
         output = os.path.join(fv.output, with_suffix(name, fv.suffix))
         mask = os.path.join(fv.mask, os.path.splitext(name)[0] + "_mask.png") if fv.mask else None
-        for target in (output, mask):
-            if target and any(atomic.same_file(target, source) for source in inputs):
-                raise WriteError(
-                    f"{target} would overwrite an input image; inputs are never written, choose another folder"
-                )
-        if not fv.overwrite and (os.path.lexists(output) or (mask is not None and os.path.lexists(mask))):
+        exists = plan.add(output, "output", of=path, keep_existing=True)
+        if mask is not None:
+            exists = plan.add(mask, "mask", of=path, keep_existing=True) or exists
+        if exists and not fv.overwrite:
             kept.append(output)
         else:
             jobs.append(Job(path, output, mask))
-    return jobs, kept, len(inputs)
-
-
-def run_file(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, job: Job) -> int:
-    t0 = time.perf_counter()
-    image = read_image(job.input, fv["max-pixels"].value)
-    read_s = time.perf_counter() - t0
-    result, alpha = upscale_image(upscaler, image, bit_depth=output_bit_depth(image, job.output), **routing)
-    t0 = time.perf_counter()
-    write_outputs(fv, upscaler, job, image, result, alpha)
-    report = report_entry(job, result, upscaler.spec.scale, read_s, time.perf_counter() - t0)
-    if fv.report:
-        atomic.write_json(fv.report, report)
-    print(summary_line(report))
-    budget_warning(report)
-    return cli.OK
+    plan.add_folder(fv.output)
+    if fv.mask:
+        plan.add_folder(fv.mask)
+    return jobs, kept, len(inputs), plan
 
 
 def skipped_subfolders_line(folder: str) -> str | None:
@@ -188,30 +187,45 @@ def skipped_subfolders_line(folder: str) -> str | None:
     return f"note: skipped {len(names)} subfolder(s) of {folder} ({shown}); --recursive upscales them too"
 
 
-def make_folders(jobs: list[Job]) -> None:
-    """The output and mask folders of every job (subfolders mirrored with --recursive)."""
-    for folder in sorted({os.path.dirname(p) for job in jobs for p in (job.output, job.mask) if p}):
-        os.makedirs(folder, exist_ok=True)
+def item_error(path: str, error: BaseException) -> str:
+    """The error of one image as one line that names its file."""
+    message = str(error)
+    return message if path in message else f"{path}: {message}"
 
 
-def run_folder(
-    fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], kept: list[str], found: int
-) -> int:
-    """Decodes ahead and encodes behind on threads while the device upscales; bad images are reported and skipped.
-    One line per image is written beside the progress bar."""
-    os.makedirs(fv.output, exist_ok=True)
-    if fv.mask:
-        os.makedirs(fv.mask, exist_ok=True)
-    make_folders(jobs)
-    reports, failures = [], []
+def read_checked(fv: flags.FlagValues, path: str, scale: int) -> LoadedImage:
+    """Decodes `path` once its header shows that the output fits --max-output-pixels."""
+    limit = fv["max-output-pixels"].value
+    limit = outputs.memory_output_limit() if limit is None else limit
+    if limit:
+        outputs.check_output_size(path, image_size(path, fv["max-pixels"].value), scale, limit)
+    return read_image(path, fv["max-pixels"].value)
+
+
+def run_file(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, job: Job) -> int:
+    t0 = time.perf_counter()
+    image = read_checked(fv, job.input, upscaler.spec.scale)
+    read_s = time.perf_counter() - t0
+    try:
+        result, alpha = upscale_image(upscaler, image, bit_depth=output_bit_depth(image, job.output), **routing)
+    except ValueError as e:  # e.g. an image smaller than a tile under the paper protocol
+        raise ImageError(item_error(job.input, e)) from None
+    t0 = time.perf_counter()
+    write_outputs(fv, upscaler, job, image, result, alpha)
+    report = report_entry(job, result, upscaler.spec.scale, read_s, time.perf_counter() - t0)
+    if fv.report:
+        atomic.write_json(fv.report, report)
+    print(summary_line(report))
+    budget_warning(report)
+    return cli.OK
+
+
+def write_all(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], read, reports: list,
+              failed) -> None:
+    """Upscales every job, decoding ahead and encoding behind on threads; appends a report entry per image
+    written and calls `failed(job, error)` for each bad image. An interrupt waits for the encoder thread to
+    finish the image it holds (written whole, atomically) before it propagates."""
     lock = threading.Lock()
-
-    def failed(job: Job, error: BaseException) -> None:
-        with lock:
-            failures.append({"input": job.input, "error": str(error)})
-        tqdm.write(f"error: {error}", file=sys.stderr)
-
-    read = lambda job: read_image(job.input, fv["max-pixels"].value)
     with BackgroundWriter(encoders=fv.encoders) as writer:
         for job, image, error, read_s in tqdm(prefetched(jobs, read), total=len(jobs), desc="upscale", unit="image"):
             if error is not None:
@@ -238,6 +252,25 @@ def run_folder(
                         reports.append(entry)
 
             writer.submit(functools.partial(write_outputs, fv, upscaler, job, image, result, alpha), done)
+
+
+def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: list[Job], kept: list[str],
+               found: int) -> int:
+    """Runs the jobs of folder mode; bad images are reported and skipped, the others written."""
+    reports, failures = [], []
+    lock = threading.Lock()
+
+    def failed(job: Job, error: BaseException) -> None:
+        with lock:
+            failures.append({"input": job.input, "error": item_error(job.input, error)})
+        tqdm.write(f"error: {item_error(job.input, error)}", file=sys.stderr)
+
+    read = lambda job: read_checked(fv, job.input, upscaler.spec.scale)
+    try:
+        write_all(fv, upscaler, routing, jobs, read, reports, failed)
+    except (KeyboardInterrupt, cli.Terminated) as e:  # the writer has finished what it held: count it
+        e.progress = f"{len(reports)} of {len(jobs)} images written; rerun to resume"
+        raise
     if fv.report:
         atomic.write_json(fv.report, {"images": reports, "failed": failures, "kept": kept})
     line = f"upscaled {len(reports)} of {found} images into {fv.output}"
@@ -253,30 +286,29 @@ def run(fv: flags.FlagValues) -> int:
     cli.require_flags(fv, "input", "output")
     if not os.path.exists(fv.input):
         raise cli.UsageError(f"input {fv.input} does not exist")
+    if fv.checkpoint is None:
+        fv.checkpoint = checkpointing.DEFAULT_MODEL
+        print(f"note: no --checkpoint: using the bundled model {checkpointing.DEFAULT_MODEL} (a small ClassSR-FSRCNN "
+              "x4 trained on a few photos, a demonstration; --checkpoint picks another)", file=sys.stderr, flush=True)
     folder_mode = os.path.isdir(fv.input)
     if folder_mode:
-        jobs, kept, found = plan_folder(fv)
-        outputs = [job.output for job in jobs]
+        jobs, kept, found, plan = plan_folder(fv)
         skipped = None if fv.recursive else skipped_subfolders_line(fv.input)
         if skipped:
             print(skipped, file=sys.stderr, flush=True)
     else:
-        job = plan_file(fv)
-        outputs = [job.output]
+        job, plan = plan_file(fv)
     if fv.report:
-        atomic.check_output_path(fv.report, [fv.input, *outputs], overwrite=fv.overwrite, what="report")
-    if fv.checkpoint is None:
-        fv.checkpoint = checkpointing.DEFAULT_MODEL
-        print(
-            f"note: no --checkpoint: using the bundled model {checkpointing.DEFAULT_MODEL} (a small ClassSR-FSRCNN "
-            "x4 trained on a few photos, a demonstration; --checkpoint picks another)",
-            file=sys.stderr,
-            flush=True,
-        )
+        plan.add(fv.report, "report")
+    plan.prepare_folders()
     _, upscaler, routing = make_upscaler(fv)
     if folder_mode:
         return run_folder(fv, upscaler, routing, jobs, kept, found)
-    return run_file(fv, upscaler, routing, job)
+    try:
+        return run_file(fv, upscaler, routing, job)
+    except (KeyboardInterrupt, cli.Terminated) as e:
+        e.progress = "0 of 1 images written; rerun to resume"
+        raise
 
 
 def main(argv=None) -> int:

@@ -2,7 +2,9 @@
 
 `atomic_write` writes through a temporary file in the destination folder, flushes and fsyncs it, renames it
 over the destination and fsyncs the folder, so a crash, a full disk or a kill leaves either the old file or
-the new one, never half of one. JSON, text, images and arrays all go through it.
+the new one, never half of one; an interrupt (Ctrl-C, SIGTERM turned into SystemExit) removes the temporary
+file too. Only `kill -9` can leave one behind: `outputs.remove_stale_temps` clears those on the next run.
+JSON, text, images and arrays all go through it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ def _fsync_folder(folder: str) -> None:
         os.close(fd)
 
 
+def _why(exc: BaseException) -> str:
+    """The cause in one line, without the temporary file's name that OS errors carry: errors name the user's path."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else exc.strerror
+    return reason(exc)
+
+
 def temporary_path(path: str) -> str:
     """A hidden, unique name beside `path` (listing functions skip names starting with '.')."""
     folder, name = os.path.split(os.path.abspath(path))
@@ -46,23 +55,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     if not os.path.isdir(folder):
         raise WriteError(f"cannot write {path}: folder {folder} does not exist")
     temp = temporary_path(path)
+    created = False  # an existing file of that name (never ours) is never removed
     try:
-        f = open(temp, "xb")  # O_EXCL: never follow or clobber anything already there
-    except OSError as exc:
-        raise WriteError(f"cannot write {path}: {reason(exc)}") from exc
-    try:
-        with f:
+        # O_EXCL: never follow or clobber anything already there. Inside the try, so that an interrupt (Ctrl-C,
+        # SystemExit) arriving just after the open still removes the file.
+        with open(temp, "xb") as f:
+            created = True
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:  # KeyboardInterrupt and SystemExit too: no temporary file survives
+        if created:
+            try:
+                os.unlink(temp)
+            except OSError:  # already gone
+                pass
         if isinstance(exc, Exception) and not isinstance(exc, WriteError):
-            raise WriteError(f"cannot write {path}: {reason(exc)}") from exc
+            raise WriteError(f"cannot write {path}: {_why(exc).replace(temp, path)}") from exc
         raise
     _fsync_folder(folder)
 
@@ -78,28 +88,3 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Indented JSON with a final newline."""
     write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when both paths name one file: the same path, a symlink to it, or a hard link (same inode)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet): compare where they would resolve
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
-def check_output_path(path: str | os.PathLike, inputs=(), *, overwrite: bool = False, what: str = "output") -> None:
-    """Raises WriteError unless `path` can be written without harm, before any work is done:
-    it must not be any of `inputs` (by path, symlink or hard link), not be a folder, lie in an existing
-    folder, and not exist unless `overwrite`."""
-    path = os.fspath(path)
-    for source in inputs:
-        if same_file(path, source):
-            raise WriteError(f"{what} {path} is the input {source}; inputs are never written, choose another path")
-    if os.path.isdir(path):
-        raise WriteError(f"{what} {path} is a folder; give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise WriteError(f"cannot write {what} {path}: folder {folder} does not exist")
-    if os.path.lexists(path) and not overwrite:
-        raise WriteError(f"{what} {path} exists; --overwrite replaces it")

@@ -197,7 +197,7 @@ def _at_depth(values: np.ndarray, bit_depth: int) -> np.ndarray:
     return quantise(values, bit_depth)
 
 
-def _gray(rgb: np.ndarray) -> np.ndarray:
+def gray_mean(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 1): the mean of the three channels; for integers rounded to the nearest."""
     if rgb.dtype.kind == "f":
         return rgb.astype(np.float32, copy=False).mean(axis=2, keepdims=True)
@@ -269,7 +269,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | No
     gray, bit_depth, icc_profile = _target(fmt, path, rgb, like, icc_profile)
     alpha = alpha if fmt.alpha else None
 
-    samples = _at_depth(_gray(rgb) if gray else rgb, bit_depth)
+    samples = _at_depth(gray_mean(rgb) if gray else rgb, bit_depth)
     if samples.shape[2] == 1 and not (fmt.gray and (alpha is None or fmt.name != "BMP")):
         samples = np.repeat(samples, 3, axis=2)  # the format stores no gray (BMP: no gray+alpha)
     if alpha is not None:
