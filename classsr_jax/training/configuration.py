@@ -212,6 +212,7 @@ def validate_config(config) -> None:
     if not 0.0 <= budget:
         raise ConfigError(f"config field evaluate.budget is {budget}: use a positive share of the -O FLOPs, or 0 for none")
     division_thresholds(config)
+    allowed_changes(config)
     selected_stages(config)
     evaluation_sources(config)
     _positive_int(config, "checkpoint.keep_last")
@@ -220,6 +221,18 @@ def validate_config(config) -> None:
         spec.branch(spec.num_branches - 1).build()  # unknown extra fields, an unsupported scale
     except ValueError as e:
         raise ConfigError(f"config field model: {e}") from None
+
+
+def allowed_changes(config) -> tuple[str, ...]:
+    """The dotted fields (or sections) config.allow_changed names: a rerun may change them in a used workdir."""
+    text = _field(config, "allow_changed")
+    if not isinstance(text, str):
+        raise ConfigError(f"config field allow_changed is {text!r}: use comma-separated field names, e.g. 'original.learning_rate'")
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if not has_field(config, n)]
+    if unknown:
+        raise ConfigError(f"config field allow_changed names unknown field(s): {', '.join(unknown)}")
+    return names
 
 
 def division_thresholds(config) -> str | tuple[float, float]:

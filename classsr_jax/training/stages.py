@@ -36,19 +36,18 @@ from classsr_jax import checkpointing, parallel
 from classsr_jax.data import division as division_lib
 from classsr_jax.data.colour_augment import ColourAugment
 from classsr_jax.data.input_pipeline import create_train_iterator
-from classsr_jax.data.loading import load_dataset
-from classsr_jax.errors import DataError, TrainError
+from classsr_jax.errors import TrainError
 from classsr_jax.evaluation.scoring import bicubic_average, evaluate_pairs, format_results_table
 from classsr_jax.inference.upscaler import Upscaler
 from classsr_jax.io import atomic
 from classsr_jax.models import interpolation_init, slim
 from classsr_jax.models.spec import ModelSpec
 from classsr_jax.training import configuration
+from classsr_jax.training.context import StageContext, dataset_pairs
 from classsr_jax.training.losses import Objective
 from classsr_jax.training.workdir import (
     CLASSSR_EXPORT,
     ORIGINAL_EXPORT,
-    Workdir,
     branch_stages,
     branch_variables,
     classsr_source,
@@ -57,72 +56,6 @@ from classsr_jax.training.workdir import (
     pretrained_branches,
     trained_branch_stages,
 )
-
-# ------------------------------------------------------------------------------------------ what stages share
-
-
-@dataclasses.dataclass
-class StageContext:
-    """What every stage gets: the config, the workdir, the model, the device mesh, and the datasets (opened
-    once, on first use)."""
-
-    config: Any
-    workdir: Workdir
-    spec: ModelSpec
-    mesh: jax.sharding.Mesh
-    compute_dtype: Any
-    datasets: dict[str, Any] = dataclasses.field(default_factory=dict)
-    _validation_pairs: list | None = None
-
-    @property
-    def lr_patch(self) -> int:
-        return int(self.config.data.lr_patch)
-
-    @property
-    def data_dir(self) -> str:
-        return os.path.expanduser(self.config.data.data_dir or "~/tensorflow_datasets")
-
-    def dataset(self, name: str, split: str):
-        """A TFDS dataset (prepared on first use; with several processes, process 0 prepares it first)."""
-        key = f"{name}:{split}"
-        if key not in self.datasets:
-            manual = self.config.data.manual_dir or None
-
-            def load():
-                try:
-                    return load_dataset(name, split, self.data_dir, manual)
-                except (DataError, TrainError):
-                    raise
-                except Exception as e:  # TFDS raises many types with long messages; the user needs one line.
-                    first = (str(e).strip().splitlines() or [""])[0]
-                    raise DataError(f"cannot load dataset {name} split {split!r} from {self.data_dir}: {type(e).__name__}: {first}") from e
-
-            if not parallel.is_primary_process():
-                parallel.sync_processes(f"dataset:{key}")
-            self.datasets[key] = load()
-            if parallel.is_primary_process():
-                parallel.sync_processes(f"dataset:{key}")
-        return self.datasets[key]
-
-    def train_dataset(self):
-        return self.dataset(self.config.data.dataset, self.config.data.train_split)
-
-    def validation_pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(name, lr uint8, hr uint8) of the validation set, read once."""
-        if self._validation_pairs is None:
-            ds = self.dataset(self.config.data.validation_dataset, self.config.data.validation_split)
-            self._validation_pairs = dataset_pairs(ds)
-            if not self._validation_pairs:
-                raise DataError(f"validation set {self.config.data.validation_dataset} {self.config.data.validation_split!r} is empty")
-        return self._validation_pairs
-
-
-def dataset_pairs(ds) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    pairs = []
-    for ex in ds.as_numpy_iterator():
-        name = ex["name"].decode() if isinstance(ex["name"], bytes) else str(ex["name"])
-        pairs.append((name, np.asarray(ex["lr"]), np.asarray(ex["hr"])))
-    return pairs
 
 
 def _load_division(ctx: StageContext, stage: str):

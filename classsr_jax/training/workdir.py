@@ -17,14 +17,16 @@ TensorFlow, clu or ml_collections: it runs on a bare JAX machine.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 from typing import Any
 
 from classsr_jax import checkpointing
 from classsr_jax.errors import CheckpointError, ConfigError, TrainError
+from classsr_jax.io import atomic
 from classsr_jax.models.spec import ModelSpec
-from classsr_jax.training.configuration import NUM_CLASSES, STAGES
+from classsr_jax.training.configuration import NUM_CLASSES, STAGES, allowed_changes
 
 EXPORT_DIR = "export"
 CLASSSR_EXPORT = "classsr"  # what a workdir means as a model: its export/classsr
@@ -96,9 +98,81 @@ def trained_branch_stages(config, num_branches: int = NUM_CLASSES) -> tuple[str,
     return names[:-1] if config.branches.reuse_original else names
 
 
-def config_record(config_json: str, spec: ModelSpec) -> str:
-    """What config.json holds: the model, and the config (as the JSON ml_collections writes)."""
-    return json.dumps({"model": spec.to_dict(), "config": json.loads(config_json)}, indent=2) + "\n"
+def config_record(config_json: str, spec: ModelSpec, earlier: list | None = None) -> str:
+    """What config.json holds: the model, the config (as the JSON ml_collections writes) and, after a rerun
+    with allowed changes, the `earlier` values of the fields changed, run by run."""
+    record = {"model": spec.to_dict(), "config": json.loads(config_json)}
+    if earlier:
+        record["earlier"] = earlier
+    return json.dumps(record, indent=2) + "\n"
+
+
+# Fields a rerun may change without `allow_changed`: what to run, for how long, on how many CPU devices, and the
+# evaluation (its results.json records its inputs and is computed again when they change).
+RESUMABLE_FIELDS = ("stages", "*.num_steps", "cpu_devices", "allow_changed", "evaluate.*")
+# Fields whose change alone is not worth rewriting config.json: they say how this run was started.
+NOT_RECORDED = ("stages", "cpu_devices", "allow_changed")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def changed_fields(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted field: (stored value, current value)} for every field that differs (or exists in one only)."""
+    old, new = _flat(stored), _flat(current)
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+
+
+def _matches(field: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(field, p) or field.startswith(p + ".") for p in patterns)
+
+
+def _stored_record(workdir: Workdir) -> dict[str, Any] | None:
+    if not os.path.isfile(workdir.config_json):
+        return None
+    try:
+        with open(workdir.config_json) as f:
+            record = json.load(f)
+        ModelSpec.from_dict(record["model"])
+        return record
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"workdir {workdir.root} has an unreadable config.json ({type(e).__name__}); use another workdir") from e
+
+
+def check_config_changes(config, workdir: Workdir) -> None:
+    """A rerun must use config.json's values, but for RESUMABLE_FIELDS and those config.allow_changed names."""
+    record = _stored_record(workdir)
+    if record is None or not isinstance(record.get("config"), dict):
+        return
+    changed = changed_fields(record["config"], json.loads(config.to_json_best_effort()))
+    refused = [f for f in changed if not _matches(f, RESUMABLE_FIELDS + allowed_changes(config))]
+    if refused:
+        raise ConfigError(
+            f"workdir {workdir.root} was run with another config: {', '.join(refused)} differ from its config.json; "
+            f"rerun with its values, add --config.allow_changed={','.join(refused)} to go on with yours, "
+            "or use another --workdir"
+        )
+
+
+def record_config(config, workdir: Workdir, spec: ModelSpec) -> None:
+    """Writes config.json for a new workdir; after a rerun with changes, the new values, keeping the old ones
+    under `earlier`. A rerun with the same config writes nothing."""
+    current = config.to_json_best_effort()
+    record = _stored_record(workdir)
+    if record is None:
+        atomic.write_text(workdir.config_json, config_record(current, spec))
+        return
+    changed = changed_fields(record.get("config") or {}, json.loads(current))
+    changed = {k: v for k, v in changed.items() if not _matches(k, NOT_RECORDED)}
+    if changed:
+        earlier = list(record.get("earlier", [])) + [{k: old for k, (old, _) in changed.items()}]
+        atomic.write_text(workdir.config_json, config_record(current, spec, earlier))
 
 
 # -------------------------------------------------------------------------------------------------- checks
@@ -145,18 +219,17 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
     """Every check that can fail before anything is written: a failing run leaves the workdir untouched."""
     if os.path.exists(workdir.root) and not os.path.isdir(workdir.root):
         raise TrainError(f"workdir {workdir.root} exists and is not a directory")
+    _check_creatable(workdir.root)
     if config.data.data_dir and not os.path.isdir(os.path.expanduser(config.data.data_dir)):
         raise TrainError(f"data dir {config.data.data_dir} does not exist (config.data.data_dir); create it or leave it empty for ~/tensorflow_datasets")
     if config.data.manual_dir and not os.path.isdir(os.path.expanduser(config.data.manual_dir)):
         raise TrainError(f"data dir {config.data.manual_dir} does not exist (config.data.manual_dir): put the source photos there")
-    if os.path.isfile(workdir.config_json):
-        try:
-            with open(workdir.config_json) as f:
-                stored = ModelSpec.from_dict(json.load(f)["model"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"workdir {workdir.root} has an unreadable config.json ({type(e).__name__}); use another workdir") from e
+    record = _stored_record(workdir)
+    if record is not None:
+        stored = ModelSpec.from_dict(record["model"])
         if stored != spec:
             raise CheckpointError(f"workdir {workdir.root} holds a {stored.describe()} run, but this config is {spec.describe()}; use another --workdir")
+        check_config_changes(config, workdir)
     # Models and checkpoints already in the workdir must fit too (e.g. a workdir copied from another run).
     expected = {"original": spec.branch(spec.num_branches - 1), "joint": spec, "finetune": spec}
     expected.update({name: spec.branch(k) for k, name in enumerate(branch_stages(spec.num_branches))})
@@ -165,7 +238,10 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
             found = checkpointing.read_model_spec(workdir.model(stage))
             if found != want:
                 raise CheckpointError(f"workdir model {workdir.model(stage)} is {found.describe()}, but this config needs {want.describe()}; use another --workdir")
-        progress = checkpointing.read_train_progress(workdir.checkpoints(stage))
+        try:
+            progress = checkpointing.read_train_progress(workdir.checkpoints(stage))
+        except CheckpointError:
+            progress = None  # a damaged latest checkpoint: the stage falls back to an earlier one (loop.py)
         if progress is not None:
             found = ModelSpec.from_dict(progress["model"])
             if found != want:
@@ -182,6 +258,15 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
     if config.pretrained.classsr:
         _check_pretrained(config.pretrained.classsr, spec, "pretrained.classsr")
     check_stage_inputs(config, workdir, stages)
+
+
+def _check_creatable(root: str) -> None:
+    """The workdir can be made: its nearest existing ancestor is a folder (not a file)."""
+    ancestor = os.path.dirname(root)
+    while ancestor and not os.path.exists(ancestor) and ancestor != os.path.dirname(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if ancestor and os.path.exists(ancestor) and not os.path.isdir(ancestor):
+        raise TrainError(f"cannot create workdir {root}: {ancestor} is a file, not a folder")
 
 
 # ------------------------------------------------------------------------------------ where weights come from
