@@ -41,11 +41,13 @@ CONFIGS_FOLDER = "configs"
 
 
 def _search_roots() -> list[Path]:
-    """Where configs/<name>.py may live: the working directory, then the checkout this package came from."""
+    """Where configs/<name>.py may live: the working directory, the checkout this package came from, and the
+    package itself (a wheel carries the configs as classsr_jax/configs)."""
+    package = Path(__file__).resolve().parents[1]
     roots = [Path.cwd()]
-    checkout = Path(__file__).resolve().parents[1]
-    if checkout not in roots:
-        roots.append(checkout)
+    for root in (package.parent, package):
+        if root not in roots:
+            roots.append(root)
     return roots
 
 
@@ -57,21 +59,46 @@ def split_config_argument(text: str) -> tuple[str, str | None]:
     return text, None
 
 
+def _available_configs() -> tuple[str, str]:
+    """(where configs were looked for, the names found there)."""
+    roots = _search_roots()
+    names = sorted({p.stem for r in roots for p in (r / CONFIGS_FOLDER).glob("*.py") if p.stem != "__init__"})
+    where = " or ".join(str(r / CONFIGS_FOLDER) for r in roots)
+    return where, ", ".join(names) or "none (run from a checkout of the repository)"
+
+
 def find_config(name: str) -> str:
     """The absolute path of a config: a .py file, or a bare name such as 'fsrcnn' (configs/<name>.py)."""
     if name.endswith(".py"):
         if os.path.isfile(name):
             return os.path.abspath(name)
-        raise ConfigError(f"config file {name} does not exist")
+        where, names = _available_configs()
+        raise ConfigError(f"config file {name} does not exist; the configs in {where}: {names}")
     for root in _search_roots():
         path = root / CONFIGS_FOLDER / f"{name}.py"
         if path.is_file():
             return str(path)
-    available = sorted({p.stem for r in _search_roots() for p in (r / CONFIGS_FOLDER).glob("*.py") if p.stem != "__init__"})
-    where = " or ".join(str(r / CONFIGS_FOLDER) for r in _search_roots())
-    raise ConfigError(
-        f"no config {name!r} in {where}; available: {', '.join(available) or 'none (run from a checkout of the repository)'}"
-    )
+    where, names = _available_configs()
+    raise ConfigError(f"no config {name!r} in {where}; available: {names}")
+
+
+def config_flag(argv: list[str]) -> tuple[int, str] | None:
+    """(index in argv, value) of the --config flag in a command line, if given."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return i, arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return i + 1, argv[i + 1]
+    return None
+
+
+def resolve_config_argument(text: str) -> str:
+    """A --config value ('path[:arg]' or 'name[:arg]') as 'absolute path[:arg]', after loading it once, so
+    that a missing or failing config is one ConfigError before absl reads it."""
+    load_config(text)
+    path, arg = split_config_argument(text)
+    path = find_config(path)
+    return f"{path}:{arg}" if arg is not None else path
 
 
 def config_root(path: str) -> str | None:

@@ -1,5 +1,5 @@
-"""What keeps a training run safe to stop and to start twice: the workdir lock, and Ctrl-C or SIGTERM turned into
-one `interrupted: …` line.
+"""What keeps a training run safe to stop and to start twice, and its console readable: the workdir lock, Ctrl-C or
+SIGTERM turned into one `interrupted: …` line, and Orbax's log kept off the console.
 
 The lock is an OS file lock (`fcntl.flock`) on WORKDIR/.lock, which holds the owner's PID. The kernel releases it
 when its process ends, however it ends (kill -9 included), so a lock left by a dead run never blocks.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging as pylogging
 import os
 import signal
 import threading
@@ -95,3 +96,18 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# ------------------------------------------------------------------------------------------------ the console
+
+
+class QuietOrbax(pylogging.Filter):
+    """Keeps Orbax's log off the console but for its one-line warnings: it logs every file it writes at INFO,
+    and a failed save at ERROR with tracebacks, which the run reports again as its last line (`error: …`).
+    The warning for checkpoints saved between validations (they carry no PSNR by design) goes too."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        if "/orbax/" not in record.pathname:
+            return True
+        return (record.levelno == pylogging.WARNING and not record.exc_info
+                and "did not provide metrics" not in record.getMessage())

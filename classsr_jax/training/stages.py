@@ -354,6 +354,20 @@ def _changed_inputs(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
     return [key for key in new if old.get(key) != new[key]]
 
 
+def _saved_results(path: str) -> dict[str, Any] | None:
+    """The results a run saved, or None when there are none, or they are unreadable or incomplete (without the
+    table, e.g. hand-edited): then they are computed again."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("table"), str):
+        logging.info("stage evaluate: %s has no table; evaluating again", path)
+        return None
+    return saved
+
+
 def run_evaluate(ctx: StageContext) -> dict[str, Any]:
     """ClassSR against -O (and bicubic) on the evaluation sets: the paper's table, printed and saved.
 
@@ -383,14 +397,8 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
         "tiles": tiles,
         "budget": cfg.budget,
     }
-    previous = None
-    if os.path.isfile(ctx.workdir.results_json):
-        try:
-            with open(ctx.workdir.results_json) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            previous = None  # unreadable: computed again
-    changed = _changed_inputs(previous.get("computed_from") if isinstance(previous, dict) else None, computed_from)
+    previous = _saved_results(ctx.workdir.results_json)
+    changed = _changed_inputs(previous.get("computed_from") if previous else None, computed_from)
     if not parallel.process0_value(bool(changed)):
         logging.info("stage evaluate: finished earlier from the same models and datasets (%s), skipping", ctx.workdir.results_json)
         if parallel.is_primary_process():
