@@ -613,7 +613,9 @@ def test_evaluation_is_computed_again_when_its_models_datasets_or_protocol_chang
 
     def evaluate(**overrides):
         calls.clear()
-        config = tiny_config(data, stages="evaluate", **{"pretrained.classsr": first_model, **overrides})
+        # The evaluation's own fields may change in a used workdir; the model it evaluates must be allowed to.
+        config = tiny_config(data, stages="evaluate", allow_changed="pretrained.classsr",
+                             **{"pretrained.classsr": first_model, **overrides})
         return train.train_and_evaluate(config, str(workdir))["evaluation"], len(calls)
 
     first, evaluated = evaluate()

@@ -1,10 +1,9 @@
 r"""Trains ClassSR: the paper's recipe as stages in one workdir (see classsr_jax.training.train).
   python -m classsr_jax.main --config configs/quickstart.py --workdir runs/quickstart
 
-Override any config field with --config.FIELD=VALUE, e.g. --config.stages=joint,evaluate. On several hosts,
-run the same command on each with --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or
---distributed where the cluster is detected automatically, e.g. Cloud TPU, SLURM). Ctrl-C or SIGTERM end the
-run with one `interrupted: …` line and exit code 130 or 143; the same command resumes it.
+Override any config field with --config.FIELD=VALUE, e.g. --config.stages=joint,evaluate. On several hosts, run
+the same command on each with --coordinator_address=HOST:PORT --num_processes=N --process_id=I (or --distributed
+where the cluster is detected, e.g. Cloud TPU, SLURM). Ctrl-C, SIGTERM: `interrupted: …`, exit code 130, 143.
 """
 
 from __future__ import annotations
@@ -19,15 +18,19 @@ from classsr_jax import cli, parallel
 from classsr_jax.errors import ConfigError
 from classsr_jax.training import configuration, guard, train
 
-FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "Training config (a configs/*.py file or a config's name).",
-                                flag_values=FLAGS, lock_config=True)
-flags.DEFINE_string("workdir", None, "Folder for checkpoints, the division, exports, TensorBoard, results.", flag_values=FLAGS)
-flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() with the cluster's own settings.", flag_values=FLAGS)
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 in a multi-process run.", flag_values=FLAGS)
-flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.", flag_values=FLAGS)
-flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.", flag_values=FLAGS)
-flags.DEFINE_enum("cpu_collectives", "gloo", ["gloo", "mpi"], "Collectives between CPU processes.", flag_values=FLAGS)
+
+def define_flags() -> flags.FlagValues:
+    """The command's flags, new for each call: ml_collections defines --config.FIELD flags as it parses."""
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "Training config (a configs/*.py file, or a config's name).",
+                                    flag_values=fv, lock_config=True)
+    flags.DEFINE_string("workdir", None, "Folder for checkpoints, exports, TensorBoard and results.", flag_values=fv)
+    flags.DEFINE_bool("distributed", False, "jax.distributed.initialize() with the cluster's settings.", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 in a multi-process run.", flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.", flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.", flag_values=fv)
+    flags.DEFINE_enum("cpu_collectives", "gloo", ["gloo", "mpi"], "Collectives between CPU processes.", flag_values=fv)
+    return fv
 
 
 def describe_flag_error(error: Exception, argv: list[str]) -> str:
@@ -48,7 +51,8 @@ def train_command(flag_values: flags.FlagValues) -> int:
         # Only the CPU backend reads this; it must be set before the backends start.
         jax.config.update("jax_cpu_collectives_implementation", flag_values.cpu_collectives)
         jax.distributed.initialize(flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
-    logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count())
+    logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(),
+                 jax.local_device_count())
     try:
         train.train_and_evaluate(flag_values.config, flag_values.workdir)
     except guard.TrainingInterrupted as e:
@@ -58,17 +62,18 @@ def train_command(flag_values: flags.FlagValues) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The `classsr-train` command. --config is loaded once first (a missing or failing config is one line),
-    and its repository root goes on sys.path, so that its `from configs import …` works from anywhere."""
+    """`classsr-train`. --config is loaded first (its repository root goes on sys.path for `from configs import`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    found = None if any(a in cli.HELP_FLAGS for a in argv) else configuration.config_flag(argv)
-    if found:
-        try:
-            resolved = configuration.resolve_config_argument(found[1])
-        except ConfigError as e:
-            return cli.fail(e, cli.USAGE_ERROR)
-        argv[found[0]] = f"--config={resolved}" if argv[found[0]].startswith("--config=") else resolved
-    return cli.run(train_command, FLAGS, argv, program="classsr-train", describe_flag_error=describe_flag_error)
+    try:  # absl would defer a failing config to a traceback
+        argv = argv if any(a in cli.HELP_FLAGS for a in argv) else configuration.resolve_config_flag(argv)
+    except ConfigError as e:
+        return cli.fail(e, cli.USAGE_ERROR)
+    saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # ml_collections reads --config.FIELD overrides from sys.argv
+    try:
+        return cli.run(train_command, define_flags(), argv, program="classsr-train",
+                       describe_flag_error=describe_flag_error)
+    finally:
+        sys.argv = saved
 
 
 if __name__ == "__main__":

@@ -92,6 +92,16 @@ def config_flag(argv: list[str]) -> tuple[int, str] | None:
     return None
 
 
+def resolve_config_flag(argv: list[str]) -> list[str]:
+    """argv with its --config value resolved (`resolve_config_argument`); a ConfigError if it cannot be loaded."""
+    found = config_flag(argv)
+    if found is None:
+        return argv
+    index, value = found
+    resolved = resolve_config_argument(value)
+    return [*argv[:index], f"--config={resolved}" if argv[index].startswith("--config=") else resolved, *argv[index + 1:]]
+
+
 def resolve_config_argument(text: str) -> str:
     """A --config value ('path[:arg]' or 'name[:arg]') as 'absolute path[:arg]', after loading it once, so
     that a missing or failing config is one ConfigError before absl reads it."""
