@@ -99,7 +99,8 @@ def resolve_config_flag(argv: list[str]) -> list[str]:
         return argv
     index, value = found
     resolved = resolve_config_argument(value)
-    return [*argv[:index], f"--config={resolved}" if argv[index].startswith("--config=") else resolved, *argv[index + 1:]]
+    value = f"--config={resolved}" if argv[index].startswith("--config=") else resolved
+    return [*argv[:index], value, *argv[index + 1:]]
 
 
 def resolve_config_argument(text: str) -> str:
@@ -216,22 +217,39 @@ def validate_config(config) -> None:
         raise ConfigError(f"config field model.network is {network!r}: use one of {', '.join(NETWORKS)}")
     widths = _field(config, "model.widths")
     if len(widths) != NUM_CLASSES:
-        raise ConfigError(f"config field model.widths needs {NUM_CLASSES} widths (simple, medium, hard), got {tuple(widths)}")
+        raise ConfigError(
+            f"config field model.widths needs {NUM_CLASSES} widths (simple, medium, hard), got {tuple(widths)}"
+        )
     init = _field(config, "model.init")
     if init not in interpolation_init.INITS:
-        raise ConfigError(f"config field model.init is {init!r}: use {' or '.join(repr(i) for i in interpolation_init.INITS)}")
+        raise ConfigError(
+            f"config field model.init is {init!r}: use {' or '.join(repr(i) for i in interpolation_init.INITS)}"
+        )
     if init == "interpolation" and network not in interpolation_init.SUPPORTED:
-        raise ConfigError(f"config field model.init: an interpolating start is implemented for {', '.join(interpolation_init.SUPPORTED)}, not {network}")
+        raise ConfigError(
+            "config field model.init: an interpolating start is implemented for "
+            f"{', '.join(interpolation_init.SUPPORTED)}, not {network}"
+        )
     for stage in TRAINING_STAGES:
-        for field in ("batch_size", "num_steps", "cosine_period", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
+        for field in ("batch_size", "num_steps", "cosine_period", "log_every_steps", "eval_every_steps",
+                      "checkpoint_every_steps"):
             _positive_int(config, f"{stage}.{field}")
     for stage, choices in TILE_SOURCES.items():
         if _field(config, f"{stage}.tiles") not in choices:
-            raise ConfigError(f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: use {' or '.join(repr(c) for c in choices)}")
+            raise ConfigError(
+                f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: use "
+                f"{' or '.join(repr(c) for c in choices)}"
+            )
     if _bool(config, "branches.slim_from_original") and network not in slim.SUPPORTED:
-        raise ConfigError(f"config field branches.slim_from_original: cutting branches out of -O is implemented for {', '.join(slim.SUPPORTED)}, not {network}")
+        raise ConfigError(
+            "config field branches.slim_from_original: cutting branches out of -O is implemented for "
+            f"{', '.join(slim.SUPPORTED)}, not {network}"
+        )
     if config.branches.slim_from_original and max(widths) != widths[-1]:
-        raise ConfigError(f"config field branches.slim_from_original needs branches no wider than -O (the last width), got {tuple(widths)}")
+        raise ConfigError(
+            "config field branches.slim_from_original needs branches no wider than -O (the last width), got "
+            f"{tuple(widths)}"
+        )
     for stage in ("joint", "finetune"):
         _bool(config, f"{stage}.calibrate_routing")
         _positive_int(config, f"{stage}.calibration_tiles")
@@ -247,7 +265,9 @@ def validate_config(config) -> None:
         raise ConfigError(f"config field data.colour_augment: {e}") from None
     budget = _field(config, "evaluate.budget")
     if not 0.0 <= budget:
-        raise ConfigError(f"config field evaluate.budget is {budget}: use a positive share of the -O FLOPs, or 0 for none")
+        raise ConfigError(
+            f"config field evaluate.budget is {budget}: use a positive share of the -O FLOPs, or 0 for none"
+        )
     division_thresholds(config)
     allowed_changes(config)
     selected_stages(config)
@@ -264,7 +284,9 @@ def allowed_changes(config) -> tuple[str, ...]:
     """The dotted fields (or sections) config.allow_changed names: a rerun may change them in a used workdir."""
     text = _field(config, "allow_changed")
     if not isinstance(text, str):
-        raise ConfigError(f"config field allow_changed is {text!r}: use comma-separated field names, e.g. 'original.learning_rate'")
+        raise ConfigError(
+            f"config field allow_changed is {text!r}: use comma-separated field names, e.g. 'original.learning_rate'"
+        )
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if not has_field(config, n)]
     if unknown:
@@ -280,7 +302,9 @@ def division_thresholds(config) -> str | tuple[float, float]:
     try:
         t1, t2 = (float(v) for v in value.split(","))
     except ValueError:
-        raise ConfigError(f"config field division.thresholds is {value!r}: use 'tertiles', 'paper' or 't1,t2' in dB") from None
+        raise ConfigError(
+            f"config field division.thresholds is {value!r}: use 'tertiles', 'paper' or 't1,t2' in dB"
+        ) from None
     return (t1, t2)
 
 
@@ -292,7 +316,10 @@ def selected_stages(config) -> tuple[str, ...]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in names if s not in STAGES]
     if unknown or not names:
-        raise ConfigError(f"config field stages has unknown stage(s) {', '.join(unknown) or '(none given)'}: use 'all' or some of {', '.join(STAGES)}")
+        raise ConfigError(
+            f"config field stages has unknown stage(s) {', '.join(unknown) or '(none given)'}: use 'all' or some of "
+            f"{', '.join(STAGES)}"
+        )
     return tuple(s for s in STAGES if s in names)
 
 

@@ -74,7 +74,10 @@ class StageContext:
             ds = self.dataset(self.config.data.validation_dataset, self.config.data.validation_split)
             self._validation_pairs = dataset_pairs(ds)
             if not self._validation_pairs:
-                raise DataError(f"validation set {self.config.data.validation_dataset} {self.config.data.validation_split!r} is empty")
+                raise DataError(
+                    f"validation set {self.config.data.validation_dataset} {self.config.data.validation_split!r} is "
+                    "empty"
+                )
         return self._validation_pairs
 
 
@@ -99,7 +102,9 @@ def _load(name: str, split: str, data_dir: str, manual: str | None):
             raise DataError(
                 f"cannot prepare dataset {name} in {data_dir}: its split {empty.group(1)!r} has no images in {manual}"
             ) from e
-        raise DataError(f"cannot load dataset {name} split {split!r} from {data_dir}: {type(e).__name__}: {first}") from e
+        raise DataError(
+            f"cannot load dataset {name} split {split!r} from {data_dir}: {type(e).__name__}: {first}"
+        ) from e
 
 
 # ------------------------------------------------------------------------------------ keyed by its sources

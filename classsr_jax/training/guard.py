@@ -48,7 +48,8 @@ class WorkdirLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise TrainError(
-                f"workdir {self.root} is in use by another run (PID {holder}); wait for it to end, or use another --workdir"
+                f"workdir {self.root} is in use by another run (PID {holder}); wait for it to end, "
+                "or use another --workdir"
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

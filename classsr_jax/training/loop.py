@@ -258,19 +258,22 @@ def _stage_tools(ctx: stages.StageContext, stage: stages.TrainingStage, run: Sta
     calibrator = None
     if sc.get("calibrate_routing", False):
         seed = data_seed(config.seed, f"{stage.name}/calibration", 0)
-        calibrator = calibration.RoutingCalibrator(stage.spec, calibration.draw_tiles(stage.make_iterator, seed, sc.calibration_tiles))
+        tiles = calibration.draw_tiles(stage.make_iterator, seed, sc.calibration_tiles)
+        calibrator = calibration.RoutingCalibrator(stage.spec, tiles)
     report = periodic_actions.ReportProgress(num_train_steps=sc.num_steps, writer=run.writer,
                                              every_steps=sc.log_every_steps, every_secs=None)
     progress = {"stage": stage.name, "model": stage.spec.to_dict(), "trainable": list(stage.trainable or []),
                 "started_at_step": run.start, "data_seed": run.seed}
-    return StageTools(validator, calibrator, report, learning_rate_schedule(sc.learning_rate, sc.eta_min, sc.cosine_period),
-                      progress, collapse=CollapseMonitor(config.collapse_threshold))
+    schedule = learning_rate_schedule(sc.learning_rate, sc.eta_min, sc.cosine_period)
+    return StageTools(validator, calibrator, report, schedule, progress,
+                      collapse=CollapseMonitor(config.collapse_threshold))
 
 
 def _run_steps(ctx: stages.StageContext, stage: stages.TrainingStage, tx, run: StageRun, iterator) -> int | None:
     """Trains from `run.start` to the stage's last step; returns the step with the best validation PSNR."""
     model = stage.spec.build(dtype=ctx.compute_dtype)
-    p_train_step = parallel.data_parallel(functools.partial(train_step, model=model, tx=tx, objective=stage.objective), ctx.mesh)
+    step_fn = functools.partial(train_step, model=model, tx=tx, objective=stage.objective)
+    p_train_step = parallel.data_parallel(step_fn, ctx.mesh)
     tools = _stage_tools(ctx, stage, run)
     run.calibrator = tools.calibrator
     in_flight = StepsInFlight()
@@ -322,7 +325,7 @@ def _close_stage(run: StageRun, iterator, interrupted: bool) -> None:
     temporary folder of a save that was cut short, so that nothing half written is left."""
     try:
         run.manager.close()
-    except Exception:  # noqa: BLE001 - a failed save was reported by wait_for_train_saves, or another error is under way
+    except Exception:  # noqa: BLE001 - a failed save was reported by wait_for_train_saves, or another error is on
         pass
     if interrupted and parallel.is_primary_process():
         for leftover in glob.glob(os.path.join(glob.escape(str(run.manager.directory)), "*" + ORBAX_TMP_SUFFIX + "*")):

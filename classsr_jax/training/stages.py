@@ -24,7 +24,6 @@ import functools
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -100,7 +99,8 @@ def _fresh_variables(ctx: StageContext, spec: ModelSpec, seed: int) -> dict[str,
     the Class-Module is new (its branches are replaced by trained ones)."""
     variables = spec.init(seed=seed, tile=ctx.lr_patch)
     if spec.kind == "network" and ctx.config.model.init == "interpolation":
-        variables = {**variables, "params": interpolation_init.interpolating_params(spec.network, variables["params"], spec.scale)}
+        params = interpolation_init.interpolating_params(spec.network, variables["params"], spec.scale)
+        variables = {**variables, "params": params}
     return variables
 
 
@@ -124,7 +124,10 @@ def _start_branch(ctx: StageContext, spec: ModelSpec, k: int) -> dict[str, Any]:
         logging.info("stage %s: starting from the -O network %s", name, source)
         return load_variables(source)
     if ctx.config.branches.slim_from_original and source and spec.widths != widest:
-        logging.info("stage %s: starting from the %d most important channels of the -O network %s", name, spec.widths[0], source)
+        logging.info(
+            "stage %s: starting from the %d most important channels of the -O network %s",
+            name, spec.widths[0], source
+        )
         variables = {"params": slim.slim_params(spec.network, load_variables(source)["params"], spec.widths[0])}
         spec.check(variables, f"stage {name}'s start cut out of {source}")
         return variables
@@ -263,61 +266,6 @@ def plan_training(ctx: StageContext, stage: str) -> list[TrainingStage]:
     ]
 
 
-# ------------------------------------------------------------------------------------------------ divide
-
-
-def run_divide(ctx: StageContext) -> None:
-    """Scores every training tile with the -O network (or bicubic) and splits them into three classes."""
-    path = ctx.workdir.division
-    if parallel.process0_value(os.path.isfile(path)):
-        logging.info("stage divide: finished earlier (%s), skipping", path)
-        return
-    cfg, scale, patch = ctx.config.division, ctx.spec.scale, ctx.lr_patch
-    source = original_source(ctx.config, ctx.workdir) if cfg.reference == "original" else None
-    local_devices = len(jax.local_devices())
-    batch = -(-cfg.batch_size // local_devices) * local_devices
-    if source:
-        loaded = checkpointing.load_model(source)
-        model = loaded.spec.build()
-        sr_fn = parallel.local_batch_fn(lambda v, x: model.apply(v, x, False), loaded.variables)
-        reference = f"-O network {source}"
-    else:
-        if cfg.reference == "original":
-            logging.warning("stage divide: no -O network (stage original not run, no pretrained.original); using bicubic")
-        sr_fn = division_lib.bicubic_sr_fn(scale)
-        reference = "bicubic"
-    logging.info("stage divide: scoring the training tiles with %s", reference)
-    counter = {"tiles": 0, "t0": time.perf_counter(), "last": time.perf_counter()}
-
-    def scored(tiles):
-        out = sr_fn(tiles)
-        counter["tiles"] += tiles.shape[0]
-        now = time.perf_counter()
-        if now - counter["last"] > 30:
-            counter["last"] = now
-            logging.info("stage divide: %d tiles scored (%.0f tiles/s)", counter["tiles"], counter["tiles"] / (now - counter["t0"]))
-        return out
-
-    division = division_lib.divide(
-        ctx.train_dataset(),
-        scored,
-        scale,
-        thresholds=configuration.division_thresholds(ctx.config),
-        batch_size=batch,
-        lr_tile=patch,
-        step=patch // 2,
-        max_uncovered=patch * 3 // 8,
-    )
-    if parallel.is_primary_process():
-        division_lib.save_division(division, path)
-    parallel.sync_processes("division")
-    simple, medium, hard = division.counts()
-    logging.info(
-        "stage divide: %d tiles → %d simple / %d medium / %d hard (thresholds %.3f, %.3f dB), saved to %s",
-        division.num_tiles, simple, medium, hard, *division.thresholds, path,
-    )
-
-
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
@@ -380,18 +328,23 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
         raise TrainError("stage evaluate needs a ClassSR model: run stage joint, or give --config.pretrained.classsr")
     original = original_source(ctx.config, ctx.workdir)
     network = _display_name(ctx.spec.network)
-    models = ([("original", f"{network}-O", original)] if original else []) + [("classsr", f"ClassSR-{network}", classsr)]
+    models = [("original", f"{network}-O", original)] if original else []
+    models.append(("classsr", f"ClassSR-{network}", classsr))
     loaded = {key: checkpointing.load_model(path) for key, _, path in models}
     # Table rows: (key, name, path, the loaded model it runs, FLOPs budget).
     rows = [(key, name, path, key, None) for key, name, path in models]
     if cfg.budget:
         # The same ClassSR with its logits shifted per image to this share of the -O FLOPs (Upscaler budget).
-        rows.append(("classsr_budget", f"ClassSR-{network}, {100 * cfg.budget:.0f}% budget", classsr, "classsr", cfg.budget))
+        rows.append((
+            "classsr_budget",
+            f"ClassSR-{network}, {100 * cfg.budget:.0f}% budget", classsr, "classsr", cfg.budget)
+        )
     datasets = evaluation_datasets(ctx)
     tiles = {"tile": patch, "step": patch * 7 // 8, "overlap": patch // 4}
     computed_from = {
         "models": {key: checkpointing.variables_digest(loaded[key].variables) for key in loaded},
-        "datasets": {label: {"source": source, "images": len(pairs), "digest": pairs_digest(pairs)} for label, source, pairs in datasets},
+        "datasets": {label: {"source": source, "images": len(pairs), "digest": pairs_digest(pairs)}
+                     for label, source, pairs in datasets},
         "protocol": cfg.protocol,
         "scale": scale,
         "tiles": tiles,
@@ -400,12 +353,18 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
     previous = _saved_results(ctx.workdir.results_json)
     changed = _changed_inputs(previous.get("computed_from") if previous else None, computed_from)
     if not parallel.process0_value(bool(changed)):
-        logging.info("stage evaluate: finished earlier from the same models and datasets (%s), skipping", ctx.workdir.results_json)
+        logging.info(
+            "stage evaluate: finished earlier from the same models and datasets (%s), skipping",
+            ctx.workdir.results_json
+        )
         if parallel.is_primary_process():
             print(previous["table"], flush=True)
         return previous
     if previous is not None:
-        logging.info("stage evaluate: %s changed since %s was computed; evaluating again", ", ".join(changed), ctx.workdir.results_json)
+        logging.info(
+            "stage evaluate: %s changed since %s was computed; evaluating again",
+            ", ".join(changed), ctx.workdir.results_json
+        )
     results: dict[str, Any] = {
         "protocol": cfg.protocol,
         "scale": scale,
@@ -417,7 +376,8 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
     upscalers = {}
     for key, name, path, source, budget in rows:
         model = loaded[source]
-        results["models"].append({"key": key, "name": name, "path": path, "params": checkpointing.count_params(model.variables)})
+        params = checkpointing.count_params(model.variables)
+        results["models"].append({"key": key, "name": name, "path": path, "params": params})
         upscalers[key] = Upscaler(model.spec, model.variables, protocol=cfg.protocol, budget=budget, **tiles)
     for label, _, pairs in datasets:
         logging.info("stage evaluate: %s (%d images)", label, len(pairs))
@@ -426,13 +386,16 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
         for key, upscaler in upscalers.items():
             report = evaluate_pairs(upscaler, pairs, progress=False)
             row[key] = report["average"]
-            per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]} for i in report["images"]]
+            per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]}
+                              for i in report["images"]]
         results["datasets"][label] = row
         results["per_image"][label] = per_image
     if "original" in loaded:
         results["models"][1]["flops_note"] = "-O FLOPs are its per-tile cost (100%)"
     else:
-        logging.warning("stage evaluate: no -O network (stage original not run, no pretrained.original); the table has no -O row")
+        logging.warning(
+            "stage evaluate: no -O network (stage original not run, no pretrained.original); the table has no -O row"
+        )
     results["table"] = format_results_table(results, ctx.config.collapse_threshold)
     if parallel.is_primary_process():
         os.makedirs(os.path.dirname(ctx.workdir.results_json), exist_ok=True)

@@ -54,7 +54,8 @@ def split_params(params: dict[str, Any], trainable: tuple[str, ...] | None) -> t
     return {k: v for k, v in params.items() if k in trainable}, {k: v for k, v in params.items() if k not in trainable}
 
 
-def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformation, trainable: tuple[str, ...] | None = None) -> TrainState:
+def create_train_state(variables: dict[str, Any], tx: optax.GradientTransformation,
+                       trainable: tuple[str, ...] | None = None) -> TrainState:
     params, frozen = split_params(dict(variables["params"]), trainable)
     return TrainState(
         step=jnp.zeros((), jnp.int32),

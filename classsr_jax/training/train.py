@@ -30,7 +30,7 @@ from absl import logging
 
 from classsr_jax import parallel
 from classsr_jax.errors import ConfigError, TrainError
-from classsr_jax.training import configuration, guard, stages
+from classsr_jax.training import configuration, divide, guard, stages
 from classsr_jax.training.loop import MAX_STEPS_IN_FLIGHT, StepMetrics, StepsInFlight, data_seed, train_stage
 from classsr_jax.training.steps import (
     TrainState,
@@ -96,7 +96,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             lock.release()
 
 
-def _open_run(config, work: Workdir, spec, mesh, selected: tuple[str, ...], lock: guard.WorkdirLock) -> stages.StageContext:
+def _open_run(config, work: Workdir, spec, mesh, selected: tuple[str, ...],
+              lock: guard.WorkdirLock) -> stages.StageContext:
     """Checks everything that can be checked, opens the data, then creates and locks the workdir and records
     the config in it."""
     preflight(config, work, spec, selected)
@@ -114,7 +115,10 @@ def _open_run(config, work: Workdir, spec, mesh, selected: tuple[str, ...], lock
         lock.acquire()
         record_config(config, work, spec)
     parallel.sync_processes("workdir")
-    logging.info("workdir %s: %s, stages %s, %d devices", work.root, spec.describe(), ",".join(selected), mesh.devices.size)
+    logging.info(
+        "workdir %s: %s, stages %s, %d devices",
+        work.root, spec.describe(), ",".join(selected), mesh.devices.size
+    )
     return ctx
 
 
@@ -124,7 +128,7 @@ def _run_stages(ctx: stages.StageContext, selected: tuple[str, ...], where: list
     for stage in selected:
         where[0] = f"stage {stage}"
         if stage == "divide":
-            stages.run_divide(ctx)
+            divide.run_divide(ctx)
         elif stage == "evaluate":
             evaluation = stages.run_evaluate(ctx)
         else:

@@ -46,7 +46,8 @@ def resolve_model_dir(path: str) -> str:
     if os.path.isdir(exported):
         return exported
     raise CheckpointError(
-        f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, and no {EXPORT_DIR}/{CLASSSR_EXPORT})"
+        f"{path} is not a classsr_jax checkpoint (no model/ and variables/ inside, "
+        f"and no {EXPORT_DIR}/{CLASSSR_EXPORT})"
     )
 
 
@@ -142,7 +143,9 @@ def _stored_record(workdir: Workdir) -> dict[str, Any] | None:
         ModelSpec.from_dict(record["model"])
         return record
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"workdir {workdir.root} has an unreadable config.json ({type(e).__name__}); use another workdir") from e
+        raise CheckpointError(
+            f"workdir {workdir.root} has an unreadable config.json ({type(e).__name__}); use another workdir"
+        ) from e
 
 
 def check_config_changes(config, workdir: Workdir) -> None:
@@ -181,7 +184,9 @@ def record_config(config, workdir: Workdir, spec: ModelSpec) -> None:
 def pretrained_branches(config) -> list[str]:
     paths = [p.strip() for p in config.pretrained.branches.split(",") if p.strip()]
     if paths and len(paths) != NUM_CLASSES:
-        raise ConfigError(f"config field pretrained.branches needs {NUM_CLASSES} comma-separated checkpoints, got {len(paths)}")
+        raise ConfigError(
+            f"config field pretrained.branches needs {NUM_CLASSES} comma-separated checkpoints, got {len(paths)}"
+        )
     return paths
 
 
@@ -190,29 +195,41 @@ def _check_pretrained(path: str, expected: ModelSpec, field: str) -> None:
         raise TrainError(f"config field {field}: checkpoint {path} does not exist")
     found = checkpointing.read_model_spec(resolve_model_dir(path))
     if found != expected:
-        raise CheckpointError(f"config field {field}: {path} is {found.describe()}, but this config needs {expected.describe()}")
+        raise CheckpointError(
+            f"config field {field}: {path} is {found.describe()}, but this config needs {expected.describe()}"
+        )
 
 
 def check_stage_inputs(config, workdir: Workdir, stages: tuple[str, ...]) -> None:
     """Each selected stage's inputs come from an earlier selected stage, this workdir, or config.pretrained."""
     has_model = lambda stage: os.path.isdir(workdir.model(stage))
     classsr = any(has_model(s) for s in ("joint", "finetune")) or bool(config.pretrained.classsr)
-    if "branches" in stages and config.branches.tiles == "class" and "divide" not in stages and not os.path.isfile(workdir.division):
+    needs_division = "branches" in stages and config.branches.tiles == "class" and "divide" not in stages
+    if needs_division and not os.path.isfile(workdir.division):
         raise TrainError(f"stage branches needs the class division {workdir.division}: run stage divide first")
     original = "original" in stages or original_source(config, workdir) is not None
     if config.branches.reuse_original and ("branches" in stages or "joint" in stages) and not original:
-        raise TrainError("config field branches.reuse_original needs the -O network: run stage original, or give --config.pretrained.original")
+        raise TrainError(
+            "config field branches.reuse_original needs the -O network: run stage original, or give "
+            "--config.pretrained.original"
+        )
     if config.branches.slim_from_original and "branches" in stages and not original and not config.pretrained.branches:
-        raise TrainError("config field branches.slim_from_original needs the -O network: run stage original, or give --config.pretrained.original")
+        raise TrainError(
+            "config field branches.slim_from_original needs the -O network: run stage original, or give "
+            "--config.pretrained.original"
+        )
     if "joint" in stages and "branches" not in stages:
-        if not (all(has_model(b) for b in trained_branch_stages(config)) or config.pretrained.branches or config.pretrained.classsr):
+        trained = all(has_model(b) for b in trained_branch_stages(config))
+        if not (trained or config.pretrained.branches or config.pretrained.classsr):
             raise TrainError(
                 "stage joint needs trained branches: run stage branches, or give "
                 "--config.pretrained.branches=b1,b2,b3 or --config.pretrained.classsr"
             )
     for stage in ("finetune", "evaluate"):
         if stage in stages and not (classsr or "joint" in stages or (stage == "evaluate" and "finetune" in stages)):
-            raise TrainError(f"stage {stage} needs a ClassSR model: run stage joint, or give --config.pretrained.classsr")
+            raise TrainError(
+                f"stage {stage} needs a ClassSR model: run stage joint, or give --config.pretrained.classsr"
+            )
 
 
 def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...] = STAGES) -> None:
@@ -221,14 +238,22 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
         raise TrainError(f"workdir {workdir.root} exists and is not a directory")
     _check_creatable(workdir.root)
     if config.data.data_dir and not os.path.isdir(os.path.expanduser(config.data.data_dir)):
-        raise TrainError(f"data dir {config.data.data_dir} does not exist (config.data.data_dir); create it or leave it empty for ~/tensorflow_datasets")
+        raise TrainError(
+            f"data dir {config.data.data_dir} does not exist (config.data.data_dir); create it or leave it empty for "
+            "~/tensorflow_datasets"
+        )
     if config.data.manual_dir and not os.path.isdir(os.path.expanduser(config.data.manual_dir)):
-        raise TrainError(f"data dir {config.data.manual_dir} does not exist (config.data.manual_dir): put the source photos there")
+        raise TrainError(
+            f"data dir {config.data.manual_dir} does not exist (config.data.manual_dir): put the source photos there"
+        )
     record = _stored_record(workdir)
     if record is not None:
         stored = ModelSpec.from_dict(record["model"])
         if stored != spec:
-            raise CheckpointError(f"workdir {workdir.root} holds a {stored.describe()} run, but this config is {spec.describe()}; use another --workdir")
+            raise CheckpointError(
+                f"workdir {workdir.root} holds a {stored.describe()} run, but this config is {spec.describe()}; use "
+                "another --workdir"
+            )
         check_config_changes(config, workdir)
     # Models and checkpoints already in the workdir must fit too (e.g. a workdir copied from another run).
     expected = {"original": spec.branch(spec.num_branches - 1), "joint": spec, "finetune": spec}
@@ -237,7 +262,10 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
         if os.path.isdir(workdir.model(stage)):
             found = checkpointing.read_model_spec(workdir.model(stage))
             if found != want:
-                raise CheckpointError(f"workdir model {workdir.model(stage)} is {found.describe()}, but this config needs {want.describe()}; use another --workdir")
+                raise CheckpointError(
+                    f"workdir model {workdir.model(stage)} is {found.describe()}, but this config needs "
+                    f"{want.describe()}; use another --workdir"
+                )
         try:
             progress = checkpointing.read_train_progress(workdir.checkpoints(stage))
         except CheckpointError:
@@ -245,12 +273,18 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
         if progress is not None:
             found = ModelSpec.from_dict(progress["model"])
             if found != want:
-                raise CheckpointError(f"workdir checkpoint {workdir.checkpoints(stage)} is {found.describe()}, but this config needs {want.describe()}; use another --workdir")
+                raise CheckpointError(
+                    f"workdir checkpoint {workdir.checkpoints(stage)} is {found.describe()}, but this config needs "
+                    f"{want.describe()}; use another --workdir"
+                )
     for name, want in ((ORIGINAL_EXPORT, spec.branch(spec.num_branches - 1)), (CLASSSR_EXPORT, spec)):
         if os.path.isdir(workdir.export(name)):
             found = checkpointing.read_model_spec(workdir.export(name))
             if found != want:
-                raise CheckpointError(f"workdir export {workdir.export(name)} is {found.describe()}, but this config needs {want.describe()}; use another --workdir")
+                raise CheckpointError(
+                    f"workdir export {workdir.export(name)} is {found.describe()}, but this config needs "
+                    f"{want.describe()}; use another --workdir"
+                )
     if config.pretrained.original:
         _check_pretrained(config.pretrained.original, spec.branch(spec.num_branches - 1), "pretrained.original")
     for k, path in enumerate(pretrained_branches(config)):
