@@ -208,10 +208,8 @@ def cpu_devices(config) -> int:
     return value
 
 
-def validate_config(config) -> None:
-    """One-line ConfigError for a missing field or an impossible value (unknown fields and wrong types are
-    refused earlier, by ml_collections, when an override is applied)."""
-    cpu_devices(config)
+def _validate_model(config) -> tuple[str, Any]:
+    """(network, widths) of config.model, checked."""
     network = _field(config, "model.network")
     if network not in NETWORKS:
         raise ConfigError(f"config field model.network is {network!r}: use one of {', '.join(NETWORKS)}")
@@ -230,6 +228,14 @@ def validate_config(config) -> None:
             "config field model.init: an interpolating start is implemented for "
             f"{', '.join(interpolation_init.SUPPORTED)}, not {network}"
         )
+    return network, widths
+
+
+def validate_config(config) -> None:
+    """One-line ConfigError for a missing field or an impossible value (unknown fields and wrong types are
+    refused earlier, by ml_collections, when an override is applied)."""
+    cpu_devices(config)
+    network, widths = _validate_model(config)
     for stage in TRAINING_STAGES:
         for field in ("batch_size", "num_steps", "cosine_period", "log_every_steps", "eval_every_steps",
                       "checkpoint_every_steps"):

@@ -316,13 +316,57 @@ def _saved_results(path: str) -> dict[str, Any] | None:
     return saved
 
 
+def _inputs_record(ctx: StageContext, loaded, datasets, tiles) -> dict[str, Any]:
+    """What results are computed from: the models' digests, the datasets' sources and digests, the protocol."""
+    cfg = ctx.config.evaluate
+    return {
+        "models": {key: checkpointing.variables_digest(loaded[key].variables) for key in loaded},
+        "datasets": {label: {"source": source, "images": len(pairs), "digest": pairs_digest(pairs)}
+                     for label, source, pairs in datasets},
+        "protocol": cfg.protocol,
+        "scale": ctx.spec.scale,
+        "tiles": tiles,
+        "budget": cfg.budget,
+    }
+
+
+def _evaluate(ctx: StageContext, rows, loaded, datasets, tiles) -> dict[str, Any]:
+    """Every table row's model (and bicubic) on every dataset: the averages and the per-image PSNRs."""
+    cfg, scale = ctx.config.evaluate, ctx.spec.scale
+    results: dict[str, Any] = {
+        "protocol": cfg.protocol,
+        "scale": scale,
+        "models": [{"key": "bicubic", "name": "Bicubic", "params": 0}],
+        "datasets": {},
+        "per_image": {},
+    }
+    upscalers = {}
+    for key, name, path, source, budget in rows:
+        model = loaded[source]
+        params = checkpointing.count_params(model.variables)
+        results["models"].append({"key": key, "name": name, "path": path, "params": params})
+        upscalers[key] = Upscaler(model.spec, model.variables, protocol=cfg.protocol, budget=budget, **tiles)
+    for label, _, pairs in datasets:
+        logging.info("stage evaluate: %s (%d images)", label, len(pairs))
+        row = {"bicubic": bicubic_average(pairs, scale, cfg.protocol, ctx.lr_patch)}
+        per_image = {}
+        for key, upscaler in upscalers.items():
+            report = evaluate_pairs(upscaler, pairs, progress=False)
+            row[key] = report["average"]
+            per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]}
+                              for i in report["images"]]
+        results["datasets"][label] = row
+        results["per_image"][label] = per_image
+    return results
+
+
 def run_evaluate(ctx: StageContext) -> dict[str, Any]:
     """ClassSR against -O (and bicubic) on the evaluation sets: the paper's table, printed and saved.
 
     results.json records what it was computed from (the models' parameter digests, the datasets' sources and
     pixel digests, the protocol and the tiling); a rerun reuses it only when all of these are unchanged.
     """
-    cfg, scale, patch = ctx.config.evaluate, ctx.spec.scale, ctx.lr_patch
+    cfg, patch = ctx.config.evaluate, ctx.lr_patch
     classsr = classsr_source(ctx.config, ctx.workdir)
     if classsr is None:
         raise TrainError("stage evaluate needs a ClassSR model: run stage joint, or give --config.pretrained.classsr")
@@ -341,15 +385,7 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
         )
     datasets = evaluation_datasets(ctx)
     tiles = {"tile": patch, "step": patch * 7 // 8, "overlap": patch // 4}
-    computed_from = {
-        "models": {key: checkpointing.variables_digest(loaded[key].variables) for key in loaded},
-        "datasets": {label: {"source": source, "images": len(pairs), "digest": pairs_digest(pairs)}
-                     for label, source, pairs in datasets},
-        "protocol": cfg.protocol,
-        "scale": scale,
-        "tiles": tiles,
-        "budget": cfg.budget,
-    }
+    computed_from = _inputs_record(ctx, loaded, datasets, tiles)
     previous = _saved_results(ctx.workdir.results_json)
     changed = _changed_inputs(previous.get("computed_from") if previous else None, computed_from)
     if not parallel.process0_value(bool(changed)):
@@ -365,31 +401,8 @@ def run_evaluate(ctx: StageContext) -> dict[str, Any]:
             "stage evaluate: %s changed since %s was computed; evaluating again",
             ", ".join(changed), ctx.workdir.results_json
         )
-    results: dict[str, Any] = {
-        "protocol": cfg.protocol,
-        "scale": scale,
-        "models": [{"key": "bicubic", "name": "Bicubic", "params": 0}],
-        "datasets": {},
-        "per_image": {},
-        "computed_from": computed_from,
-    }
-    upscalers = {}
-    for key, name, path, source, budget in rows:
-        model = loaded[source]
-        params = checkpointing.count_params(model.variables)
-        results["models"].append({"key": key, "name": name, "path": path, "params": params})
-        upscalers[key] = Upscaler(model.spec, model.variables, protocol=cfg.protocol, budget=budget, **tiles)
-    for label, _, pairs in datasets:
-        logging.info("stage evaluate: %s (%d images)", label, len(pairs))
-        row = {"bicubic": bicubic_average(pairs, scale, cfg.protocol, patch)}
-        per_image = {}
-        for key, upscaler in upscalers.items():
-            report = evaluate_pairs(upscaler, pairs, progress=False)
-            row[key] = report["average"]
-            per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]}
-                              for i in report["images"]]
-        results["datasets"][label] = row
-        results["per_image"][label] = per_image
+    results = _evaluate(ctx, rows, loaded, datasets, tiles)
+    results["computed_from"] = computed_from
     if "original" in loaded:
         results["models"][1]["flops_note"] = "-O FLOPs are its per-tile cost (100%)"
     else:
