@@ -13,14 +13,7 @@ import sys
 
 import pytest
 from orbax_faults import corrupt_step
-from test_train import (  # noqa: F401 - `data` is the module's fixture of tiny photos and a TFDS folder
-    REPO,
-    _variables,
-    data,
-    original_stage_args,
-    tiny_config,
-    tiny_photos,
-)
+from test_train import REPO, _variables, original_stage_args, tiny_config, tiny_photos
 
 from classsr_jax import checkpointing
 from classsr_jax.cli import prepare
@@ -30,6 +23,16 @@ from classsr_jax.training import configuration, guard, stages, train
 from classsr_jax.training.workdir import Workdir
 
 TEMPORARY = (".orbax-checkpoint-tmp", ".tmp-")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """(photos, TFDS folder): test_train's tiny photos, prepared on first use."""
+    root = tmp_path_factory.mktemp("data")
+    photos, tfds_dir = str(root / "photos"), str(root / "tfds")
+    os.makedirs(tfds_dir)
+    tiny_photos(photos)
+    return photos, tfds_dir
 
 
 def run_original(data, workdir, steps=2, **overrides):
@@ -52,7 +55,8 @@ def tree(root):
 
 
 def leftovers(root):
-    return [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files if any(t in n for t in TEMPORARY)]
+    found = [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files]
+    return [path for path in found if any(t in os.path.basename(path) for t in TEMPORARY)]
 
 
 # ------------------------------------------------------------------------------------------------ the lock
@@ -177,7 +181,8 @@ def test_an_unreadable_latest_checkpoint_falls_back_to_the_previous_one(data, tm
     moved = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
     assert len(moved) == 1 and moved[0].startswith(f"stage original: checkpoint step 4 in {stage / 'checkpoints'} "
                                                    "cannot be read (")
-    assert moved[0].endswith(f"); moved to {stage / 'unreadable_checkpoints'}, resuming from step 2, the last complete one")
+    aside = stage / "unreadable_checkpoints"
+    assert moved[0].endswith(f"); moved to {aside}, resuming from step 2, the last complete one")
     assert sorted(os.listdir(stage / "checkpoints")) == ["2", "4", "6"]
     assert os.listdir(stage / "unreadable_checkpoints") == ["4"]
     progress = checkpointing.read_train_progress(str(stage / "checkpoints"))
@@ -208,7 +213,8 @@ def test_a_workdir_or_prepare_output_that_cannot_be_made_is_one_line(data, tmp_p
 
     assert prepare.main(["bundled", "--output", str(blocker / "sub"), "--no-progress"]) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"error: cannot write to output folder {blocker / 'sub'}: Not a directory ({blocker / 'sub' / 'bundled' / 'LR' / 'X4'})"
+        f"error: cannot write to output folder {blocker / 'sub'}: Not a directory "
+        f"({blocker / 'sub' / 'bundled' / 'LR' / 'X4'})"
     ]
 
     read_only = tmp_path / "read_only"
@@ -236,11 +242,14 @@ def test_a_missing_config_file_is_one_line_naming_it_and_the_configs_there(given
 
 def test_a_config_by_name_is_found_from_any_working_directory(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert configuration.resolve_config_argument("smoke:bundled") == os.path.join(REPO, "configs", "smoke.py") + ":bundled"
+    smoke = os.path.join(REPO, "configs", "smoke.py")
+    assert configuration.resolve_config_argument("smoke:bundled") == f"{smoke}:bundled"
     assert train_cli.main(["--config=quickstart", "--workdir", str(tmp_path / "w"), "--config.stages=jointt"]) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: config field stages has unknown stage(s) jointt")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: config field stages has unknown stage(s) jointt")
     assert train_cli.main(["--config", "nope", "--workdir", str(tmp_path / "w")]) == 2
-    assert capsys.readouterr().err.strip().startswith(f"error: no config 'nope' in {tmp_path}/configs or {REPO}/configs")
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: no config 'nope' in {tmp_path}/configs or {REPO}/configs")
 
 
 def test_a_full_disk_ends_the_command_with_its_error_and_no_orbax_traceback(data, tmp_path):
@@ -258,7 +267,8 @@ def test_a_full_disk_ends_the_command_with_its_error_and_no_orbax_traceback(data
     assert out.returncode == 1, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
     checkpoints = workdir / "stages" / "original" / "checkpoints"
-    assert last.startswith(f"error: cannot save ") and last.endswith(f"in {checkpoints}: OSError: [Errno 28] No space left on device")
+    assert last.startswith("error: cannot save ")
+    assert last.endswith(f"in {checkpoints}: OSError: [Errno 28] No space left on device")
     assert "Traceback" not in out.stderr and "No space left" not in out.stderr.replace(last, "")
 
 
@@ -286,7 +296,8 @@ def test_a_rerun_of_a_finished_run_writes_nothing_even_on_a_read_only_disk(data,
     """A finished stage writes its export only when that is missing; before, every rerun wrote it again."""
     workdir = tmp_path / "w"
     spec = configuration.model_spec(tiny_config(data))
-    checkpointing.save_model(str(workdir / "stages" / "finetune" / "model"), spec, _variables(spec), {"stage": "finetune"})
+    finished = workdir / "stages" / "finetune" / "model"
+    checkpointing.save_model(str(finished), spec, _variables(spec), {"stage": "finetune"})
     config = tiny_config(data, stages="finetune")
     train.train_and_evaluate(config, str(workdir))  # finished: nothing trains, the missing export is written
     assert checkpointing.load_model(str(workdir / "export" / "classsr")).metadata == {"stage": "finetune"}
