@@ -3,6 +3,7 @@ checkpoint, folders that cannot be made, missing configs, a full disk, a hand-ed
 finished workdir, an empty validation folder, and Ctrl-C or SIGTERM. Each ends in one line (or none)."""
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from classsr_jax.cli import prepare
 from classsr_jax.cli import train as train_cli
 from classsr_jax.errors import CheckpointError, ConfigError, DataError, TrainError
 from classsr_jax.training import configuration, guard, stages, train
+from classsr_jax.training.context import manual_sources
 from classsr_jax.training.workdir import Workdir
 
 TEMPORARY = (".orbax-checkpoint-tmp", ".tmp-")
@@ -123,6 +125,19 @@ def test_a_prepared_dataset_is_refused_for_other_photos_than_it_was_prepared_fro
     os.remove(first / "photo3.png")
     with pytest.raises(DataError, match=rf"^dataset classsr_folder/x2 in {prepared} was prepared from other files "):
         open_train_split(first, tfds_dir, tmp_path / "w")
+
+
+def test_the_sources_are_the_files_names_and_sizes_without_a_tfds_folder_inside(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"12")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.png").write_bytes(b"")
+    expected = hashlib.sha256(b"a.png|2\nsub/b.png|0").hexdigest()
+    assert manual_sources(str(tmp_path)) == {"manual_dir": str(tmp_path), "files": 2, "digest": f"sha256:{expected}"}
+    (tmp_path / "tfds").mkdir()
+    (tmp_path / "tfds" / "prepared").write_bytes(b"1")
+    assert manual_sources(str(tmp_path), str(tmp_path / "tfds"))["digest"] == f"sha256:{expected}"
+    (tmp_path / "a.png").write_bytes(b"123")  # the same name, another size
+    assert manual_sources(str(tmp_path), str(tmp_path / "tfds"))["digest"] != f"sha256:{expected}"
 
 
 def test_an_empty_validation_folder_is_named_as_the_validation_split(tmp_path):

@@ -110,11 +110,13 @@ def _load(name: str, split: str, data_dir: str, manual: str | None):
 # ------------------------------------------------------------------------------------ keyed by its sources
 
 
-def manual_sources(manual_dir: str) -> dict[str, Any]:
+def manual_sources(manual_dir: str, data_dir: str | None = None) -> dict[str, Any]:
     """The folder and a digest of every file's path (relative) and size under it: what a prepared dataset was
-    made from."""
+    made from. A TFDS `data_dir` inside it is left out (preparing writes there)."""
     entries = []
-    for folder, _, files in os.walk(manual_dir):
+    skip = os.path.abspath(data_dir) if data_dir else None
+    for folder, dirs, files in os.walk(manual_dir):
+        dirs[:] = [d for d in dirs if os.path.abspath(os.path.join(folder, d)) != skip]
         for name in files:
             path = os.path.join(folder, name)
             entries.append(f"{os.path.relpath(path, manual_dir)}|{os.path.getsize(path)}")
@@ -145,7 +147,7 @@ def _load_keyed(name: str, split: str, data_dir: str, manual: str | None):
     prepared = _prepared_dir(name, data_dir) if manual else None
     if prepared is None:
         return _load(name, split, data_dir, manual)
-    sources = manual_sources(manual) if os.path.isdir(manual) else None
+    sources = manual_sources(manual, data_dir) if os.path.isdir(manual) else None
     marker = os.path.join(prepared, SOURCES_MARKER)
     recorded = _read_marker(marker) if os.path.isdir(prepared) else None
     if recorded is not None and sources is not None and recorded != sources:

@@ -155,12 +155,12 @@ def _train_stage_model(ctx: stages.StageContext, stage: stages.TrainingStage) ->
     """The stage's final variables (host numpy) and the metadata stored with them, trained now."""
     tx = make_optimizer(stage.settings, ctx.config.optimizer)
     run = _open_stage(ctx, stage, tx)
-    iterator = stage.make_iterator(run.seed)
-    run.writer = metric_writers.create_default_writer(
-        ctx.workdir.tensorboard(stage.name), just_logging=not parallel.is_primary_process()
-    )
-    interrupted = False
+    iterator, interrupted = None, False
     try:
+        iterator = stage.make_iterator(run.seed)
+        run.writer = metric_writers.create_default_writer(
+            ctx.workdir.tensorboard(stage.name), just_logging=not parallel.is_primary_process()
+        )
         best = _run_steps(ctx, stage, tx, run, iterator)
     except (KeyboardInterrupt, guard.Terminated) as e:
         interrupted = True

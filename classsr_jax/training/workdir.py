@@ -110,7 +110,7 @@ def config_record(config_json: str, spec: ModelSpec, earlier: list | None = None
 
 # Fields a rerun may change without `allow_changed`: what to run, for how long, on how many CPU devices, and the
 # evaluation (its results.json records its inputs and is computed again when they change).
-RESUMABLE_FIELDS = ("stages", "*.num_steps", "cpu_devices", "allow_changed", "evaluate.*")
+RESUMABLE_FIELDS = ("stages", "finetune.enabled", "*.num_steps", "cpu_devices", "allow_changed", "evaluate.*")
 # Fields whose change alone is not worth rewriting config.json: they say how this run was started.
 NOT_RECORDED = ("stages", "cpu_devices", "allow_changed")
 
