@@ -1,5 +1,5 @@
 """The stages of the recipe: what each trains, from which weights, on which tiles, and what it exports (one
-table, `RECIPES`), and the two stages that train nothing: `divide` and `evaluate`.
+table, `RECIPES`), and stage `evaluate`; stage `divide`, which trains nothing either, is in `divide`.
 
   original  the -O network (the widest branch) trained on all tiles: the paper's baseline and the division's
             reference network;
