@@ -2,8 +2,11 @@
 stage's weights come from.
 
 Layout:
-  config.json                    the run's config and model (a later run with another model is refused)
+  .lock                          the lock of the run using the workdir (its PID); see guard.WorkdirLock
+  config.json                    the run's config and model (a later run with another model is refused, one with
+                                 other values unless config.allow_changed names them; see check_config_changes)
   stages/<stage>/checkpoints/    Orbax CheckpointManager of the train state (last N + best validation PSNR)
+  stages/<stage>/unreadable_checkpoints/  damaged steps moved aside when a run resumed from an earlier one
   stages/<stage>/model/          the stage's finished model; its presence marks the stage done
   division/division.npz          the class division (+ .json summary, _hist.png)
   export/original, export/classsr   inference models for `upscale` / `evaluate`
