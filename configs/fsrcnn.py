@@ -36,6 +36,9 @@ def get_config():
     # On a CPU, run JAX as this many devices, each batch split between them (0: JAX's default, one device).
     # One XLA:CPU program leaves cores idle between its small ops; with one device per core they overlap.
     config.cpu_devices = 0
+    # A rerun in a used workdir must keep its config.json's values, but for the stages and step counts; list here
+    # (comma-separated dotted names, e.g. "original.learning_rate") the fields you mean to change anyway.
+    config.allow_changed = ""
 
     config.model = ml_collections.ConfigDict()
     config.model.network = "fsrcnn"

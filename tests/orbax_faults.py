@@ -1,4 +1,4 @@
-"""Faults injected into Orbax's array writes, for tests: a full disk, and a slow background write.
+"""Faults injected into Orbax's array writes, for tests: a full disk, a slow background write, and a damaged step.
 
 Orbax writes arrays through `StandardCheckpointHandler.async_save`, which starts the writes and returns futures
 that a background thread (asynchronous saves) or the caller (synchronous saves) waits on before the
@@ -7,6 +7,7 @@ disk looks like to Orbax.
 """
 
 import errno
+import os
 import time
 
 import orbax.checkpoint as ocp
@@ -54,3 +55,13 @@ def faulty_async_save(fault, *, skip=0, where=lambda directory: True):
 def install(fault, **kwargs) -> None:
     """For a subprocess: patches Orbax for the rest of the process."""
     ocp.StandardCheckpointHandler.async_save = faulty_async_save(fault, **kwargs)
+
+
+def corrupt_step(step_dir, item="state") -> None:
+    """Damages a saved step as a failing disk would: every file of its `item` (the train state's arrays and
+    index, or the progress JSON) is overwritten with garbage of another length; the step still looks finished."""
+    for folder, _, files in os.walk(os.path.join(step_dir, item)):
+        for name in files:
+            if name != "commit_success.txt":
+                with open(os.path.join(folder, name), "wb") as f:
+                    f.write(b"\x00garbage\xff")

@@ -116,11 +116,14 @@ def test_python_dash_m_names_the_missing_extra_too(tmp_path):
     assert run.stderr.strip() == "error: classsr-convert needs torch: pip install 'classsr_jax[convert]'"
 
 
-def test_bare_config_names_become_the_path_absl_loads(tmp_path):
+def test_bare_config_names_become_the_path_absl_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # found from any working directory: the checkout's (or the wheel's) configs
     quickstart = os.path.join(REPO, "configs", "quickstart.py")
-    assert configuration.config_file_argument("quickstart") == quickstart
-    assert configuration.config_file_argument("smoke:bundled") == os.path.join(REPO, "configs", "smoke.py") + ":bundled"
-    assert configuration.config_file_argument("configs/rcan.py") == "configs/rcan.py"
+    assert configuration.resolve_config_argument("quickstart") == quickstart
+    smoke = os.path.join(REPO, "configs", "smoke.py")
+    assert configuration.resolve_config_argument("smoke:bundled") == smoke + ":bundled"
+    rcan = os.path.join(REPO, "configs", "rcan.py")
+    assert configuration.resolve_config_argument(rcan) == rcan
 
 
 @pytest.mark.slow

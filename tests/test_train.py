@@ -64,14 +64,17 @@ def data(tmp_path_factory):
 
 def tiny_config(data, **overrides):
     photos, tfds_dir = data
-    return configuration.load_config("configs/smoke.py", {"data.manual_dir": photos, "data.data_dir": tfds_dir, **overrides})
+    return configuration.load_config(
+        "configs/smoke.py", {"data.manual_dir": photos, "data.data_dir": tfds_dir, **overrides}
+    )
 
 
 # ------------------------------------------------------------------------------------------------ schedule
 
 
 def test_learning_rate_schedule_is_the_truncated_cosine_of_the_original():
-    # The original's joint schedule: lr(1) = 2e-4, lr(100k) = 1.8091e-4, lr(200k) = 1.3094e-4; RCAN 2.7326e-5 and 2.0326e-5.
+    # The original's joint schedule: lr(1) = 2e-4, lr(100k) = 1.8091e-4, lr(200k) = 1.3094e-4;
+    # RCAN 2.7326e-5 and 2.0326e-5.
     schedule = train.learning_rate_schedule(2e-4, 1e-7, 500_000)
     assert float(schedule(0)) == pytest.approx(2e-4, rel=1e-6)  # optax count 0 is update 1
     assert float(schedule(100_000 - 1)) == pytest.approx(1.8091e-4, rel=1e-4)
@@ -102,13 +105,23 @@ def test_paper_configs_carry_the_papers_hyperparameters():
     for name, config in configs.items():
         assert tuple(config.model.widths) == {"fsrcnn": (16, 36, 56), "rcan": (36, 50, 64)}.get(name, (36, 52, 64))
         joint = config.joint
-        assert (joint.num_steps, joint.cosine_period, joint.class_loss_weight, joint.average_loss_weight) == (200_000, 500_000, 0.5, 3.0)
+        assert (joint.num_steps, joint.cosine_period, joint.class_loss_weight, joint.average_loss_weight) == (
+            200_000,
+            500_000,
+            0.5,
+            3.0,
+        )
         assert joint.batch_size == (60 if name == "rcan" else 96)
         assert config.branches.batch_size == 16 and config.branches.cosine_period == 500_000
         assert config.branches.learning_rate == (1e-3 if name == "fsrcnn" else 2e-4)
     assert (configs["fsrcnn"].joint.learning_rate, configs["fsrcnn"].joint.l1_weight) == (2e-4, 1000.0)
     rcan = configs["rcan"]
-    assert (rcan.joint.learning_rate, rcan.joint.eta_min, rcan.joint.l1_weight, rcan.loss.pixel_range) == (3e-5, 2e-6, 4.0, 255.0)
+    assert (rcan.joint.learning_rate, rcan.joint.eta_min, rcan.joint.l1_weight, rcan.loss.pixel_range) == (
+        3e-5,
+        2e-6,
+        4.0,
+        255.0,
+    )
     assert rcan.branches.num_steps == 1_000_000
 
 
@@ -136,27 +149,52 @@ def test_unknown_missing_and_bad_config_fields_are_one_line_errors(data):
         configuration.validate_config(retyped(data, "joint", "batch_size", "8"))
     with pytest.raises(ConfigError, match=r"^config field joint.num_steps must be positive, got 0$"):
         configuration.validate_config(tiny_config(data, **{"joint.num_steps": 0}))
-    with pytest.raises(ConfigError, match=r"^config field model.widths needs 3 widths \(simple, medium, hard\), got \(4, 6\)$"):
+    with pytest.raises(
+        ConfigError, match=r"^config field model.widths needs 3 widths \(simple, medium, hard\), got \(4, 6\)$"
+    ):
         configuration.validate_config(tiny_config(data, **{"model.widths": (4, 6)}))
     with pytest.raises(ConfigError, match=r"^config field model: unknown field\(s\) for fsrcnn: q$"):
         configuration.validate_config(tiny_config(data, **{"model.extra": {"q": 1}}))
-    with pytest.raises(ConfigError, match=r"^config field evaluate.datasets: 'div2k' is neither 'validation' nor 'dataset:split'$"):
+    with pytest.raises(
+        ConfigError, match=r"^config field evaluate.datasets: 'div2k' is neither 'validation' nor 'dataset:split'$"
+    ):
         configuration.validate_config(tiny_config(data, **{"evaluate.datasets": "validation,test=div2k"}))
-    with pytest.raises(ConfigError, match=r"^config field evaluate.budget is -0.5: use a positive share of the -O FLOPs, or 0 for none$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^config field evaluate.budget is -0.5: use a positive share of the -O FLOPs, or 0 for none$",
+    ):
         configuration.validate_config(tiny_config(data, **{"evaluate.budget": -0.5}))
     with pytest.raises(ConfigError, match=r"^config field finetune.calibrate_routing is 1: use True or False$"):
         configuration.validate_config(retyped(data, "finetune", "calibrate_routing", 1))
     with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original is 'yes': use True or False$"):
         configuration.validate_config(retyped(data, "branches", "slim_from_original", "yes"))
-    with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original: cutting branches out of -O is implemented for fsrcnn, not carn$"):
-        configuration.validate_config(tiny_config(data, **{"model.network": "carn", "model.extra": {}, "branches.slim_from_original": True}))
-    with pytest.raises(ConfigError, match=r"^config field branches.slim_from_original needs branches no wider than -O \(the last width\), got \(4, 10, 8\)$"):
-        configuration.validate_config(tiny_config(data, **{"model.widths": (4, 10, 8), "branches.slim_from_original": True}))
+    with pytest.raises(
+        ConfigError,
+        match=r"^config field branches.slim_from_original: cutting branches out of -O is implemented for fsrcnn, "
+        r"not carn$",
+    ):
+        configuration.validate_config(
+            tiny_config(data, **{"model.network": "carn", "model.extra": {}, "branches.slim_from_original": True})
+        )
+    with pytest.raises(
+        ConfigError,
+        match=r"^config field branches.slim_from_original needs branches no wider than -O \(the last width\), "
+        r"got \(4, 10, 8\)$",
+    ):
+        configuration.validate_config(
+            tiny_config(data, **{"model.widths": (4, 10, 8), "branches.slim_from_original": True})
+        )
     with pytest.raises(ConfigError, match=r"^config field model.init is 'bicubic': use 'paper' or 'interpolation'$"):
         configuration.validate_config(tiny_config(data, **{"model.init": "bicubic"}))
-    with pytest.raises(ConfigError, match=r"^config field model.init: an interpolating start is implemented for fsrcnn, not carn$"):
-        configuration.validate_config(tiny_config(data, **{"model.network": "carn", "model.extra": {}, "model.init": "interpolation"}))
-    with pytest.raises(ConfigError, match=r"^config field cpu_devices is -1: use a number of devices, or 0 for JAX's default$"):
+    with pytest.raises(
+        ConfigError, match=r"^config field model.init: an interpolating start is implemented for fsrcnn, not carn$"
+    ):
+        configuration.validate_config(
+            tiny_config(data, **{"model.network": "carn", "model.extra": {}, "model.init": "interpolation"})
+        )
+    with pytest.raises(
+        ConfigError, match=r"^config field cpu_devices is -1: use a number of devices, or 0 for JAX's default$"
+    ):
         configuration.validate_config(tiny_config(data, cpu_devices=-1))
     assert configuration.selected_stages(tiny_config(data)) == ("original", "divide", "branches", "joint", "evaluate")
     assert "finetune" in configuration.selected_stages(tiny_config(data, **{"finetune.enabled": True}))
@@ -168,12 +206,23 @@ def test_each_stage_draws_its_tiles_where_its_config_says(data, tmp_path, monkey
     from classsr_jax.data import division as division_lib
 
     work = Workdir(str(tmp_path))
-    division_lib.save_division(division_lib.Division(
-        names=("a",), image_index=np.zeros(3, np.int32), y=np.zeros(3, np.int32), x=np.array([0, 16, 32], np.int32),
-        psnr=np.array([20.0, 30.0, 40.0], np.float32), label=np.array([2, 1, 0], np.int8), thresholds=(25.0, 35.0),
-        scale=2), work.division)
+    division_lib.save_division(
+        division_lib.Division(
+            names=("a",),
+            image_index=np.zeros(3, np.int32),
+            y=np.zeros(3, np.int32),
+            x=np.array([0, 16, 32], np.int32),
+            psnr=np.array([20.0, 30.0, 40.0], np.float32),
+            label=np.array([2, 1, 0], np.int8),
+            thresholds=(25.0, 35.0),
+            scale=2,
+        ),
+        work.division,
+    )
     drawn = []
-    monkeypatch.setattr(stages, "create_train_iterator", lambda _, **kw: drawn.append((kw["division"], kw["class_filter"])))
+    monkeypatch.setattr(
+        stages, "create_train_iterator", lambda _, **kw: drawn.append((kw["division"], kw["class_filter"]))
+    )
 
     def draws(stage, **overrides):
         config = tiny_config(data, **overrides)
@@ -276,11 +325,15 @@ def test_eight_devices_equal_one_device_with_the_same_global_batch(kind):
             reference, _ = plain(reference, batch)
         others.append(jax.device_get(reference))
     for other in others:
-        jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), eight.params, other.params)
+        jax.tree_util.tree_map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0), eight.params, other.params
+        )
     for key in m8:
         np.testing.assert_allclose(m8[key], m1[key], atol=1e-5, rtol=1e-5)
     assert int(eight.step) == 3
-    changed = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), eight.params, state.params))
+    changed = jax.tree_util.tree_leaves(
+        jax.tree_util.tree_map(lambda a, b: np.abs(a - b).max(), eight.params, state.params)
+    )
     assert max(changed) > 1e-4  # the steps did train
 
 
@@ -292,13 +345,20 @@ def test_a_raw_uint8_batch_with_colours_trains_like_its_host_finished_floats():
     state = train.create_train_state({"params": variables["params"]["net3"]}, tx, None)
     rng = np.random.default_rng(3)
     hr = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
-    raw = {"lr": hr[:, ::2, ::2].copy(), "hr": hr,
-           "colour": ColourAugment(permute_channels=True, hue_degrees=180.0, saturation=0.25).draw(rng, 16).astype(np.float32)}
+    raw = {
+        "lr": hr[:, ::2, ::2].copy(),
+        "hr": hr,
+        "colour": ColourAugment(permute_channels=True, hue_degrees=180.0, saturation=0.25)
+        .draw(rng, 16)
+        .astype(np.float32),
+    }
     step_fn = functools.partial(train.train_step, model=model, tx=tx, objective=Objective("l1"))
     mesh = parallel.create_mesh()
     from_raw, m_raw = run_steps(mesh, state, [raw], step_fn)
     from_floats, m_floats = run_steps(mesh, state, [input_pipeline.finish_batch(raw)], step_fn)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=0), from_raw.params, from_floats.params)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=0), from_raw.params, from_floats.params
+    )
     np.testing.assert_allclose(m_raw["loss"], m_floats["loss"], rtol=1e-5)
     assert not np.allclose(input_pipeline.finish_batch(raw)["hr"], hr / 255.0, atol=0.05)  # the colours did change
 
@@ -340,15 +400,28 @@ def test_joint_step_differentiates_only_the_classifier():
     forward = count_convs(jax.make_jaxpr(lambda v: model.apply(v, x))(variables).jaxpr)
     classify = lambda p: model.apply({"params": {**variables["params"], "classifier": p}}, x, method=model.classify)
     classifier_forward = count_convs(jax.make_jaxpr(classify)(variables["params"]["classifier"]).jaxpr)
-    classifier_grad = count_convs(jax.make_jaxpr(jax.grad(lambda p: classify(p).sum()))(variables["params"]["classifier"]).jaxpr)
+    classifier_grad = count_convs(
+        jax.make_jaxpr(jax.grad(lambda p: classify(p).sum()))(variables["params"]["classifier"]).jaxpr
+    )
     assert step_convs(("classifier",)) == forward + classifier_grad - classifier_forward
     assert step_convs(None) > step_convs(("classifier",)) + 2 * 3  # fine-tuning differentiates the branches
 
     state = train.create_train_state(variables, tx, ("classifier",))
-    new_state, metrics = jax.jit(functools.partial(train.train_step, model=model, tx=tx, objective=objective, axis_name=None))(state, batch)
+    new_state, metrics = jax.jit(
+        functools.partial(train.train_step, model=model, tx=tx, objective=objective, axis_name=None)
+    )(state, batch)
     assert set(new_state.params) == {"classifier"}
     jax.tree_util.tree_map(np.testing.assert_array_equal, new_state.frozen_params, state.frozen_params)
-    assert set(metrics) == {"loss", "l1", "class_loss", "average_loss", "psnr", "prob_mass", "argmax_share", "grad_norm"}
+    assert set(metrics) == {
+        "loss",
+        "l1",
+        "class_loss",
+        "average_loss",
+        "psnr",
+        "prob_mass",
+        "argmax_share",
+        "grad_norm",
+    }
     assert metrics["prob_mass"].shape == (3,) and float(metrics["argmax_share"].sum()) == pytest.approx(1.0)
 
 
@@ -370,9 +443,13 @@ def test_carn_branches_use_stored_statistics_when_frozen_and_batch_statistics_wh
     branch_spec = spec.branch(0)
     branch_vars = {"params": variables["params"]["net1"], "batch_stats": stats["net1"]}
     state = train.create_train_state(branch_vars, tx)
-    branch_step = functools.partial(train.train_step, model=branch_spec.build(), tx=tx, objective=Objective("l1"), axis_name=None)
+    branch_step = functools.partial(
+        train.train_step, model=branch_spec.build(), tx=tx, objective=Objective("l1"), axis_name=None
+    )
     new_state, _ = jax.jit(branch_step)(state, batch)
-    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), new_state.batch_stats, stats["net1"])
+    moved = jax.tree_util.tree_map(
+        lambda a, b: float(np.abs(np.asarray(a) - b).max()), new_state.batch_stats, stats["net1"]
+    )
     assert min(jax.tree_util.tree_leaves(moved)) > 0
 
 
@@ -381,7 +458,9 @@ def test_half_precision_computes_in_bfloat16_and_keeps_float32_parameters():
     tx = optax.adam(1e-3)
     objective = Objective("classsr", l1_weight=1000.0, class_loss_weight=0.5, average_loss_weight=3.0)
     state = train.create_train_state(variables, tx, ("classifier",))
-    step = functools.partial(train.train_step, model=spec.build(dtype=jnp.bfloat16), tx=tx, objective=objective, axis_name=None)
+    step = functools.partial(
+        train.train_step, model=spec.build(dtype=jnp.bfloat16), tx=tx, objective=objective, axis_name=None
+    )
     new_state, metrics = jax.jit(step)(state, tiny_batch(8))
     assert all(a.dtype == np.float32 for a in jax.tree_util.tree_leaves(new_state.params))
     assert np.isfinite(metrics["loss"])
@@ -394,8 +473,10 @@ def test_eval_step_sums_match_numpy_and_ignore_padding():
     batch = tiny_batch(16, seed=5)
     batch["weight"] = (np.arange(16) < 11).astype(np.float32)
     run = parallel.data_parallel(
-        functools.partial(train.eval_step, model=model, objective=objective), parallel.create_mesh(),
-        donate_state=False, out_specs=jax.sharding.PartitionSpec(),
+        functools.partial(train.eval_step, model=model, objective=objective),
+        parallel.create_mesh(),
+        donate_state=False,
+        out_specs=jax.sharding.PartitionSpec(),
     )
     mesh = parallel.create_mesh()
     sums = parallel.host_copy(run(parallel.replicate(variables, mesh), parallel.global_batch(batch, mesh)))
@@ -404,7 +485,9 @@ def test_eval_step_sums_match_numpy_and_ignore_padding():
     hr = batch["hr"][:11]
     assert out["l1"] == pytest.approx(np.mean(np.abs(mixed - hr)), rel=1e-5)
     assert out["prob_mass"] == pytest.approx(probs.mean(0).tolist(), rel=1e-5)
-    assert out["average_loss"] == pytest.approx(np.sum(np.abs(probs.sum(0) - 11 / 3)) / (4 * 11 / 3), rel=1e-4, abs=1e-6)
+    assert out["average_loss"] == pytest.approx(
+        np.sum(np.abs(probs.sum(0) - 11 / 3)) / (4 * 11 / 3), rel=1e-4, abs=1e-6
+    )
     assert out["argmax_share"] == pytest.approx(np.bincount(probs.argmax(1), minlength=3) / 11)
 
 
@@ -415,14 +498,25 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
     workdir = str(tmp_path / "run")
     result = train.train_and_evaluate(tiny_config(data, **{"finetune.enabled": True}), workdir)
     assert result["stages"] == ["original", "divide", "branches", "joint", "finetune", "evaluate"]
-    for path in ("config.json", "division/division.npz", "division/division.json", "division/division_hist.png",
-                 "evaluation/results.json", "evaluation/table.md", "stages/branch3/model", "stages/finetune/model"):
+    for path in (
+        "config.json",
+        "division/division.npz",
+        "division/division.json",
+        "division/division_hist.png",
+        "evaluation/results.json",
+        "evaluation/table.md",
+        "stages/branch3/model",
+        "stages/finetune/model",
+    ):
         assert os.path.exists(os.path.join(workdir, path)), path
     assert os.listdir(os.path.join(workdir, "tensorboard", "joint"))
     exported = checkpointing.load_model(resolve_model_dir(workdir))  # a workdir means its export/classsr
     assert exported.spec == configuration.model_spec(tiny_config(data))
     assert exported.metadata["stage"] == "finetune"
-    np.testing.assert_array_equal(exported.variables["params"]["classifier"]["fc"]["kernel"], result["variables"]["finetune"]["params"]["classifier"]["fc"]["kernel"])
+    np.testing.assert_array_equal(
+        exported.variables["params"]["classifier"]["fc"]["kernel"],
+        result["variables"]["finetune"]["params"]["classifier"]["fc"]["kernel"],
+    )
     original = checkpointing.load_model(os.path.join(workdir, "export", "original"))
     assert original.spec == exported.spec.branch(2)
     evaluation = result["evaluation"]
@@ -430,10 +524,14 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
     assert set(rows) == {"bicubic", "original", "classsr"}
     assert 0 < rows["classsr"]["flops_percent"] and len(rows["classsr"]["class_ratio"]) == 3
     table = evaluation["table"].split("\n\n")[0].splitlines()
-    assert table[0] == ("| Dataset | Model | Params | PSNR (dB) | PSNR-Y (dB) | FLOPs/tile (% of -O) | "
-                        "tiles simple/medium/hard (%) |")
+    assert table[0] == (
+        "| Dataset | Model | Params | PSNR (dB) | PSNR-Y (dB) | FLOPs/tile (% of -O) | tiles simple/medium/hard (%) |"
+    )
     assert [line.split(" | ")[:2] for line in table[2:]] == [
-        ["| validation", "Bicubic"], ["| validation", "FSRCNN-O"], ["| validation", "ClassSR-FSRCNN"]]
+        ["| validation", "Bicubic"],
+        ["| validation", "FSRCNN-O"],
+        ["| validation", "ClassSR-FSRCNN"],
+    ]
     with open(os.path.join(workdir, "evaluation", "results.json")) as f:
         assert json.load(f)["table"] == evaluation["table"]
     # Every stage trained exactly its steps; the checkpoint records the stage and model.
@@ -465,7 +563,8 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
     assert out["stages"] == ["joint", "evaluate"]
     for k in (1, 2, 3):
         jax.tree_util.tree_map(
-            np.testing.assert_array_equal, out["variables"]["joint"]["params"][f"net{k}"],
+            np.testing.assert_array_equal,
+            out["variables"]["joint"]["params"][f"net{k}"],
             result["variables"][f"branch{k}"]["params"],
         )
     assert set(out["evaluation"]["datasets"]["validation"]) == {"bicubic", "classsr"}  # no -O given
@@ -474,12 +573,30 @@ def test_all_stages_end_to_end_then_rerun_skips_and_official_weights_skip_stages
 
 def test_reused_original_is_the_widest_branch_and_tiles_any_needs_no_division(data, tmp_path):
     # The narrow branches start cut out of -O; at a learning rate of 0 they end where they started.
-    overrides = {"branches.reuse_original": True, "branches.tiles": "any", "joint.tiles": "any", "joint.calibrate_routing": True,
-                 "branches.slim_from_original": True, "branches.learning_rate": 0.0, "branches.eta_min": 0.0}
-    with pytest.raises(TrainError, match=r"^config field branches.reuse_original needs the -O network: run stage original, or give --config.pretrained.original$"):
+    overrides = {
+        "branches.reuse_original": True,
+        "branches.tiles": "any",
+        "joint.tiles": "any",
+        "joint.calibrate_routing": True,
+        "branches.slim_from_original": True,
+        "branches.learning_rate": 0.0,
+        "branches.eta_min": 0.0,
+    }
+    with pytest.raises(
+        TrainError,
+        match=r"^config field branches.reuse_original needs the -O network: run stage original, or give "
+        r"--config.pretrained.original$",
+    ):
         train.train_and_evaluate(tiny_config(data, stages="branches,joint", **overrides), str(tmp_path / "none"))
-    with pytest.raises(TrainError, match=r"^config field branches.slim_from_original needs the -O network: run stage original, or give --config.pretrained.original$"):
-        train.train_and_evaluate(tiny_config(data, stages="branches", **{**overrides, "branches.reuse_original": False}), str(tmp_path / "none"))
+    with pytest.raises(
+        TrainError,
+        match=r"^config field branches.slim_from_original needs the -O network: run stage original, or give "
+        r"--config.pretrained.original$",
+    ):
+        train.train_and_evaluate(
+            tiny_config(data, stages="branches", **{**overrides, "branches.reuse_original": False}),
+            str(tmp_path / "none"),
+        )
     assert not os.path.exists(tmp_path / "none")
     workdir = str(tmp_path / "run")
     out = train.train_and_evaluate(tiny_config(data, stages="original,branches,joint", **overrides), workdir)
@@ -490,7 +607,9 @@ def test_reused_original_is_the_widest_branch_and_tiles_any_needs_no_division(da
     jax.tree_util.tree_map(np.testing.assert_array_equal, params["net3"], out["variables"]["original"]["params"])
     jax.tree_util.tree_map(np.testing.assert_array_equal, params["net1"], out["variables"]["branch1"]["params"])
     for k, width in ((1, 4), (2, 6)):
-        cut = slim.slim_params("fsrcnn", jax.tree_util.tree_map(np.asarray, out["variables"]["original"]["params"]), width)
+        cut = slim.slim_params(
+            "fsrcnn", jax.tree_util.tree_map(np.asarray, out["variables"]["original"]["params"]), width
+        )
         jax.tree_util.tree_map(np.testing.assert_array_equal, out["variables"][f"branch{k}"]["params"], cut)
     # The joint model's routing was calibrated on 256 of its training tiles (the smoke config's): equal shares
     # after, and its record (in the stage's model and its export) holds the offsets added to the Class-Module's
@@ -507,16 +626,27 @@ def test_networks_trained_from_scratch_start_as_model_init_says(data, tmp_path):
     # as cubic interpolation, from the random initialisation of their own seed (config seed, + k + 1 for branch k);
     # the smoke config starts the widest branch from -O, so branch3 is -O's start.
     zero = {"learning_rate": 0.0, "eta_min": 0.0}
-    overrides = {"model.init": "interpolation", "branches.tiles": "any",
-                 **{f"{stage}.{k}": v for stage in ("original", "branches") for k, v in zero.items()}}
+    overrides = {
+        "model.init": "interpolation",
+        "branches.tiles": "any",
+        **{f"{stage}.{k}": v for stage in ("original", "branches") for k, v in zero.items()},
+    }
     config = tiny_config(data, stages="original,branches", **overrides)
     out = train.train_and_evaluate(config, str(tmp_path / "run"))
     spec = configuration.model_spec(config)
-    for name, k, seed in (("original", 2, config.seed), ("branch1", 0, config.seed + 1), ("branch2", 1, config.seed + 2),
-                            ("branch3", 2, config.seed)):
+    for name, k, seed in (
+        ("original", 2, config.seed),
+        ("branch1", 0, config.seed + 1),
+        ("branch2", 1, config.seed + 2),
+        ("branch3", 2, config.seed),
+    ):
         branch = spec.branch(k)
-        expected = interpolating_params("fsrcnn", branch.init(seed=seed, tile=config.data.lr_patch)["params"], branch.scale)
-        jax.tree_util.tree_map(functools.partial(np.testing.assert_array_equal, err_msg=name), out["variables"][name]["params"], expected)
+        expected = interpolating_params(
+            "fsrcnn", branch.init(seed=seed, tile=config.data.lr_patch)["params"], branch.scale
+        )
+        jax.tree_util.tree_map(
+            functools.partial(np.testing.assert_array_equal, err_msg=name), out["variables"][name]["params"], expected
+        )
 
 
 def test_missing_inputs_fail_before_the_workdir_is_touched(data, tmp_path):
@@ -591,7 +721,11 @@ def test_a_full_disk_during_training_is_one_line_naming_the_folder(data, tmp_pat
     with pytest.raises(CheckpointError) as err:
         train.train_and_evaluate(tiny_config(data, stages="original"), str(workdir))
     checkpoints = workdir / "stages" / "original" / "checkpoints"
-    where = f"a training checkpoint in {checkpoints}" if failing == "checkpoint" else f"model {workdir / 'stages' / 'original' / 'model'}"
+    where = (
+        f"a training checkpoint in {checkpoints}"
+        if failing == "checkpoint"
+        else f"model {workdir / 'stages' / 'original' / 'model'}"
+    )
     verb = "save" if failing == "checkpoint" else "write"
     assert str(err.value) == f"cannot {verb} {where}: OSError: [Errno 28] No space left on device"
     assert checkpointing.latest_train_step(str(checkpoints)) == (2 if failing == "checkpoint" else 4)
@@ -602,8 +736,11 @@ def test_a_full_disk_during_training_is_one_line_naming_the_folder(data, tmp_pat
 def test_evaluation_is_computed_again_when_its_models_datasets_or_protocol_change(data, tmp_path, monkeypatch):
     spec = configuration.model_spec(tiny_config(data))
     first_model, second_model = (
-        checkpointing.save_model(str(tmp_path / name), spec, _variables(spec) if seed == 1 else
-                                 jax.tree_util.tree_map(lambda a: 0.9 * a, _variables(spec)))
+        checkpointing.save_model(
+            str(tmp_path / name),
+            spec,
+            _variables(spec) if seed == 1 else jax.tree_util.tree_map(lambda a: 0.9 * a, _variables(spec)),
+        )
         for name, seed in (("a", 1), ("b", 2))
     )
     calls = []
@@ -614,15 +751,25 @@ def test_evaluation_is_computed_again_when_its_models_datasets_or_protocol_chang
 
     def evaluate(**overrides):
         calls.clear()
-        config = tiny_config(data, stages="evaluate", **{"pretrained.classsr": first_model, **overrides})
+        # The evaluation's own fields may change in a used workdir; the model it evaluates must be allowed to.
+        config = tiny_config(
+            data,
+            stages="evaluate",
+            allow_changed="pretrained.classsr",
+            **{"pretrained.classsr": first_model, **overrides},
+        )
         return train.train_and_evaluate(config, str(workdir))["evaluation"], len(calls)
 
     first, evaluated = evaluate()
     assert evaluated == 1  # one model on one dataset
-    pairs = stages.dataset_pairs(stages.StageContext(tiny_config(data), None, None, None, None).dataset("classsr_folder/x2", "validation"))
+    pairs = stages.dataset_pairs(
+        stages.StageContext(tiny_config(data), None, None, None, None).dataset("classsr_folder/x2", "validation")
+    )
     assert first["computed_from"] == {
         "models": {"classsr": checkpointing.variables_digest(checkpointing.load_model(first_model).variables)},
-        "datasets": {"validation": {"source": "classsr_folder/x2:validation", "images": 1, "digest": stages.pairs_digest(pairs)}},
+        "datasets": {
+            "validation": {"source": "classsr_folder/x2:validation", "images": 1, "digest": stages.pairs_digest(pairs)}
+        },
         "protocol": "full",
         "scale": 2,
         "tiles": {"tile": 32, "step": 28, "overlap": 8},
@@ -667,7 +814,9 @@ def uncached_env() -> dict[str, str]:
 
 def cli(*args, cwd=REPO, env=None, **kwargs):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "classsr_jax.main", *args], cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "classsr_jax.main", *args], cwd=cwd, env=env, capture_output=True, text=True, **kwargs
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -675,12 +824,21 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def snapshot(root):
-    return sorted((os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns) for d, _, fs in os.walk(root) for f in fs)
+    return sorted(
+        (os.path.relpath(os.path.join(d, f), root), os.stat(os.path.join(d, f)).st_mtime_ns)
+        for d, _, fs in os.walk(root)
+        for f in fs
+    )
 
 
 def test_cli_one_line_errors_and_an_incompatible_workdir_is_left_untouched(data, tmp_path):
     photos, tfds_dir = data
-    common = ["--config", "configs/smoke.py", f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}"]
+    common = [
+        "--config",
+        "configs/smoke.py",
+        f"--config.data.manual_dir={photos}",
+        f"--config.data.data_dir={tfds_dir}",
+    ]
     bad = cli(*common, "--workdir", str(tmp_path / "w"), "--config.joint.lr=1")
     assert bad.returncode != 0
     assert error_lines(bad.stderr) == [bad.stderr.strip().splitlines()[-1]]
@@ -707,8 +865,15 @@ def test_the_command_runs_from_another_working_directory(data, tmp_path):
     site = tmp_path / "site"
     os.makedirs(site)
     os.symlink(os.path.join(REPO, "classsr_jax"), site / "classsr_jax")
-    out = cli("--config", os.path.join(REPO, "configs", "smoke.py"), "--workdir", str(tmp_path / "w"),
-              "--config.stages=jointt", cwd=str(tmp_path), env={"PYTHONPATH": str(site)})
+    out = cli(
+        "--config",
+        os.path.join(REPO, "configs", "smoke.py"),
+        "--workdir",
+        str(tmp_path / "w"),
+        "--config.stages=jointt",
+        cwd=str(tmp_path),
+        env={"PYTHONPATH": str(site)},
+    )
     assert out.returncode == 1
     assert error_lines(out.stderr) == [
         "error: config field stages has unknown stage(s) jointt: use 'all' or some of original, divide, branches, "
@@ -726,10 +891,17 @@ def original_stage_args(data, workdir, *, num_steps: int, checkpoint_every: int,
     """The command line of the smoke config's `original` stage, with every checkpoint kept."""
     photos, tfds_dir = data
     return [
-        "--config", "configs/smoke.py", "--workdir", str(workdir), "--config.stages=original",
-        f"--config.data.manual_dir={photos}", f"--config.data.data_dir={tfds_dir}",
-        f"--config.original.num_steps={num_steps}", f"--config.original.checkpoint_every_steps={checkpoint_every}",
-        "--config.original.eval_every_steps=1000", f"--config.original.log_every_steps={log_every}",
+        "--config",
+        "configs/smoke.py",
+        "--workdir",
+        str(workdir),
+        "--config.stages=original",
+        f"--config.data.manual_dir={photos}",
+        f"--config.data.data_dir={tfds_dir}",
+        f"--config.original.num_steps={num_steps}",
+        f"--config.original.checkpoint_every_steps={checkpoint_every}",
+        "--config.original.eval_every_steps=1000",
+        f"--config.original.log_every_steps={log_every}",
         "--config.checkpoint.keep_last=100",
     ]
 
@@ -739,8 +911,13 @@ def test_kill_9_after_the_first_checkpoint_then_the_same_command_resumes_and_fin
     args = original_stage_args(data, workdir, num_steps=300, checkpoint_every=10, log_every=50)
     env = uncached_env()
     checkpoints = workdir / "stages" / "original" / "checkpoints"
-    process = subprocess.Popen([sys.executable, "-m", "classsr_jax.main", *args], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "classsr_jax.main", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not finished_steps(checkpoints) and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
@@ -778,8 +955,9 @@ def test_kill_9_during_a_background_save_then_the_rerun_resumes_from_the_last_co
     )
     env = uncached_env()
     checkpoints = workdir / "stages" / "original" / "checkpoints"
-    process = subprocess.Popen([sys.executable, str(slow_main), *args], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(slow_main), *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     in_progress = lambda: [n for n in os.listdir(checkpoints) if TMP_SUFFIX in n] if checkpoints.is_dir() else []
     deadline = time.time() + 180
     while not (finished_steps(checkpoints) and in_progress()) and time.time() < deadline and process.poll() is None:
@@ -813,8 +991,22 @@ def test_two_processes_train_two_steps_and_end_with_identical_parameters(data, t
     env = uncached_env()
     workers = [
         subprocess.Popen(
-            [sys.executable, "tests/multiprocess_worker.py", str(i), "2", str(port), workdir, photos, tfds_dir, str(tmp_path / f"p{i}.npz")],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "tests/multiprocess_worker.py",
+                str(i),
+                "2",
+                str(port),
+                workdir,
+                photos,
+                tfds_dir,
+                str(tmp_path / f"p{i}.npz"),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for i in range(2)
     ]

@@ -18,6 +18,7 @@ from absl import flags
 
 from classsr_jax import cli
 from classsr_jax.data.testsets import DIV8K_TEST_SETS, build_bundled, build_div8k_test_sets, build_val10
+from classsr_jax.errors import WriteError
 
 PROGRAM = "classsr-prepare"
 # Each set, and the flags it takes besides --output, --scale and --no-progress.
@@ -32,23 +33,12 @@ FLAGS = flags.FlagValues()
 flags.DEFINE_string("output", None, "Folder that receives <set>/HR/X<s> and <set>/LR/X<s>.", flag_values=FLAGS)
 flags.DEFINE_enum("scale", "4", ["2", "3", "4"], "SR factor.", flag_values=FLAGS)
 flags.DEFINE_boolean("no-progress", False, "Hide the progress bar.", flag_values=FLAGS)
-flags.DEFINE_string(
-    "div8k", None, "testsets: folder with the DIV8K HR images (1201.png … 1500.png).", flag_values=FLAGS
-)
-flags.DEFINE_integer(
-    "factor-2k",
-    DIV8K_TEST_SETS["Test2K"][2],
-    "testsets: downscale factor from DIV8K to Test2K.",
-    lower_bound=1,
-    flag_values=FLAGS,
-)
-flags.DEFINE_integer(
-    "factor-4k",
-    DIV8K_TEST_SETS["Test4K"][2],
-    "testsets: downscale factor from DIV8K to Test4K.",
-    lower_bound=1,
-    flag_values=FLAGS,
-)
+flags.DEFINE_string("div8k", None, "testsets: folder with the DIV8K HR images (1201.png … 1500.png).",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("factor-2k", DIV8K_TEST_SETS["Test2K"][2], "testsets: downscale factor from DIV8K to Test2K.",
+                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("factor-4k", DIV8K_TEST_SETS["Test4K"][2], "testsets: downscale factor from DIV8K to Test4K.",
+                     lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_string("div2k", None, "val10: folder with the DIV2K HR images (0801.png … 0810.png).", flag_values=FLAGS)
 
 
@@ -73,13 +63,16 @@ def prepare(which: str, flag_values: flags.FlagValues) -> int:
     cli.require_flags(flag_values, "output", *required)
     output, scale = flag_values.output, int(flag_values.scale)
     progress = not flag_values["no-progress"].value
-    if which == "testsets":
-        factors = {"Test2K": flag_values["factor-2k"].value, "Test4K": flag_values["factor-4k"].value}
-        reports = build_div8k_test_sets(flag_values.div8k, output, scale, factors, progress=progress)
-    elif which == "val10":
-        reports = [build_val10(flag_values.div2k, output, scale, progress=progress)]
-    else:
-        reports = [build_bundled(output, scale, progress=progress)]
+    try:
+        if which == "testsets":
+            factors = {"Test2K": flag_values["factor-2k"].value, "Test4K": flag_values["factor-4k"].value}
+            reports = build_div8k_test_sets(flag_values.div8k, output, scale, factors, progress=progress)
+        elif which == "val10":
+            reports = [build_val10(flag_values.div2k, output, scale, progress=progress)]
+        else:
+            reports = [build_bundled(output, scale, progress=progress)]
+    except OSError as e:  # a folder that cannot be made (read-only disk, a file in the way): one line
+        raise WriteError(f"cannot write to output folder {output}: {e.strerror or e} ({e.filename})") from None
     for report in reports:
         print(report.line())
     skipped, missing = sum(len(r.skipped) for r in reports), sum(len(r.missing) for r in reports)

@@ -106,7 +106,8 @@ class RoutingCalibrator:
         offsets = balance_offsets(logits, np.full(logits.shape[1], 1.0 / logits.shape[1]))
         params = jax.tree_util.tree_map(np.asarray, dict(variables["params"]))
         fc = params["classifier"]["fc"]
-        params["classifier"] = {**params["classifier"], "fc": {**fc, "bias": (fc["bias"] + offsets).astype(fc["bias"].dtype)}}
+        bias = (fc["bias"] + offsets).astype(fc["bias"].dtype)
+        params["classifier"] = {**params["classifier"], "fc": {**fc, "bias": bias}}
         return {**variables, "params": params}, logits, offsets
 
     def calibrate(self, variables: dict[str, Any]) -> dict[str, Any]:

@@ -41,12 +41,15 @@ CONFIGS_FOLDER = "configs"
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _config_folders() -> list[Path]:
-    """Where <name>.py may live: configs/ of the working directory, of the checkout this package came from, and
-    the installed package classsr_jax.configs (pyproject maps configs/ into the wheel under that name)."""
+def _search_roots() -> list[Path]:
+    """Where configs/<name>.py may live: the working directory, the checkout this package came from, and the
+    package itself (a wheel carries the configs as classsr_jax/configs)."""
     package = Path(__file__).resolve().parents[1]
-    folders = [Path.cwd() / CONFIGS_FOLDER, package.parent / CONFIGS_FOLDER, package / CONFIGS_FOLDER]
-    return list(dict.fromkeys(folders))
+    roots = [Path.cwd()]
+    for root in (package.parent, package):
+        if root not in roots:
+            roots.append(root)
+    return roots
 
 
 def split_config_argument(text: str) -> tuple[str, str | None]:
@@ -57,23 +60,57 @@ def split_config_argument(text: str) -> tuple[str, str | None]:
     return text, None
 
 
+def _available_configs() -> tuple[str, str]:
+    """(where configs were looked for, the names found there)."""
+    roots = _search_roots()
+    names = sorted({p.stem for r in roots for p in (r / CONFIGS_FOLDER).glob("*.py") if p.stem != "__init__"})
+    where = " or ".join(str(r / CONFIGS_FOLDER) for r in roots)
+    return where, ", ".join(names) or "none (run from a checkout of the repository)"
+
+
 def find_config(name: str) -> str:
     """The absolute path of a config: a .py file, or a bare name such as 'fsrcnn' (configs/<name>.py)."""
     if name.endswith(".py"):
         if os.path.isfile(name):
             return os.path.abspath(name)
-        raise ConfigError(f"config file {name} does not exist")
-    for folder in _config_folders():
-        path = folder / f"{name}.py"
+        where, names = _available_configs()
+        raise ConfigError(f"config file {name} does not exist; the configs in {where}: {names}")
+    for root in _search_roots():
+        path = root / CONFIGS_FOLDER / f"{name}.py"
         if path.is_file():
             return str(path)
-    folders = [f for f in _config_folders() if f.is_dir()] or _config_folders()
-    available = sorted({p.stem for f in folders for p in f.glob("*.py") if p.stem != "__init__"})
-    where = " or ".join(map(str, folders))
-    raise ConfigError(
-        f"no config {name!r} in {where}; available: "
-        f"{', '.join(available) or 'none (run from a checkout of the repository)'}"
-    )
+    where, names = _available_configs()
+    raise ConfigError(f"no config {name!r} in {where}; available: {names}")
+
+
+def config_flag(argv: list[str]) -> tuple[int, str] | None:
+    """(index in argv, value) of the --config flag in a command line, if given."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return i, arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return i + 1, argv[i + 1]
+    return None
+
+
+def resolve_config_flag(argv: list[str]) -> list[str]:
+    """argv with its --config value resolved (`resolve_config_argument`); a ConfigError if it cannot be loaded."""
+    found = config_flag(argv)
+    if found is None:
+        return argv
+    index, value = found
+    resolved = resolve_config_argument(value)
+    value = f"--config={resolved}" if argv[index].startswith("--config=") else resolved
+    return [*argv[:index], value, *argv[index + 1:]]
+
+
+def resolve_config_argument(text: str) -> str:
+    """A --config value ('path[:arg]' or 'name[:arg]') as 'absolute path[:arg]', after loading it once, so
+    that a missing or failing config is one ConfigError before absl reads it."""
+    load_config(text)
+    path, arg = split_config_argument(text)
+    path = find_config(path)
+    return f"{path}:{arg}" if arg is not None else path
 
 
 def config_root(path: str) -> str | None:
@@ -90,16 +127,6 @@ def add_config_root_to_path(path: str | None) -> None:
         sys.modules.setdefault(CONFIGS_FOLDER, importlib.import_module(f"classsr_jax.{CONFIGS_FOLDER}"))
     elif root and root not in sys.path:
         sys.path.insert(0, root)
-
-
-def config_file_argument(text: str) -> str:
-    """A --config value as absl's config_flags reads it: a bare name ('quickstart', 'smoke:bundled') becomes the
-    path of configs/<name>.py (`find_config`); a path stays as it is."""
-    name, arg = split_config_argument(text)
-    if name.endswith(".py") or os.sep in name:
-        return text
-    path = find_config(name)
-    return path if arg is None else f"{path}:{arg}"
 
 
 def load_config(path_or_name: str, overrides: dict[str, Any] | None = None):
@@ -185,10 +212,8 @@ def cpu_devices(config) -> int:
     return value
 
 
-def validate_config(config) -> None:
-    """One-line ConfigError for a missing field or an impossible value (unknown fields and wrong types are
-    refused earlier, by ml_collections, when an override is applied)."""
-    cpu_devices(config)
+def _validate_model(config) -> tuple[str, Any]:
+    """(network, widths) of config.model, checked."""
     network = _field(config, "model.network")
     if network not in NETWORKS:
         raise ConfigError(f"config field model.network is {network!r}: use one of {', '.join(NETWORKS)}")
@@ -207,21 +232,23 @@ def validate_config(config) -> None:
             "config field model.init: an interpolating start is implemented for "
             f"{', '.join(interpolation_init.SUPPORTED)}, not {network}"
         )
+    return network, widths
+
+
+def validate_config(config) -> None:
+    """One-line ConfigError for a missing field or an impossible value (unknown fields and wrong types are
+    refused earlier, by ml_collections, when an override is applied)."""
+    cpu_devices(config)
+    network, widths = _validate_model(config)
     for stage in TRAINING_STAGES:
-        for field in (
-            "batch_size",
-            "num_steps",
-            "cosine_period",
-            "log_every_steps",
-            "eval_every_steps",
-            "checkpoint_every_steps",
-        ):
+        for field in ("batch_size", "num_steps", "cosine_period", "log_every_steps", "eval_every_steps",
+                      "checkpoint_every_steps"):
             _positive_int(config, f"{stage}.{field}")
     for stage, choices in TILE_SOURCES.items():
         if _field(config, f"{stage}.tiles") not in choices:
             raise ConfigError(
-                f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: "
-                f"use {' or '.join(repr(c) for c in choices)}"
+                f"config field {stage}.tiles is {_field(config, f'{stage}.tiles')!r}: use "
+                f"{' or '.join(repr(c) for c in choices)}"
             )
     if _bool(config, "branches.slim_from_original") and network not in slim.SUPPORTED:
         raise ConfigError(
@@ -230,8 +257,8 @@ def validate_config(config) -> None:
         )
     if config.branches.slim_from_original and max(widths) != widths[-1]:
         raise ConfigError(
-            "config field branches.slim_from_original needs branches no wider than -O (the last width), "
-            f"got {tuple(widths)}"
+            "config field branches.slim_from_original needs branches no wider than -O (the last width), got "
+            f"{tuple(widths)}"
         )
     for stage in ("joint", "finetune"):
         _bool(config, f"{stage}.calibrate_routing")
@@ -252,6 +279,7 @@ def validate_config(config) -> None:
             f"config field evaluate.budget is {budget}: use a positive share of the -O FLOPs, or 0 for none"
         )
     division_thresholds(config)
+    allowed_changes(config)
     selected_stages(config)
     evaluation_sources(config)
     _positive_int(config, "checkpoint.keep_last")
@@ -260,6 +288,20 @@ def validate_config(config) -> None:
         spec.branch(spec.num_branches - 1).build()  # unknown extra fields, an unsupported scale
     except ValueError as e:
         raise ConfigError(f"config field model: {e}") from None
+
+
+def allowed_changes(config) -> tuple[str, ...]:
+    """The dotted fields (or sections) config.allow_changed names: a rerun may change them in a used workdir."""
+    text = _field(config, "allow_changed")
+    if not isinstance(text, str):
+        raise ConfigError(
+            f"config field allow_changed is {text!r}: use comma-separated field names, e.g. 'original.learning_rate'"
+        )
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if not has_field(config, n)]
+    if unknown:
+        raise ConfigError(f"config field allow_changed names unknown field(s): {', '.join(unknown)}")
+    return names
 
 
 def division_thresholds(config) -> str | tuple[float, float]:
@@ -285,8 +327,8 @@ def selected_stages(config) -> tuple[str, ...]:
     unknown = [s for s in names if s not in STAGES]
     if unknown or not names:
         raise ConfigError(
-            f"config field stages has unknown stage(s) {', '.join(unknown) or '(none given)'}: "
-            f"use 'all' or some of {', '.join(STAGES)}"
+            f"config field stages has unknown stage(s) {', '.join(unknown) or '(none given)'}: use 'all' or some of "
+            f"{', '.join(STAGES)}"
         )
     return tuple(s for s in STAGES if s in names)
 

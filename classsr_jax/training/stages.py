@@ -1,5 +1,5 @@
 """The stages of the recipe: what each trains, from which weights, on which tiles, and what it exports (one
-table, `RECIPES`), and the two stages that train nothing: `divide` and `evaluate`.
+table, `RECIPES`), and stage `evaluate`; stage `divide`, which trains nothing either, is in `divide`.
 
   original  the -O network (the widest branch) trained on all tiles: the paper's baseline and the division's
             reference network;
@@ -24,7 +24,6 @@ import functools
 import hashlib
 import json
 import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,17 +36,16 @@ from classsr_jax.checkpointing import CLASSSR_EXPORT, ORIGINAL_EXPORT
 from classsr_jax.data import division as division_lib
 from classsr_jax.data.colour_augment import ColourAugment
 from classsr_jax.data.input_pipeline import create_train_iterator
-from classsr_jax.data.loading import load_dataset
-from classsr_jax.errors import DataError, TrainError
+from classsr_jax.errors import TrainError
 from classsr_jax.evaluation.scoring import bicubic_average, evaluate_pairs, format_results_table
 from classsr_jax.inference.upscaler import Upscaler
 from classsr_jax.io import atomic
 from classsr_jax.models import interpolation_init, slim
 from classsr_jax.models.spec import ModelSpec
 from classsr_jax.training import configuration
+from classsr_jax.training.context import StageContext, dataset_pairs
 from classsr_jax.training.losses import Objective
 from classsr_jax.training.workdir import (
-    Workdir,
     branch_stages,
     branch_variables,
     classsr_source,
@@ -56,72 +54,6 @@ from classsr_jax.training.workdir import (
     pretrained_branches,
     trained_branch_stages,
 )
-
-# ------------------------------------------------------------------------------------------ what stages share
-
-
-@dataclasses.dataclass
-class StageContext:
-    """What every stage gets: the config, the workdir, the model, the device mesh, and the datasets (opened
-    once, on first use)."""
-
-    config: Any
-    workdir: Workdir
-    spec: ModelSpec
-    mesh: jax.sharding.Mesh
-    compute_dtype: Any
-    datasets: dict[str, Any] = dataclasses.field(default_factory=dict)
-    _validation_pairs: list | None = None
-
-    @property
-    def lr_patch(self) -> int:
-        return int(self.config.data.lr_patch)
-
-    @property
-    def data_dir(self) -> str:
-        return os.path.expanduser(self.config.data.data_dir or "~/tensorflow_datasets")
-
-    def dataset(self, name: str, split: str):
-        """A TFDS dataset (prepared on first use; with several processes, process 0 prepares it first)."""
-        key = f"{name}:{split}"
-        if key not in self.datasets:
-            manual = self.config.data.manual_dir or None
-
-            def load():
-                try:
-                    return load_dataset(name, split, self.data_dir, manual)
-                except (DataError, TrainError):
-                    raise
-                except Exception as e:  # TFDS raises many types with long messages; the user needs one line.
-                    first = (str(e).strip().splitlines() or [""])[0]
-                    raise DataError(f"cannot load dataset {name} split {split!r} from {self.data_dir}: {type(e).__name__}: {first}") from e
-
-            if not parallel.is_primary_process():
-                parallel.sync_processes(f"dataset:{key}")
-            self.datasets[key] = load()
-            if parallel.is_primary_process():
-                parallel.sync_processes(f"dataset:{key}")
-        return self.datasets[key]
-
-    def train_dataset(self):
-        return self.dataset(self.config.data.dataset, self.config.data.train_split)
-
-    def validation_pairs(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(name, lr uint8, hr uint8) of the validation set, read once."""
-        if self._validation_pairs is None:
-            ds = self.dataset(self.config.data.validation_dataset, self.config.data.validation_split)
-            self._validation_pairs = dataset_pairs(ds)
-            if not self._validation_pairs:
-                raise DataError(f"validation set {self.config.data.validation_dataset} {self.config.data.validation_split!r} is empty")
-        return self._validation_pairs
-
-
-def dataset_pairs(ds) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    pairs = []
-    for ex in ds.as_numpy_iterator():
-        name = ex["name"].decode() if isinstance(ex["name"], bytes) else str(ex["name"])
-        pairs.append((name, np.asarray(ex["lr"]), np.asarray(ex["hr"])))
-    return pairs
 
 
 def _load_division(ctx: StageContext, stage: str):
@@ -166,7 +98,8 @@ def _fresh_variables(ctx: StageContext, spec: ModelSpec, seed: int) -> dict[str,
     the Class-Module is new (its branches are replaced by trained ones)."""
     variables = spec.init(seed=seed, tile=ctx.lr_patch)
     if spec.kind == "network" and ctx.config.model.init == "interpolation":
-        variables = {**variables, "params": interpolation_init.interpolating_params(spec.network, variables["params"], spec.scale)}
+        params = interpolation_init.interpolating_params(spec.network, variables["params"], spec.scale)
+        variables = {**variables, "params": params}
     return variables
 
 
@@ -190,7 +123,10 @@ def _start_branch(ctx: StageContext, spec: ModelSpec, k: int) -> dict[str, Any]:
         logging.info("stage %s: starting from the -O network %s", name, source)
         return load_variables(source)
     if ctx.config.branches.slim_from_original and source and spec.widths != widest:
-        logging.info("stage %s: starting from the %d most important channels of the -O network %s", name, spec.widths[0], source)
+        logging.info(
+            "stage %s: starting from the %d most important channels of the -O network %s",
+            name, spec.widths[0], source
+        )
         variables = {"params": slim.slim_params(spec.network, load_variables(source)["params"], spec.widths[0])}
         spec.check(variables, f"stage {name}'s start cut out of {source}")
         return variables
@@ -329,61 +265,6 @@ def plan_training(ctx: StageContext, stage: str) -> list[TrainingStage]:
     ]
 
 
-# ------------------------------------------------------------------------------------------------ divide
-
-
-def run_divide(ctx: StageContext) -> None:
-    """Scores every training tile with the -O network (or bicubic) and splits them into three classes."""
-    path = ctx.workdir.division
-    if parallel.process0_value(os.path.isfile(path)):
-        logging.info("stage divide: finished earlier (%s), skipping", path)
-        return
-    cfg, scale, patch = ctx.config.division, ctx.spec.scale, ctx.lr_patch
-    source = original_source(ctx.config, ctx.workdir) if cfg.reference == "original" else None
-    local_devices = len(jax.local_devices())
-    batch = -(-cfg.batch_size // local_devices) * local_devices
-    if source:
-        loaded = checkpointing.load_model(source)
-        model = loaded.spec.build()
-        sr_fn = parallel.local_batch_fn(lambda v, x: model.apply(v, x, False), loaded.variables)
-        reference = f"-O network {source}"
-    else:
-        if cfg.reference == "original":
-            logging.warning("stage divide: no -O network (stage original not run, no pretrained.original); using bicubic")
-        sr_fn = division_lib.bicubic_sr_fn(scale)
-        reference = "bicubic"
-    logging.info("stage divide: scoring the training tiles with %s", reference)
-    counter = {"tiles": 0, "t0": time.perf_counter(), "last": time.perf_counter()}
-
-    def scored(tiles):
-        out = sr_fn(tiles)
-        counter["tiles"] += tiles.shape[0]
-        now = time.perf_counter()
-        if now - counter["last"] > 30:
-            counter["last"] = now
-            logging.info("stage divide: %d tiles scored (%.0f tiles/s)", counter["tiles"], counter["tiles"] / (now - counter["t0"]))
-        return out
-
-    division = division_lib.divide(
-        ctx.train_dataset(),
-        scored,
-        scale,
-        thresholds=configuration.division_thresholds(ctx.config),
-        batch_size=batch,
-        lr_tile=patch,
-        step=patch // 2,
-        max_uncovered=patch * 3 // 8,
-    )
-    if parallel.is_primary_process():
-        division_lib.save_division(division, path)
-    parallel.sync_processes("division")
-    simple, medium, hard = division.counts()
-    logging.info(
-        "stage divide: %d tiles → %d simple / %d medium / %d hard (thresholds %.3f, %.3f dB), saved to %s",
-        division.num_tiles, simple, medium, hard, *division.thresholds, path,
-    )
-
-
 # ---------------------------------------------------------------------------------------------- evaluate
 
 
@@ -420,75 +301,112 @@ def _changed_inputs(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str
     return [key for key in new if old.get(key) != new[key]]
 
 
-def run_evaluate(ctx: StageContext) -> dict[str, Any]:
-    """ClassSR against -O (and bicubic) on the evaluation sets: the paper's table, printed and saved.
+def _saved_results(path: str) -> dict[str, Any] | None:
+    """The results a run saved, or None when there are none, or they are unreadable or incomplete (without the
+    table, e.g. hand-edited): then they are computed again."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or not isinstance(saved.get("table"), str):
+        logging.info("stage evaluate: %s has no table; evaluating again", path)
+        return None
+    return saved
 
-    results.json records what it was computed from (the models' parameter digests, the datasets' sources and
-    pixel digests, the protocol and the tiling); a rerun reuses it only when all of these are unchanged.
-    """
-    cfg, scale, patch = ctx.config.evaluate, ctx.spec.scale, ctx.lr_patch
-    classsr = classsr_source(ctx.config, ctx.workdir)
-    if classsr is None:
-        raise TrainError("stage evaluate needs a ClassSR model: run stage joint, or give --config.pretrained.classsr")
-    original = original_source(ctx.config, ctx.workdir)
-    network = _display_name(ctx.spec.network)
-    models = ([("original", f"{network}-O", original)] if original else []) + [("classsr", f"ClassSR-{network}", classsr)]
-    loaded = {key: checkpointing.load_model(path) for key, _, path in models}
-    # Table rows: (key, name, path, the loaded model it runs, FLOPs budget).
-    rows = [(key, name, path, key, None) for key, name, path in models]
-    if cfg.budget:
-        # The same ClassSR with its logits shifted per image to this share of the -O FLOPs (Upscaler budget).
-        rows.append(("classsr_budget", f"ClassSR-{network}, {100 * cfg.budget:.0f}% budget", classsr, "classsr", cfg.budget))
-    datasets = evaluation_datasets(ctx)
-    tiles = {"tile": patch, "step": patch * 7 // 8, "overlap": patch // 4}
-    computed_from = {
+
+def _inputs_record(ctx: StageContext, loaded, datasets, tiles) -> dict[str, Any]:
+    """What results are computed from: the models' digests, the datasets' sources and digests, the protocol."""
+    cfg = ctx.config.evaluate
+    return {
         "models": {key: checkpointing.variables_digest(loaded[key].variables) for key in loaded},
-        "datasets": {label: {"source": source, "images": len(pairs), "digest": pairs_digest(pairs)} for label, source, pairs in datasets},
+        "datasets": {label: {"source": source, "images": len(pairs), "digest": pairs_digest(pairs)}
+                     for label, source, pairs in datasets},
         "protocol": cfg.protocol,
-        "scale": scale,
+        "scale": ctx.spec.scale,
         "tiles": tiles,
         "budget": cfg.budget,
     }
-    previous = None
-    if os.path.isfile(ctx.workdir.results_json):
-        try:
-            with open(ctx.workdir.results_json) as f:
-                previous = json.load(f)
-        except (OSError, ValueError):
-            previous = None  # unreadable: computed again
-    changed = _changed_inputs(previous.get("computed_from") if isinstance(previous, dict) else None, computed_from)
-    if not parallel.process0_value(bool(changed)):
-        logging.info("stage evaluate: finished earlier from the same models and datasets (%s), skipping", ctx.workdir.results_json)
-        if parallel.is_primary_process():
-            print(previous["table"], flush=True)
-        return previous
-    if previous is not None:
-        logging.info("stage evaluate: %s changed since %s was computed; evaluating again", ", ".join(changed), ctx.workdir.results_json)
+
+
+def _evaluate(ctx: StageContext, rows, loaded, datasets, tiles) -> dict[str, Any]:
+    """Every table row's model (and bicubic) on every dataset: the averages and the per-image PSNRs."""
+    cfg, scale = ctx.config.evaluate, ctx.spec.scale
     results: dict[str, Any] = {
         "protocol": cfg.protocol,
         "scale": scale,
         "models": [{"key": "bicubic", "name": "Bicubic", "params": 0}],
         "datasets": {},
         "per_image": {},
-        "computed_from": computed_from,
     }
-    upscalers = {source: Upscaler(model.spec, model.variables, protocol=cfg.protocol, **tiles) for source, model in loaded.items()}
+    upscalers = {source: Upscaler(model.spec, model.variables, protocol=cfg.protocol, **tiles)
+                 for source, model in loaded.items()}
     for key, name, path, source, _ in rows:
-        results["models"].append({"key": key, "name": name, "path": path, "params": checkpointing.count_params(loaded[source].variables)})
+        params = checkpointing.count_params(loaded[source].variables)
+        results["models"].append({"key": key, "name": name, "path": path, "params": params})
     for label, _, pairs in datasets:
         logging.info("stage evaluate: %s (%d images)", label, len(pairs))
-        row = {"bicubic": bicubic_average(pairs, scale, cfg.protocol, patch)}
+        row = {"bicubic": bicubic_average(pairs, scale, cfg.protocol, ctx.lr_patch)}
         per_image = {}
         for key, _, _, source, budget in rows:
             report = evaluate_pairs(upscalers[source], pairs, progress=False, budget=budget)
             row[key] = report["average"]
-            per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]} for i in report["images"]]
+            per_image[key] = [{"name": i["name"], "psnr": i["psnr"], "class_counts": i["class_counts"]}
+                              for i in report["images"]]
         results["datasets"][label] = row
         results["per_image"][label] = per_image
+    return results
+
+
+def run_evaluate(ctx: StageContext) -> dict[str, Any]:
+    """ClassSR against -O (and bicubic) on the evaluation sets: the paper's table, printed and saved.
+
+    results.json records what it was computed from (the models' parameter digests, the datasets' sources and
+    pixel digests, the protocol and the tiling); a rerun reuses it only when all of these are unchanged.
+    """
+    cfg, patch = ctx.config.evaluate, ctx.lr_patch
+    classsr = classsr_source(ctx.config, ctx.workdir)
+    if classsr is None:
+        raise TrainError("stage evaluate needs a ClassSR model: run stage joint, or give --config.pretrained.classsr")
+    original = original_source(ctx.config, ctx.workdir)
+    network = _display_name(ctx.spec.network)
+    models = [("original", f"{network}-O", original)] if original else []
+    models.append(("classsr", f"ClassSR-{network}", classsr))
+    loaded = {key: checkpointing.load_model(path) for key, _, path in models}
+    # Table rows: (key, name, path, the loaded model it runs, FLOPs budget).
+    rows = [(key, name, path, key, None) for key, name, path in models]
+    if cfg.budget:
+        # The same ClassSR with its logits shifted per image to this share of the -O FLOPs (Upscaler budget).
+        rows.append((
+            "classsr_budget",
+            f"ClassSR-{network}, {100 * cfg.budget:.0f}% budget", classsr, "classsr", cfg.budget)
+        )
+    datasets = evaluation_datasets(ctx)
+    tiles = {"tile": patch, "step": patch * 7 // 8, "overlap": patch // 4}
+    computed_from = _inputs_record(ctx, loaded, datasets, tiles)
+    previous = _saved_results(ctx.workdir.results_json)
+    changed = _changed_inputs(previous.get("computed_from") if previous else None, computed_from)
+    if not parallel.process0_value(bool(changed)):
+        logging.info(
+            "stage evaluate: finished earlier from the same models and datasets (%s), skipping",
+            ctx.workdir.results_json
+        )
+        if parallel.is_primary_process():
+            print(previous["table"], flush=True)
+        return previous
+    if previous is not None:
+        logging.info(
+            "stage evaluate: %s changed since %s was computed; evaluating again",
+            ", ".join(changed), ctx.workdir.results_json
+        )
+    results = _evaluate(ctx, rows, loaded, datasets, tiles)
+    results["computed_from"] = computed_from
     if "original" in loaded:
         results["models"][1]["flops_note"] = "-O FLOPs are its per-tile cost (100%)"
     else:
-        logging.warning("stage evaluate: no -O network (stage original not run, no pretrained.original); the table has no -O row")
+        logging.warning(
+            "stage evaluate: no -O network (stage original not run, no pretrained.original); the table has no -O row"
+        )
     results["table"] = format_results_table(results, ctx.config.collapse_threshold)
     if parallel.is_primary_process():
         os.makedirs(os.path.dirname(ctx.workdir.results_json), exist_ok=True)

@@ -155,6 +155,9 @@ class CollapseMonitor:
                 step, k, label, 100 * shares.max(), where, 100 * self.threshold,
             )
         elif not collapsed and self.collapsed.get(where):
-            logging.info("step %d: the %s tiles are spread over the classes again (largest share %.0f%%)", step, where, 100 * shares.max())
+            logging.info(
+                "step %d: the %s tiles are spread over the classes again (largest share %.0f%%)",
+                step, where, 100 * shares.max()
+            )
         self.collapsed[where] = collapsed
         return collapsed
