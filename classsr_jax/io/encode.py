@@ -1,7 +1,7 @@
 """Encoding integer samples into the bytes of an image file, the format chosen by the output's extension.
 
 What each format holds (``Format``), and how it is written, measured on photo content in
-``benchmarks/bench_writer.py`` (docs/performance_io.md):
+``benchmarks/bench_writer.py`` (docs/performance.md, "Writing the output"):
 
 * PNG: 8-bit RGB and RGBA through fpng by default (0.3 s for an 8K photo against 15 s for Pillow's default, files
   1.3x as large); gray, gray+alpha and 16-bit through imagecodecs (libpng) at zlib level 1 with the RLE strategy
