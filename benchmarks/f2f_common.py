@@ -163,3 +163,12 @@ def interleaved_commands(trees: dict[str, str], rounds: int, command) -> dict[st
 def met(ok: bool) -> str:
     """A target's verdict cell."""
     return "yes" if ok else "**no**"
+
+
+def print_results(title: str, headers: list[str], rows: list[list], targets: list[list]) -> None:
+    """A benchmark's closing output: its results table under a title, the targets table, and the load."""
+    print(f"\n### {title}\n")
+    print(harness.table(headers, rows))
+    print("\n### Targets\n")
+    print(harness.table(["target", "measured", "met"], targets))
+    print("load average at the end:", harness.load_average())

@@ -14,7 +14,7 @@ import contextlib
 import os
 
 from benchmarks import harness
-from benchmarks.f2f_common import met
+from benchmarks.f2f_common import met, print_results
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "upscale_worker.py")
 NETWORKS = ("srresnet", "carn")
@@ -82,9 +82,5 @@ def cores(args) -> None:
             targets.append([f"{size} ClassSR-{network}: now at 2 devices ≥ {TARGET}× today", f"{speedup:.2f}×",
                             met(speedup >= TARGET)])
             print(harness.table(HEADERS, network_rows), flush=True)
-    print(f"\n### Warm upscale, LR {lr_hw[1]}×{lr_hw[0]} ×4, thirds-routing random ClassSR, median (min–max) of "
-          f"{args.rounds} round(s); today = before at 1 device\n")
-    print(harness.table(HEADERS, rows))
-    print("\n### Targets\n")
-    print(harness.table(["target", "measured", "met"], targets))
-    print("load average at the end:", harness.load_average())
+    print_results(f"Warm upscale, LR {lr_hw[1]}×{lr_hw[0]} ×4, thirds-routing random ClassSR, median (min–max) of "
+                  f"{args.rounds} round(s); today = before at 1 device", HEADERS, rows, targets)

@@ -127,9 +127,5 @@ def original(args) -> None:
             rows.append(row)
             targets.append([f"{label}: ≥ {target}× the original's way", f"{speedup:.2f}×", met(speedup >= target)])
             print(harness.table(HEADERS, rows[-1:]), flush=True)
-    print(f"\n### The original's way (PyTorch, tile by tile, cv2) against `upscale --protocol paper`, photo "
-          f"content, median of {args.rounds} round(s)\n")
-    print(harness.table(HEADERS, rows))
-    print("\n### Targets\n")
-    print(harness.table(["target", "measured", "met"], targets))
-    print("load average at the end:", harness.load_average())
+    f2f_common.print_results(f"The original's way (PyTorch, tile by tile, cv2) against `upscale --protocol paper`, "
+                             f"photo content, median of {args.rounds} round(s)", HEADERS, rows, targets)

@@ -5,6 +5,9 @@ import os
 import shutil
 import tempfile
 
+# Fixtures every test module may use without importing them: the commands' tiny checkpoint, training's photos.
+pytest_plugins = ["command_fixtures", "training_fixtures"]
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")

@@ -11,34 +11,19 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
+from command_fixtures import photo
 from PIL import Image
 
 from classsr_jax import checkpointing
-from classsr_jax.checkpointing import save_model
 from classsr_jax.cli import convert, evaluate, upscale
 from classsr_jax.evaluation.pairing import pair_folders
 from classsr_jax.io import atomic, outputs
 from classsr_jax.io.images import read_image, write_image
-from classsr_jax.models import ModelSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC = ModelSpec("classsr", "fsrcnn", (16, 36, 56))
 TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("ckpt") / "classsr_fsrcnn")
-    save_model(path, SPEC, SPEC.init(seed=3))
-    return path
-
-
-def photo(h, w, seed=0):
-    rng = np.random.default_rng(seed)
-    return (np.linspace(0, 1, w)[None, :, None] * 0.7 + 0.3 * rng.random((h, w, 3))).astype(np.float32)
 
 
 def hashes(*roots) -> dict[str, str]:

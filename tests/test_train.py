@@ -18,7 +18,6 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 from orbax_faults import TMP_SUFFIX, DiskFull, faulty_async_save
-from PIL import Image
 
 from classsr_jax import checkpointing, parallel
 from classsr_jax.checkpointing import resolve_model_dir
@@ -37,29 +36,6 @@ TINY_EXTRA = {"s": 4, "m": 1}
 
 def load_config_file(name):
     return configuration.load_config(os.path.join(REPO, name))
-
-
-def tiny_photos(root):
-    """4 training photos and 1 validation photo with smooth and textured regions (varied difficulty)."""
-    rng = np.random.default_rng(0)
-    os.makedirs(os.path.join(root, "validation"), exist_ok=True)
-    for i, (h, w) in enumerate([(128, 160), (128, 160), (160, 128), (128, 128), (96, 128)]):
-        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-        base = np.stack([yy, xx, 0.5 + 0.3 * np.sin(6 * (xx + yy + i))], -1)
-        noise = rng.random((h // 8, w // 8, 3)).repeat(8, 0).repeat(8, 1)
-        mask = (xx > 0.5)[..., None] * (0.2 + 0.2 * i)
-        image = np.clip(255 * ((1 - mask) * base + mask * noise), 0, 255).astype(np.uint8)
-        folder = os.path.join(root, "validation") if i == 4 else root
-        Image.fromarray(image).save(os.path.join(folder, f"photo{i}.png"))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    photos, tfds_dir = str(root / "photos"), str(root / "tfds")
-    os.makedirs(tfds_dir)
-    tiny_photos(photos)
-    return photos, tfds_dir
 
 
 def tiny_config(data, **overrides):

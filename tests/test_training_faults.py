@@ -14,7 +14,8 @@ import sys
 
 import pytest
 from orbax_faults import corrupt_step
-from test_train import REPO, _variables, original_stage_args, tiny_config, tiny_photos
+from test_train import REPO, _variables, original_stage_args, tiny_config
+from training_fixtures import tiny_photos
 
 from classsr_jax import checkpointing
 from classsr_jax.cli import prepare
@@ -25,16 +26,6 @@ from classsr_jax.training.context import manual_sources
 from classsr_jax.training.workdir import Workdir
 
 TEMPORARY = (".orbax-checkpoint-tmp", ".tmp-")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """(photos, TFDS folder): test_train's tiny photos, prepared on first use."""
-    root = tmp_path_factory.mktemp("data")
-    photos, tfds_dir = str(root / "photos"), str(root / "tfds")
-    os.makedirs(tfds_dir)
-    tiny_photos(photos)
-    return photos, tfds_dir
 
 
 def run_original(data, workdir, steps=2, **overrides):

@@ -7,29 +7,15 @@ import sys
 
 import numpy as np
 import pytest
+from command_fixtures import SPEC, photo
 from PIL import Image
 
-from classsr_jax.checkpointing import save_model
 from classsr_jax.cli import evaluate, upscale
 from classsr_jax.io.images import read_image, write_image
-from classsr_jax.models import ModelSpec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPEC = ModelSpec("classsr", "fsrcnn", (16, 36, 56))
 EXTENSIONS = "png, jpg, jpeg, tif, tiff, bmp, webp, qoi"
 UPSCALE_KEYS = {"input_hw", "output_hw", "tiles", "class_counts", "flops", "flops_percent", "executed_flops", "timing"}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("ckpt") / "classsr_fsrcnn")
-    save_model(path, SPEC, SPEC.init(seed=3))
-    return path
-
-
-def photo(h, w, seed=0):
-    rng = np.random.default_rng(seed)
-    return (np.linspace(0, 1, w)[None, :, None] * 0.7 + 0.3 * rng.random((h, w, 3))).astype(np.float32)
 
 
 def test_file_mode_writes_image_mask_and_report(checkpoint, tmp_path):

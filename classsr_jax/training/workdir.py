@@ -214,6 +214,15 @@ def check_stage_inputs(config, workdir: Workdir, stages: tuple[str, ...]) -> Non
             )
 
 
+def _check_fits(what: str, path: str, found: ModelSpec, want: ModelSpec) -> None:
+    """A model, checkpoint or export already in the workdir must be the model this config trains."""
+    if found != want:
+        raise CheckpointError(
+            f"workdir {what} {path} is {found.describe()}, but this config needs {want.describe()}; "
+            "use another --workdir"
+        )
+
+
 def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...] = STAGES) -> None:
     """Every check that can fail before anything is written: a failing run leaves the workdir untouched."""
     if os.path.exists(workdir.root) and not os.path.isdir(workdir.root):
@@ -242,31 +251,16 @@ def preflight(config, workdir: Workdir, spec: ModelSpec, stages: tuple[str, ...]
     expected.update({name: spec.branch(k) for k, name in enumerate(branch_stages(spec.num_branches))})
     for stage, want in expected.items():
         if os.path.isdir(workdir.model(stage)):
-            found = checkpointing.read_model_spec(workdir.model(stage))
-            if found != want:
-                raise CheckpointError(
-                    f"workdir model {workdir.model(stage)} is {found.describe()}, but this config needs "
-                    f"{want.describe()}; use another --workdir"
-                )
+            _check_fits("model", workdir.model(stage), checkpointing.read_model_spec(workdir.model(stage)), want)
         try:
             progress = checkpointing.read_train_progress(workdir.checkpoints(stage))
         except CheckpointError:
             progress = None  # a damaged latest checkpoint: the stage falls back to an earlier one (loop.py)
         if progress is not None:
-            found = ModelSpec.from_dict(progress["model"])
-            if found != want:
-                raise CheckpointError(
-                    f"workdir checkpoint {workdir.checkpoints(stage)} is {found.describe()}, but this config needs "
-                    f"{want.describe()}; use another --workdir"
-                )
+            _check_fits("checkpoint", workdir.checkpoints(stage), ModelSpec.from_dict(progress["model"]), want)
     for name, want in ((ORIGINAL_EXPORT, spec.branch(spec.num_branches - 1)), (CLASSSR_EXPORT, spec)):
         if os.path.isdir(workdir.export(name)):
-            found = checkpointing.read_model_spec(workdir.export(name))
-            if found != want:
-                raise CheckpointError(
-                    f"workdir export {workdir.export(name)} is {found.describe()}, but this config needs "
-                    f"{want.describe()}; use another --workdir"
-                )
+            _check_fits("export", workdir.export(name), checkpointing.read_model_spec(workdir.export(name)), want)
     if config.pretrained.original:
         _check_pretrained(config.pretrained.original, spec.branch(spec.num_branches - 1), "pretrained.original")
     for k, path in enumerate(pretrained_branches(config)):
