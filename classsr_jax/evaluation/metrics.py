@@ -2,7 +2,7 @@
 
 All inputs are on the [0, 255] scale (uint8 or float) and all arithmetic is float64.
 The paper reports RGB PSNR with a 4-px border crop; PSNR_Y and SSIM_Y follow the
-MATLAB-style definitions of BasicSR (``bgr2ycbcr``, ``calculate_ssim``).
+MATLAB-style definitions of BasicSR (`bgr2ycbcr`, `calculate_ssim`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 # PSNR reported for identical images (the original returns 80 when MSE == 0).
 PSNR_IDENTICAL = 80.0
 
-# BasicSR / MATLAB ``rgb2ycbcr`` luma row on a [0, 255] scale.
+# BasicSR / MATLAB `rgb2ycbcr` luma row on a [0, 255] scale.
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 _Y_OFFSET = 16.0
 
@@ -42,9 +42,9 @@ def _crop(img: np.ndarray, border: int) -> np.ndarray:
 
 def psnr(sr: np.ndarray, hr: np.ndarray, crop_border: int = 4,
          max_value: float = 255.0) -> float:
-    """PSNR in dB over all channels, after cropping ``crop_border`` px per side.
+    """PSNR in dB over all channels, after cropping `crop_border` px per side.
 
-    Computed in float64 as ``20 log10(max_value / sqrt(MSE))``; 80.0 when MSE == 0.
+    Computed in float64 as `20 log10(max_value / sqrt(MSE))`; 80.0 when MSE == 0.
     """
     sr, hr = np.asarray(sr), np.asarray(hr)
     _check_same_shape(sr, hr)
@@ -58,8 +58,8 @@ def psnr(sr: np.ndarray, hr: np.ndarray, crop_border: int = 4,
 def rgb_to_y(img: np.ndarray) -> np.ndarray:
     """Luma Y (float64, not rounded) of an (H, W, 3) RGB image on [0, 255].
 
-    ``Y = (65.481 R + 128.553 G + 24.966 B) / 255 + 16``, i.e. BasicSR's
-    ``bgr2ycbcr(only_y=True)`` on RGB order, range [16, 235].
+    `Y = (65.481 R + 128.553 G + 24.966 B) / 255 + 16`, i.e. BasicSR's
+    `bgr2ycbcr(only_y=True)` on RGB order, range [16, 235].
     """
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[2] != 3:
@@ -85,14 +85,14 @@ def psnr_y(sr: np.ndarray, hr: np.ndarray, crop_border: int = 4) -> float:
 
 
 def _gaussian_kernel(size: int = _SSIM_SIZE, sigma: float = _SSIM_SIGMA) -> np.ndarray:
-    """1-D normalised Gaussian, as ``cv2.getGaussianKernel(11, 1.5)``."""
+    """1-D normalised Gaussian, as `cv2.getGaussianKernel(11, 1.5)`."""
     x = np.arange(size, dtype=np.float64) - (size - 1) / 2
     k = np.exp(-(x ** 2) / (2 * sigma ** 2))
     return k / k.sum()
 
 
 def _filter_valid(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Separable 'valid' filtering: the ``[5:-5, 5:-5]`` part of cv2.filter2D."""
+    """Separable 'valid' filtering: the `[5:-5, 5:-5]` part of cv2.filter2D."""
     n = kernel.size
     h, w = img.shape
     rows = sum(kernel[i] * img[i:h - n + 1 + i] for i in range(n))
@@ -100,7 +100,7 @@ def _filter_valid(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
 
 
 def ssim(img1: np.ndarray, img2: np.ndarray) -> float:
-    """MATLAB-style SSIM (BasicSR ``ssim``) of two single-channel images on [0, 255].
+    """MATLAB-style SSIM (BasicSR `ssim`) of two single-channel images on [0, 255].
 
     11x11 Gaussian window (sigma 1.5), 'valid' filtering, C1 = (0.01*255)^2,
     C2 = (0.03*255)^2, float64; the mean of the SSIM map.

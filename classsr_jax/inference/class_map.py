@@ -22,11 +22,11 @@ def class_colours(num_classes: int = 3) -> np.ndarray:
 
 def class_map_overlay(sr_uint8: np.ndarray, boxes_hr: np.ndarray, classes: np.ndarray,
                       alpha: float = 0.2, num_classes: int | None = None) -> np.ndarray:
-    """Tint every tile by its predicted class (the original ``add_mask``).
+    """Tint every tile by its predicted class (the original `add_mask`).
 
-    For each tile, a rectangle inset from its HR box by ``9 * size // 128`` px on
+    For each tile, a rectangle inset from its HR box by `9 * size // 128` px on
     each side (pixels x0+9 .. x0+118 of a 128-px tile) is blended as
-    ``cv2.addWeighted(img, 1.0, mask, alpha, 0)``: float32 ``img + alpha * colour``,
+    `cv2.addWeighted(img, 1.0, mask, alpha, 0)`: float32 `img + alpha * colour`,
     rounded half to even and saturated, one tile at a time, so with alpha 0.2 the
     coloured channels gain 51 per covering tile.
 

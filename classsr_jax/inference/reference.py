@@ -72,7 +72,7 @@ def extract_tiles(image: np.ndarray, grid: TileGrid,
 
 
 def blend_window(size: int, overlap: int) -> np.ndarray:
-    """Separable (size, size) float32 blending window: the outer product of ``blend_profile``."""
+    """Separable (size, size) float32 blending window: the outer product of `blend_profile`."""
     profile = blend_profile(size, overlap)
     return np.outer(profile, profile).astype(np.float32)
 
@@ -84,9 +84,9 @@ class TileMerger:
 
     Modes:
       'paper': the original's merge. Each tile is clamped to [0, 1], x255 and rounded
-        half-to-even (the original's per-patch uint8 ``tensor2img``) before the
+        half-to-even (the original's per-patch uint8 `tensor2img`) before the
         overlapping tiles are averaged; the mean stays float (not re-quantised).
-      'blend': weighted overlap-add with ``blend_window`` weights, normalised by the
+      'blend': weighted overlap-add with `blend_window` weights, normalised by the
         accumulated weight, so the effective weights sum to one everywhere.
 
     Memory: one float32 (H, W, C) canvas of the (padded) output plus a 2-D float32
@@ -130,7 +130,7 @@ class TileMerger:
     def add(self, indices: np.ndarray | list[int], sr_tiles: np.ndarray) -> None:
         """Accumulate SR tiles (n, tile*scale, tile*scale, C), floats in [0, 1].
 
-        ``indices`` are the tiles' indices into ``grid.positions``; each tile may be
+        `indices` are the tiles' indices into `grid.positions`; each tile may be
         added once.
         """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)

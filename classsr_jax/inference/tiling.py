@@ -2,17 +2,17 @@
 
 Two protocols:
 
-* ``'paper'`` reproduces the original ClassSR test pipeline (docs/original.md#the-test-protocol):
+* `'paper'` reproduces the original ClassSR test pipeline (docs/original.md#the-test-protocol):
   32x32 tiles every 28 px, no extra border tile (the uncovered right/bottom strip
   is dropped), every SR tile rounded to uint8 before overlaps are averaged.
-* ``'full'`` is our default: tiles step by ``tile - overlap`` and the last tile is
+* `'full'` is our default: tiles step by `tile - overlap` and the last tile is
   placed flush with the bottom/right edge, so the output is exactly
-  ``scale*H x scale*W`` for any input (images smaller than a tile are padded);
+  `scale*H x scale*W` for any input (images smaller than a tile are padded);
   overlaps are blended with a smooth window instead of a plain mean
   (docs/original.md#the-full-protocol).
 
 Everything here is plain numpy: where the tiles lie and how much each HR pixel of a tile weighs. The device
-programs (``bands``) cut and merge the tiles; ``reference`` holds a host re-implementation for tests.
+programs (`bands`) cut and merge the tiles; `reference` holds a host re-implementation for tests.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ class TileGrid:
       positions: int64 array (N, 2) of LR top-left corners (y, x), row-major
         (all tiles of the first row, then the second row, ...).
       tile: LR tile size (tiles are square).
-      overlap: nominal LR overlap of neighbouring tiles (``tile - step``); in the
+      overlap: nominal LR overlap of neighbouring tiles (`tile - step`); in the
         'full' protocol the flush border tile may overlap its neighbour more.
       image_hw: LR input (H, W).
       covered_hw: LR region the output covers, anchored at (0, 0).
       padded_hw: LR size after padding images smaller than a tile ('full' only;
-        equals ``image_hw`` otherwise).
+        equals `image_hw` otherwise).
       protocol: 'paper' or 'full'.
     """
 
@@ -87,9 +87,9 @@ def _make_grid(ys: np.ndarray, xs: np.ndarray, **fields) -> TileGrid:
 
 
 def paper_grid(h: int, w: int, tile: int = 32, step: int = 28) -> TileGrid:
-    """Tile grid of the original ClassSR test code (``crop_cpu``; docs/original.md#the-test-protocol).
+    """Tile grid of the original ClassSR test code (`crop_cpu`; docs/original.md#the-test-protocol).
 
-    Corners are 0, step, 2*step, ... while ``pos + tile <= L``; there is no extra
+    Corners are 0, step, 2*step, ... while `pos + tile <= L`; there is no extra
     border tile, so the last 0..step-1 rows/columns are not covered
     (e.g. 1080x1920 -> 38x68 tiles covering 1068x1908).
 
@@ -125,9 +125,9 @@ def _flush_positions(length: int, tile: int, step: int) -> np.ndarray:
 def full_grid(h: int, w: int, tile: int = 32, overlap: int = 8) -> TileGrid:
     """Tile grid covering every pixel of an image of any size (our default).
 
-    Tiles step by ``tile - overlap``; the last tile of each row/column is flush
-    with the bottom/right edge. An axis shorter than ``tile`` is padded up to
-    ``tile`` (``bands.padded_image``), so even a 1x1 image gives one tile.
+    Tiles step by `tile - overlap`; the last tile of each row/column is flush
+    with the bottom/right edge. An axis shorter than `tile` is padded up to
+    `tile` (`bands.padded_image`), so even a 1x1 image gives one tile.
     """
     h, w = _check_size("h", h), _check_size("w", w)
     tile = _check_size("tile", tile)
@@ -146,7 +146,7 @@ def full_grid(h: int, w: int, tile: int = 32, overlap: int = 8) -> TileGrid:
 
 def make_grid(h: int, w: int, protocol: Protocol = "full", tile: int = 32,
               step: int = 28, overlap: int = 8) -> TileGrid:
-    """``paper_grid(h, w, tile, step)`` or ``full_grid(h, w, tile, overlap)``."""
+    """`paper_grid(h, w, tile, step)` or `full_grid(h, w, tile, overlap)`."""
     if protocol == "paper":
         return paper_grid(h, w, tile=tile, step=step)
     if protocol == "full":
@@ -157,10 +157,10 @@ def make_grid(h: int, w: int, protocol: Protocol = "full", tile: int = 32,
 def blend_profile(size: int, overlap: int) -> np.ndarray:
     """The 1-D factor (size,) float64 of the blending window, strictly positive.
 
-    Flat 1 in the middle with raised-cosine ramps of width ``min(overlap, size // 2)``
+    Flat 1 in the middle with raised-cosine ramps of width `min(overlap, size // 2)`
     at both ends, sampled at pixel centres, so the ramp never reaches 0 (every pixel
     keeps some weight) and a rising ramp plus the falling ramp of a neighbour offset
-    by exactly ``overlap`` sum to 1.
+    by exactly `overlap` sum to 1.
     """
     size = _check_size("size", size)
     overlap = _check_size("overlap", overlap, minimum=0)
@@ -178,7 +178,7 @@ def weight_sums(starts: np.ndarray, profile: np.ndarray, length: int) -> np.ndar
     """Σ over tiles of their 1-D profile, placed at `starts`, on an axis of `length` pixels (float64).
 
     The window is separable and tiles sit on a grid (every row of tiles has the same columns), so the
-    total weight at (y, x) is ``weight_sums(rows)[y] * weight_sums(cols)[x]``; no weight canvas is needed.
+    total weight at (y, x) is `weight_sums(rows)[y] * weight_sums(cols)[x]`; no weight canvas is needed.
     """
     sums = np.zeros(max(length, int(np.max(starts)) + profile.size), np.float64)
     for start in np.asarray(starts, np.int64):

@@ -30,7 +30,7 @@ _ORIENTATION_TAG = 274
 _ICC_PROFILE_TAG = 34675
 
 
-# The Pillow formats we decode (by content: ``Image.open(formats=...)``); GIF is read but never written.
+# The Pillow formats we decode (by content: `Image.open(formats=...)`); GIF is read but never written.
 PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "QOI", "GIF")
 MAX_SAMPLES_PER_PIXEL = 4  # gray, gray+alpha, RGB, RGBA
 BYTES_PER_LIMIT_PIXEL = 8  # the decoded-size limit per pixel of the pixel limit: 4 samples of 16 bits
@@ -74,7 +74,7 @@ def _check_single(count: int, what: str) -> None:
 
 
 def regular_file(path: str) -> None:
-    """Raises Refused unless ``path`` is a regular file (checked with os.stat before anything opens it)."""
+    """Raises Refused unless `path` is a regular file (checked with os.stat before anything opens it)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -88,7 +88,7 @@ def regular_file(path: str) -> None:
 
 
 def open_restricted(path: str) -> Image.Image:
-    """``Image.open`` of a regular file, with Pillow's plugins limited to PILLOW_FORMATS (the dataset reader's
+    """`Image.open` of a regular file, with Pillow's plugins limited to PILLOW_FORMATS (the dataset reader's
     open too). Raises Refused for anything but a regular file, UnidentifiedImageError for other formats."""
     regular_file(path)
     return Image.open(path, formats=list(PILLOW_FORMATS))
@@ -118,7 +118,7 @@ def _pillow_check_off() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-# Opened through the plugin class, these formats see no decompression-bomb check (``Image.open`` runs it); only
+# Opened through the plugin class, these formats see no decompression-bomb check (`Image.open` runs it); only
 # Pillow's TIFF decoder runs it again.
 _PLUGINS = ((b"\x89PNG\r\n\x1a\n", PngImagePlugin.PngImageFile), (b"\xff\xd8\xff", JpegImagePlugin.JpegImageFile),
             (b"BM", BmpImagePlugin.BmpImageFile), *((magic, TiffImagePlugin.TiffImageFile) for magic in _TIFF_MAGIC))
@@ -175,7 +175,7 @@ def _pillow_samples(im: Image.Image, path: str) -> tuple[np.ndarray, int]:
 
 
 def _pillow_cost(im: Image.Image) -> tuple[int, int]:
-    """(samples per pixel, bytes per sample) that decoding ``im`` yields, from its header."""
+    """(samples per pixel, bytes per sample) that decoding `im` yields, from its header."""
     if im.format == "PNG" and im.tile and im.tile[0].args in png16.COLOUR_RAWMODES:
         return len(im.getbands()), 2
     if im.mode in ("P", "PA"):  # palette indices become RGB(A)
@@ -257,7 +257,7 @@ def _read_tiff(path: str, limit: int | None, header_only: bool) -> Decoded:
 
 
 def decode(path: str, limit: int | None, header_only: bool) -> Decoded:
-    """Header (and, unless ``header_only``, samples) of ``path``; every failure is an ImageError naming it."""
+    """Header (and, unless `header_only`, samples) of `path`; every failure is an ImageError naming it."""
     def fail(why: str) -> ImageError:
         return ImageError(f"cannot read image {path}: {one_line(why)}")
 
@@ -298,7 +298,7 @@ def _decode_any(path: str, limit: int | None, header_only: bool) -> Decoded:
 
 
 def upright(samples: np.ndarray, orientation: object) -> np.ndarray:
-    """A view of (H, W, ...) samples turned as the EXIF orientation says (as ``ImageOps.exif_transpose``; values
+    """A view of (H, W, ...) samples turned as the EXIF orientation says (as `ImageOps.exif_transpose`; values
     other than 1..8 leave them as stored)."""
     if orientation in (5, 6, 7, 8):
         samples = np.swapaxes(samples, 0, 1)  # 5 is the plain transpose

@@ -1,16 +1,16 @@
 """Encoding integer samples into the bytes of an image file, the format chosen by the output's extension.
 
-What each format holds (``Format``), and how it is written, measured on photo content in
-``benchmarks/bench_writer.py`` (docs/performance.md, "Writing the output"):
+What each format holds (`Format`), and how it is written, measured on photo content in
+`benchmarks/bench_writer.py` (docs/performance.md, "Writing the output"):
 
 * PNG: 8-bit RGB and RGBA through fpng by default (0.3 s for an 8K photo against 15 s for Pillow's default, files
   1.3x as large); gray, gray+alpha and 16-bit through imagecodecs (libpng) at zlib level 1 with the RLE strategy
-  and the Sub filter (OpenCV's default). ``png_compression`` 0-9 writes every layout through imagecodecs at that
-  zlib level instead (6 is Pillow's default size). Neither library embeds a colour profile, so the ``iCCP``
+  and the Sub filter (OpenCV's default). `png_compression` 0-9 writes every layout through imagecodecs at that
+  zlib level instead (6 is Pillow's default size). Neither library embeds a colour profile, so the `iCCP`
   chunk is spliced in after the header.
 * TIFF: tifffile, zlib with the horizontal predictor; 8 and 16 bit, alpha, profile.
-* JPEG: Pillow, quality 95 unless ``quality`` says otherwise, no chroma subsampling; 8-bit, no alpha.
-* WebP: Pillow, lossless (and exact under transparent pixels) at the fastest effort unless ``quality`` asks for
+* JPEG: Pillow, quality 95 unless `quality` says otherwise, no chroma subsampling; 8-bit, no alpha.
+* WebP: Pillow, lossless (and exact under transparent pixels) at the fastest effort unless `quality` asks for
   lossy; 8-bit RGB or RGBA (gray is stored as RGB), profile, at most 16383 pixels a side.
 * BMP: Pillow; 8-bit, gray as a palette, alpha in a fourth byte; no profile.
 * QOI: imagecodecs; 8-bit RGB or RGBA (gray is stored as RGB); no profile.
@@ -55,7 +55,7 @@ def _pillow_bytes(samples: np.ndarray, fmt: str, **kwargs) -> bytes:
 
 
 def with_iccp(png: bytes, profile: bytes) -> bytes:
-    """``png`` with an ``iCCP`` chunk right after its header (the chunk must come before the image data)."""
+    """`png` with an `iCCP` chunk right after its header (the chunk must come before the image data)."""
     header_end = 8 + 4 + 4 + 13 + 4  # signature, then IHDR's length, type, 13 data bytes and CRC
     if png[12:16] != b"IHDR":
         raise ValueError("not a PNG stream: no IHDR chunk first")
@@ -107,7 +107,7 @@ def _qoi(samples: np.ndarray, options: Options, icc_profile: bytes | None) -> by
 
 @dataclasses.dataclass(frozen=True)
 class Format:
-    """What a file format holds, and its encoder ``encode(samples, options, icc_profile) -> bytes``."""
+    """What a file format holds, and its encoder `encode(samples, options, icc_profile) -> bytes`."""
 
     name: str
     extensions: tuple[str, ...]

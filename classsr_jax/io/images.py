@@ -1,20 +1,20 @@
 """Reading and writing images.
 
-* ``read_image`` reads PNG, JPEG, TIFF, WebP, BMP and QOI (and GIF; 8 and 16 bit; gray, gray+alpha, RGB, RGBA)
-  upright, keeping the integer samples (``LoadedImage.pixels``) and the ICC colour profile; every failure is a
-  one-line ``ImageError`` naming the file. ``image_size`` reads only the header.
-* ``write_image`` writes integer samples as they are, or floats in [0, 1], in the input's layout, bit depth and
-  colour profile, through ``atomic.atomic_write``; ``encode`` holds the formats and their encoders.
+* `read_image` reads PNG, JPEG, TIFF, WebP, BMP and QOI (and GIF; 8 and 16 bit; gray, gray+alpha, RGB, RGBA)
+  upright, keeping the integer samples (`LoadedImage.pixels`) and the ICC colour profile; every failure is a
+  one-line `ImageError` naming the file. `image_size` reads only the header.
+* `write_image` writes integer samples as they are, or floats in [0, 1], in the input's layout, bit depth and
+  colour profile, through `atomic.atomic_write`; `encode` holds the formats and their encoders.
 
 Decisions:
 * TIFF goes through tifffile (full 16-bit support); everything else, and TIFFs tifffile cannot decode, through
-  Pillow. 16-bit colour PNGs are read by ``png16``. What decoding may cost is checked first (``decoders``).
-* The EXIF orientation is applied when reading, as browsers and ``PIL.ImageOps.exif_transpose`` do (EXIF or XMP in
+  Pillow. 16-bit colour PNGs are read by `png16`. What decoding may cost is checked first (`decoders`).
+* The EXIF orientation is applied when reading, as browsers and `PIL.ImageOps.exif_transpose` do (EXIF or XMP in
   JPEG and PNG, tag 274 in TIFF). Outputs carry no EXIF, so nothing turns them again. A PNG eXIf chunk after the
   image data is ignored: the PNG format places it before, and only the header is read for it.
-* Every decoder has a pixel limit, checked from the header before decoding: Pillow's ``Image.MAX_IMAGE_PIXELS``
-  (about 89.5 MP) unless ``max_pixels`` says otherwise. Pillow's own decompression-bomb warning and error would
-  contradict it, so PNG, JPEG and BMP are opened through their plugin classes (``Image.open`` runs the check), and
+* Every decoder has a pixel limit, checked from the header before decoding: Pillow's `Image.MAX_IMAGE_PIXELS`
+  (about 89.5 MP) unless `max_pixels` says otherwise. Pillow's own decompression-bomb warning and error would
+  contradict it, so PNG, JPEG and BMP are opened through their plugin classes (`Image.open` runs the check), and
   other formats with Pillow's check briefly off, under a lock.
 * The ICC profile travels from input to output. A profile whose colour space does not describe the decoded samples
   (a CMYK profile after Pillow's CMYK to RGB conversion) is dropped: it would misdescribe the output. Pillow cannot
@@ -40,7 +40,7 @@ from classsr_jax.io.pixels import quantise, to_float01, to_uint8  # noqa: F401  
 
 ImageMode = Literal["rgb", "gray", "rgba", "gray_alpha"]
 
-# What is listed, read and written: every format ``encode`` writes, and ``decoders`` reads.
+# What is listed, read and written: every format `encode` writes, and `decoders` reads.
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(extension for fmt in encode.FORMATS for extension in fmt.extensions)
 _EXTENSION_LIST = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
 
@@ -48,14 +48,14 @@ _EXTENSION_LIST = ", ".join(e[1:] for e in IMAGE_EXTENSIONS)
 # --------------------------------------------------------------------------- listing
 
 def list_images(folder: str | os.PathLike, *, recursive: bool = False, allow_empty: bool = False) -> list[str]:
-    """Sorted paths of the image files (by extension, any case) in ``folder`` (and below it, if recursive),
-    ordered by their path relative to ``folder`` so that the order is reproducible.
+    """Sorted paths of the image files (by extension, any case) in `folder` (and below it, if recursive),
+    ordered by their path relative to `folder` so that the order is reproducible.
 
     Hidden files (names starting with '.') are skipped; they are typically macOS metadata or our own temporary
     files. This is the one listing of image files: the commands and the dataset builders both use it.
 
     Raises:
-      ImageError: if the folder does not exist, or holds no images (unless ``allow_empty``).
+      ImageError: if the folder does not exist, or holds no images (unless `allow_empty`).
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
@@ -126,7 +126,7 @@ class LoadedImage:
 
 
 def pixel_limit(max_pixels: int | None = None) -> int | None:
-    """The pixel limit in force: Pillow's ``Image.MAX_IMAGE_PIXELS`` for None, no limit (None) for 0 or less."""
+    """The pixel limit in force: Pillow's `Image.MAX_IMAGE_PIXELS` for None, no limit (None) for 0 or less."""
     if max_pixels is None:
         return Image.MAX_IMAGE_PIXELS or None
     return int(max_pixels) if max_pixels > 0 else None
@@ -136,7 +136,7 @@ def image_size(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[
     """(height, width) of the upright image, from the header only (no decoding).
 
     Raises:
-      ImageError: as ``read_image``, including an image over the pixel limit.
+      ImageError: as `read_image`, including an image over the pixel limit.
     """
     path = os.fspath(path)
     header = decoders.decode(path, pixel_limit(max_pixels), header_only=True)
@@ -149,11 +149,11 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Loaded
     """Read a PNG, JPEG, TIFF, WebP, BMP or QOI file (8 or 16 bit), upright.
 
     The format is detected from the content, not the extension. Alpha is split off and gray stays one channel
-    (``LoadedImage.mode`` records the stored layout so ``write_image`` can restore it).
+    (`LoadedImage.mode` records the stored layout so `write_image` can restore it).
 
     Args:
       max_pixels: the largest width x height to decode; None for Pillow's default limit
-        (``Image.MAX_IMAGE_PIXELS``, about 89.5 MP), 0 or less for none.
+        (`Image.MAX_IMAGE_PIXELS`, about 89.5 MP), 0 or less for none.
 
     Raises:
       ImageError: for a missing, unreadable, truncated, corrupt, unsupported, zero-size or too large file, a
@@ -178,12 +178,12 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> Loaded
 
 def _encode(f: BinaryIO, fmt: encode.Format, samples: np.ndarray, options: encode.Options,
                  icc_profile: bytes | None) -> None:
-    """Encodes into memory, then writes the bytes into ``f`` (the one place a test can fail the write)."""
+    """Encodes into memory, then writes the bytes into `f` (the one place a test can fail the write)."""
     f.write(fmt.encode(samples, options, icc_profile))
 
 
 def _at_depth(values: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Samples of ``bit_depth`` bits: integers as they are (the other depth converted exactly: x 257, or / 257
+    """Samples of `bit_depth` bits: integers as they are (the other depth converted exactly: x 257, or / 257
     rounded), floats in [0, 1] through the one quantiser."""
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     if values.dtype == dtype:
@@ -209,7 +209,7 @@ def gray_mean(rgb: np.ndarray) -> np.ndarray:
 
 def _target(fmt: encode.Format, path: str, rgb: np.ndarray, like: LoadedImage | None,
             icc_profile: bytes | None) -> tuple[bool, int, bytes | None]:
-    """(gray, bit depth, profile) of the file: ``like``'s where the format holds them; an explicit profile the
+    """(gray, bit depth, profile) of the file: `like`'s where the format holds them; an explicit profile the
     format cannot hold is an ImageError."""
     height, width = rgb.shape[:2]
     if max(height, width) > fmt.max_side:
@@ -228,17 +228,17 @@ def _target(fmt: encode.Format, path: str, rgb: np.ndarray, like: LoadedImage | 
 def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | None = None,
                 alpha: np.ndarray | None = None, icc_profile: bytes | None = None, *,
                 png_compression: int | None = None, quality: int | None = None) -> None:
-    """Save RGB samples (H, W, 3), atomically; the format comes from the extension (``encode.FORMATS``).
+    """Save RGB samples (H, W, 3), atomically; the format comes from the extension (`encode.FORMATS`).
 
-    ``rgb`` and ``alpha`` (H, W) are uint8 or uint16 samples, written as they are when their depth is the file's (8
-    for 8-bit formats and without ``like``, else ``like.bit_depth``) and converted exactly otherwise, or floats in
-    [0, 1], clipped and rounded half to even (``pixels.quantise``).
+    `rgb` and `alpha` (H, W) are uint8 or uint16 samples, written as they are when their depth is the file's (8
+    for 8-bit formats and without `like`, else `like.bit_depth`) and converted exactly otherwise, or floats in
+    [0, 1], clipped and rounded half to even (`pixels.quantise`).
 
-    Without ``like`` the file is 8-bit RGB (RGBA with ``alpha``). With ``like`` (the input's LoadedImage) its
+    Without `like` the file is 8-bit RGB (RGBA with `alpha`). With `like` (the input's LoadedImage) its
     layout, bit depth and ICC profile are kept where the format holds them: gray inputs are saved gray (the mean of
     the three channels, rounded for integers; as RGB in WebP and QOI), 16-bit stays 16-bit in PNG and TIFF.
-    ``alpha`` is written when given (the caller upsamples the input's alpha); without it the file has no alpha
-    channel. ``icc_profile`` (raw bytes) replaces ``like``'s; ``b""`` writes none.
+    `alpha` is written when given (the caller upsamples the input's alpha); without it the file has no alpha
+    channel. `icc_profile` (raw bytes) replaces `like`'s; `b""` writes none.
 
     Args:
       png_compression: zlib level 0-9 for PNG (6 is Pillow's default size); None for the fast default.
@@ -247,7 +247,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | No
 
     Format limits: PNG and TIFF hold everything; JPEG, WebP, BMP and QOI are 8-bit; JPEG drops alpha; BMP stores
     gray+alpha as RGBA, its alpha in a fourth byte that many readers (Pillow among them) ignore; BMP and QOI
-    carry no colour profile (an explicit one is an ImageError, ``like``'s is left out).
+    carry no colour profile (an explicit one is an ImageError, `like`'s is left out).
 
     Raises:
       ValueError: for arrays of the wrong shape or type, or options out of range.

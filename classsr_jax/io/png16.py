@@ -1,10 +1,10 @@
-"""16-bit PNG samples read exactly (Pillow truncates them to 8 bits), and the PNG chunks ``encode`` splices in.
+"""16-bit PNG samples read exactly (Pillow truncates them to 8 bits), and the PNG chunks `encode` splices in.
 
 Pillow's PNG decoder inflates and un-filters 16-bit colour PNGs correctly but keeps only the high byte of each
 sample. Decoding twice with raw modes that pick the high and then the low byte recovers every sample
-(``read_png16_colour``). Writing goes through imagecodecs (``encode``), which writes 16-bit PNGs exactly.
+(`read_png16_colour`). Writing goes through imagecodecs (`encode`), which writes 16-bit PNGs exactly.
 
-The files are opened through Pillow's PNG plugin class rather than ``Image.open``, which would apply Pillow's
+The files are opened through Pillow's PNG plugin class rather than `Image.open`, which would apply Pillow's
 decompression-bomb check; the caller has already checked the pixel count against its own limit.
 """
 
@@ -24,7 +24,7 @@ def _decode_with_rawmode(path: str, rawmode: str) -> np.ndarray:
     """Decode a PNG with Pillow, overriding the raw mode its unpacker uses.
 
     Pillow's decoder does the inflating and un-filtering (with the bytes per pixel taken from the raw mode's bit
-    count) and then unpacks every pixel with ``rawmode``; a raw mode that picks other bytes of each pixel is how the
+    count) and then unpacks every pixel with `rawmode`; a raw mode that picks other bytes of each pixel is how the
     16-bit samples are recovered exactly.
     """
     with PngImagePlugin.PngImageFile(path) as im:
@@ -34,7 +34,7 @@ def _decode_with_rawmode(path: str, rawmode: str) -> np.ndarray:
 
 
 def read_png16_colour(path: str, rawmode: str) -> np.ndarray:
-    """Exact samples (H, W, C) uint16 of a 16-bit RGB, RGBA or gray+alpha PNG (``rawmode`` in COLOUR_RAWMODES)."""
+    """Exact samples (H, W, C) uint16 of a 16-bit RGB, RGBA or gray+alpha PNG (`rawmode` in COLOUR_RAWMODES)."""
     if rawmode == "LA;16B":
         # 16-bit gray+alpha has 4 bytes per pixel, like 8-bit RGBA: read the bytes
         # (gray_hi, gray_lo, alpha_hi, alpha_lo) as they are.
@@ -54,5 +54,5 @@ def chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def iccp_chunk(profile: bytes) -> bytes:
-    """The ``iCCP`` chunk: profile name, NUL, compression method 0 (zlib), the compressed profile."""
+    """The `iCCP` chunk: profile name, NUL, compression method 0 (zlib), the compressed profile."""
     return chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(profile))
