@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch_reference as ref
+from independent import matlab_bicubic_upscale, psnr_rgb
 from PIL import Image
 
 from classsr_jax import checkpointing
@@ -37,7 +38,8 @@ def test_configs_are_found_by_name_or_path_and_unknown_names_list_the_available_
 
 
 def test_overrides_set_dotted_fields_and_refuse_unknown_ones():
-    config = configuration.apply_overrides(configuration.load_config("fsrcnn"), {"original.num_steps": 7, "half_precision": True})
+    config = configuration.apply_overrides(configuration.load_config("fsrcnn"),
+                                           {"original.num_steps": 7, "half_precision": True})
     assert config.original.num_steps == 7 and config.half_precision is True
     with pytest.raises(ConfigError, match="original.num_stepz"):
         configuration.apply_overrides(config, {"original.num_stepz": 1})
@@ -62,7 +64,8 @@ def test_training_config_chooses_drive_manual_dir_or_the_tfds_catalogue(tmp_path
 
 def test_training_setup_smoke_is_a_tiny_valid_run_in_a_new_temporary_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    config, workdir = nh.training_setup(True, "rcan", data="drive", workdir="/ignored", overrides={"half_precision": True})
+    config, workdir = nh.training_setup(True, "rcan", data="drive", workdir="/ignored",
+                                        overrides={"half_precision": True})
     assert workdir.startswith(str(tmp_path)) and not os.path.exists(workdir)
     assert os.path.isdir(config.data.data_dir) and config.data.data_dir.startswith(str(tmp_path))
     assert config.data.dataset == "classsr_bundled/x4" and tuple(config.model.widths) == (4, 6, 8)
@@ -187,7 +190,9 @@ def test_compare_shows_lr_bicubic_classsr_and_the_class_map_with_the_flops_saved
     assert c.class_counts == direct.class_counts and sum(c.class_counts) == direct.grid.num_tiles
     assert c.flops_percent == pytest.approx(direct.flops_percent)
     assert c.flops_saved_percent == pytest.approx(100 - direct.flops_percent)
-    assert c.psnr_bicubic > 25 and np.isfinite(c.psnr_sr)
+    np.testing.assert_array_equal(c.bicubic, matlab_bicubic_upscale(lr, 4))
+    assert c.psnr_bicubic == pytest.approx(psnr_rgb(matlab_bicubic_upscale(lr, 4), hr, 4), abs=0.01)
+    assert c.psnr_sr == pytest.approx(psnr_rgb(direct.sr, hr, 4), abs=0.01)
     # The class map is the paper's picture (the `--mask` of the upscale command) of this routing.
     np.testing.assert_array_equal(c.class_map, class_map_overlay(c.sr, direct.grid.hr_boxes(4), direct.classes))
     assert f"{c.flops_saved_percent:.0f}% saved" in c.summary()
