@@ -76,7 +76,7 @@ MUTANTS = [
        "tiling.blend_profile(hr_tile, fmt.overlap)", f"{BLEND} -k two_tile"),
     # --- routing and the budget
     _m("budget offsets subtracted", "inference/routing.py", "jnp.argmax(logits + logit_offsets, axis=-1)",
-       "jnp.argmax(logits - logit_offsets, axis=-1)", "tests/test_upscale_cli.py -k budget"),
+       "jnp.argmax(logits - logit_offsets, axis=-1)", "tests/test_routing.py -k budget_moves"),
     _m("small buckets round down", "inference/routing.py",
        "n_small = (count - start + buckets.small - 1) // buckets.small",
        "n_small = (count - start) // buckets.small", "tests/test_routing.py -k each_branch_on_its_own"),
@@ -84,10 +84,10 @@ MUTANTS = [
        "classes = classes", "tests/test_routing.py -k force_class"),
     _m("budget ignores the Class-Module", "inference/upscaler.py",
        "target = budget * float(branch_flops[-1]) - overhead", "target = budget * float(branch_flops[-1])",
-       "tests/test_upscale_cli.py -k budget"),
+       "tests/test_routing.py -k budget_offsets_hit"),
     _m("FLOPs figure without the Class-Module", "models/flops.py",
        'return mean + (flops.classifier if network == "fsrcnn" else 0.0)', "return mean",
-       "tests/test_upscale_cli.py -k budget"),
+       "tests/test_flops_values.py"),
     # --- losses, training metrics and validation
     _m("objective drops Average-Loss", "training/losses.py",
        "+ self.class_loss_weight * class_loss + self.average_loss_weight * average_loss",
