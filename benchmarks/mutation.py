@@ -1,13 +1,15 @@
 """Mutation check: plant one bug at a time and see that the tests named for it fail.
 
-  python -m benchmarks.mutation [--jobs 2] [--only NAME,...] [--timeout 600] [--list]
+  python -m benchmarks.mutation [--jobs 2] [--only NAME,...] [--baseline] [--timeout 600] [--list]
 
 Each mutant is (name, file, exact old text, new text, pytest arguments). The tracked files of the repository
 are copied to one temporary folder per job; a job applies one mutant there, runs
 `python3 -m pytest -q -x -p no:cacheprovider <arguments>` with a timeout, and puts the file back. A mutant
 whose tests fail (or time out) is killed; one whose tests pass survived. An old text that is not in its file
-exactly once is reported as stale: the code moved and the mutant must be updated. The exit code is 0 only
-when every mutant is killed. Not part of the test suite (minutes per mutant); see docs/mutation.md.
+exactly once is reported as stale: the code moved and the mutant must be updated. --baseline first runs
+every test selection on the unmutated code (a selection that fails there would "kill" its mutants for
+nothing). The exit code is 0 only when every mutant is killed (and, with --baseline, every selection passes).
+Not part of the test suite (minutes per mutant); see docs/mutation.md.
 """
 
 from __future__ import annotations
@@ -220,10 +222,20 @@ def run_all(mutants: list[Mutant], jobs: int, timeout: float) -> dict[str, tuple
     return results
 
 
+def baselines(mutants: list[Mutant]) -> list[Mutant]:
+    """One unmutated run per distinct test selection: a mutant whose new text is its old text."""
+    first = {}
+    for m in mutants:
+        first.setdefault(m.tests, m)
+    return [Mutant(f"baseline: {tests}", m.file, m.old, m.old, tests) for tests, m in first.items()]
+
+
 def table(mutants: list[Mutant], results: dict[str, tuple[str, float]]) -> str:
     lines = ["| # | mutant | file | tests | result | s |", "|---|---|---|---|---|---|"]
     for i, m in enumerate(mutants, 1):
         result, seconds = results[m.name]
+        if m.old == m.new:  # a baseline run: its tests must pass
+            result = {"survived": "passes", "killed": "FAILS"}.get(result, result)
         file = m.file.removeprefix("classsr_jax/")
         lines.append(f"| {i} | {m.name} | {file} | `{m.tests}` | {result} | {seconds:.0f} |")
     return "\n".join(lines)
@@ -234,6 +246,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="mutants run at the same time (default 2)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per mutant before it counts as killed")
     parser.add_argument("--only", default="", help="comma-separated mutant names")
+    parser.add_argument("--baseline", action="store_true", help="also run every selection unmutated (must pass)")
     parser.add_argument("--list", action="store_true", help="list the mutants (and any stale one) and exit")
     args = parser.parse_args(argv)
     mutants = MUTANTS
@@ -250,14 +263,21 @@ def main(argv=None) -> int:
                         for m, why in zip(mutants, stale)))
         return 1 if any(stale) else 0
     t0 = time.perf_counter()
-    results = run_all(mutants, max(1, args.jobs), args.timeout)
-    killed = sum(r.startswith("killed") for r, _ in results.values())
+    checks = baselines(mutants) if args.baseline else []
+    results = run_all(checks + mutants, max(1, args.jobs), args.timeout)
+    killed = sum(results[m.name][0].startswith("killed") for m in mutants)
+    failing = [m.tests for m in checks if results[m.name][0] != "survived"]
     print()
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs ({cpu_model()}); "
           f"--jobs {args.jobs}; {time.perf_counter() - t0:.0f} s in all")
     print(table(mutants, results))
+    if checks:
+        print("\nBaseline (each selection on the unmutated code):\n" + table(checks, results))
     print(f"\n{killed} of {len(mutants)} killed")
-    return 0 if killed == len(mutants) else 1
+    if checks:
+        print(f"baseline: {len(checks) - len(failing)} of {len(checks)} selections pass unmutated"
+              + "".join(f"\n  FAILS unmutated: {tests}" for tests in failing))
+    return 0 if killed == len(mutants) and not failing else 1
 
 
 if __name__ == "__main__":
