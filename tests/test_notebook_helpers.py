@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch_reference as ref
+from independent import matlab_bicubic_upscale, psnr_rgb
 from PIL import Image
 
 from classsr_jax import checkpointing
@@ -211,7 +212,9 @@ def test_compare_shows_lr_bicubic_classsr_and_the_class_map_with_the_flops_saved
     assert c.class_counts == direct.class_counts and sum(c.class_counts) == direct.grid.num_tiles
     assert c.flops_percent == pytest.approx(direct.flops_percent)
     assert c.flops_saved_percent == pytest.approx(100 - direct.flops_percent)
-    assert c.psnr_bicubic > 25 and np.isfinite(c.psnr_sr)
+    np.testing.assert_array_equal(c.bicubic, matlab_bicubic_upscale(lr, 4))
+    assert c.psnr_bicubic == pytest.approx(psnr_rgb(matlab_bicubic_upscale(lr, 4), hr, 4), abs=0.01)
+    assert c.psnr_sr == pytest.approx(psnr_rgb(direct.sr, hr, 4), abs=0.01)
     # The class map is the paper's picture (the `--mask` of the upscale command) of this routing.
     np.testing.assert_array_equal(c.class_map, class_map_overlay(c.sr, direct.grid.hr_boxes(4), direct.classes))
     assert f"{c.flops_saved_percent:.0f}% saved" in c.summary()
