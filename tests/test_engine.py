@@ -89,7 +89,8 @@ def test_sixteen_bit_in_and_out(variables):
 
 
 def test_column_buckets_grow_by_root_two():
-    assert [bands.column_bucket(c) for c in (1, 16, 17, 23, 24, 80, 91, 92, 667)] == [16, 16, 23, 23, 32, 91, 91, 128, 724]
+    columns = (1, 16, 17, 23, 24, 80, 91, 92, 667)
+    assert [bands.column_bucket(c) for c in columns] == [16, 16, 23, 23, 32, 91, 91, 128, 724]
 
 
 def test_band_plan_covers_every_tile_row_once():
@@ -115,7 +116,8 @@ def test_band_inputs_deal_tiles_evenly_with_valid_prefixes():
     band = bands.plan_bands(grid, shape.rows)[0]
     image = np.arange(80 * 210 * 3, dtype=np.uint16).reshape(80, 210, 3)
     inputs = bands.band_inputs(image, grid, band, shape, devices=8)
-    assert inputs.lr.shape == (*shape.lr_hw, 3) and (inputs.lr[:80, :210] == image).all() and (inputs.lr[80:] == 0).all()
+    assert inputs.lr.shape == (*shape.lr_hw, 3)
+    assert (inputs.lr[:80, :210] == image).all() and (inputs.lr[80:] == 0).all()
     per_device = inputs.valid.reshape(8, 8)
     counts = per_device.sum(1)
     assert counts.tolist() == [4, 4, 4, 3, 3, 3, 3, 3]  # 27 tiles over 8 devices

@@ -89,7 +89,8 @@ def test_classsr_loss_is_the_weighted_sum():
     sr, hr = rng.random((6, 8, 8, 3), np.float32), rng.random((6, 8, 8, 3), np.float32)
     p = random_probs(6, seed=6).astype(np.float32)
     total, terms = losses.classsr_loss(sr, hr, p, l1_weight=1000, class_loss_weight=0.5, average_loss_weight=3)
-    expected = 1000 * np.mean(np.abs(sr - hr)) + 0.5 * numpy_class_loss(p.astype(np.float64)) + 3 * numpy_average_loss(p.astype(np.float64))
+    p64 = p.astype(np.float64)
+    expected = 1000 * np.mean(np.abs(sr - hr)) + 0.5 * numpy_class_loss(p64) + 3 * numpy_average_loss(p64)
     assert float(total) == pytest.approx(expected, rel=1e-5)
     assert set(terms) == {"l1", "class_loss", "average_loss"}
 

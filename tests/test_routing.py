@@ -28,7 +28,8 @@ def test_routed_tiles_equal_each_branch_on_its_own_tiles(variables):
     tiles = rng.random((64, 32, 32, 3), dtype=np.float32)
     tiles[::2] = textured_tiles(32, rng)  # smooth tiles beside the noisy ones
     valid = np.arange(64) < 59
-    sr, classes, logits, counts = ReferenceRouter(routed).route(routed.place_variables(variables), tiles, valid, np.zeros(3), -1)
+    placed = routed.place_variables(variables)
+    sr, classes, logits, counts = ReferenceRouter(routed).route(placed, tiles, valid, np.zeros(3), -1)
     sr, classes, counts = np.asarray(sr), np.asarray(classes), np.asarray(counts)
     model = SPEC.build()
     expected_classes = np.asarray(model.apply(variables, tiles, method=model.classify)).argmax(-1)
@@ -200,11 +201,14 @@ def test_full_protocol_has_no_seams_on_smooth_input():
 def test_errors_are_one_line(variables):
     with pytest.raises(ValueError, match=r"^unknown protocol 'tiles': use 'full' or 'paper'$"):
         Upscaler(SPEC, variables, protocol="tiles")
-    with pytest.raises(ValueError, match=r"^force_class 3 is out of range: the model has branches 0 \(simplest\) to 2 \(the -O network\)$"):
+    with pytest.raises(ValueError, match=r"^force_class 3 is out of range: the model has branches 0 \(simplest\) "
+                                         r"to 2 \(the -O network\)$"):
         Upscaler(SPEC, variables).upscale(np.zeros((8, 8, 3)), force_class=3)
-    with pytest.raises(ValueError, match=r"^the budget must be a positive fraction of the -O network's FLOPs, got 0.0$"):
+    with pytest.raises(ValueError, match=r"^the budget must be a positive fraction of the -O network's FLOPs, "
+                                         r"got 0.0$"):
         Upscaler(SPEC, variables).upscale(np.zeros((8, 8, 3)), budget=0.0)
-    with pytest.raises(ValueError, match=r"^image of 20x20 LR pixels is smaller than the 32x32 tile; the paper protocol cannot handle it, use protocol .full.$"):
+    with pytest.raises(ValueError, match=r"^image of 20x20 LR pixels is smaller than the 32x32 tile; the paper "
+                                         r"protocol cannot handle it, use protocol .full.$"):
         Upscaler(SPEC, variables, protocol="paper").upscale(np.zeros((20, 20, 3)))
 
 
