@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import sys
 import threading
@@ -57,6 +58,11 @@ flags.DEFINE_integer("png-compression", None, "zlib level 0-9 for PNG outputs (6
                      lower_bound=0, upper_bound=9, flag_values=FLAGS)
 flags.DEFINE_integer("quality", None, "1-100: JPEG quality (default 95); makes WebP lossy (default lossless).",
                      lower_bound=1, upper_bound=100, flag_values=FLAGS)
+flags.DEFINE_integer("num-processes", 1, "Folder mode on several hosts or processes: how many split the files.",
+                     lower_bound=1, flag_values=FLAGS)
+flags.DEFINE_integer("process-index", 0, "This process's share of the files (0 to --num-processes - 1): every "
+                     "N-th file, starting at this one; its report is R.processI-of-N.json.", lower_bound=0,
+                     flag_values=FLAGS)
 flags.DEFINE_integer("encoders", None, "Threads encoding outputs in folder mode; default min(4, cores).",
                      lower_bound=1, flag_values=FLAGS)
 flags.DEFINE_integer("max-output-pixels", None, "Refuse, from its header, an image whose upscaled output would have "
@@ -69,6 +75,7 @@ HELP = cli.CommandHelp(
               "classsr-upscale -i photos/ -o big/ --suffix _x4 --recursive --checkpoint ckpt/classsr_rcan"),
     groups=(("Input and output", ("input", "output", "suffix", "recursive", "mask", "overwrite", "report")),
             ("Output files", ("png-compression", "quality", "encoders", "max-output-pixels")),
+            ("Several processes", ("num-processes", "process-index")),
             *MODEL_GROUPS),
     required=("input", "output"),
 )
@@ -160,6 +167,8 @@ def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int, output
         if folder and os.path.exists(folder) and not os.path.isdir(folder):
             raise cli.UsageError(f"{flag} {folder} is a file, but --input {fv.input} is a folder: give a folder")
     plan = outputs.OutputPlan(inputs, protected_paths(fv), overwrite=fv.overwrite)
+    # Every process plans the whole folder, so all refuse the same collisions, and keeps every N-th file from its index.
+    mine = set(inputs[fv["process-index"].value :: fv["num-processes"].value])
     jobs, kept = [], []
     for path in inputs:
         name = os.path.relpath(path, fv.input)  # subfolders (--recursive) are mirrored
@@ -168,6 +177,8 @@ def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int, output
         exists = plan.add(output, "output", of=path, keep_existing=True)
         if mask is not None:
             exists = plan.add(mask, "mask", of=path, keep_existing=True) or exists
+        if path not in mine:
+            continue
         if exists and not fv.overwrite:
             kept.append(output)
         else:
@@ -175,7 +186,35 @@ def plan_folder(fv: flags.FlagValues) -> tuple[list[Job], list[str], int, output
     plan.add_folder(fv.output)
     if fv.mask:
         plan.add_folder(fv.mask)
-    return jobs, kept, len(inputs), plan
+    return jobs, kept, len(mine), plan
+
+
+def earlier_folder_report(path: str) -> bool:
+    """Whether `path` holds the report of an earlier folder run (JSON with its images, failures and kept outputs)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"images", "failed", "kept"} <= set(data)
+
+
+def check_processes(fv: flags.FlagValues, folder_mode: bool) -> None:
+    """--num-processes and --process-index name one share of a folder."""
+    n, i = fv["num-processes"].value, fv["process-index"].value
+    if i >= n:
+        raise cli.UsageError(f"--process-index {i} is out of range for --num-processes {n} (0–{n - 1})")
+    if n > 1 and not folder_mode:
+        raise cli.UsageError("--num-processes splits a folder: give a folder as --input")
+
+
+def process_report(fv: flags.FlagValues) -> str | None:
+    """--report, or with several processes this process's own: R.processI-of-N.json (I counted from 1)."""
+    n, i = fv["num-processes"].value, fv["process-index"].value
+    if fv.report is None or n == 1:
+        return fv.report
+    stem, extension = os.path.splitext(fv.report)
+    return f"{stem}.process{i + 1}-of-{n}{extension}"
 
 
 def skipped_subfolders_line(folder: str) -> str | None:
@@ -278,6 +317,8 @@ def run_folder(fv: flags.FlagValues, upscaler: Upscaler, routing: dict, jobs: li
         line += f"; {len(kept)} kept because their outputs exist (--overwrite replaces them)"
     if failures:
         line += f"; {len(failures)} failed"
+    if fv["num-processes"].value > 1:
+        line += f" (process {fv['process-index'].value + 1} of {fv['num-processes'].value})"
     print(line)
     return cli.FAILED if failures else cli.OK
 
@@ -291,6 +332,8 @@ def run(fv: flags.FlagValues) -> int:
         print(f"note: no --checkpoint: using the bundled model {checkpointing.DEFAULT_MODEL} (a small ClassSR-FSRCNN "
               "x4 trained on a few photos, a demonstration; --checkpoint picks another)", file=sys.stderr, flush=True)
     folder_mode = os.path.isdir(fv.input)
+    check_processes(fv, folder_mode)
+    fv.report = process_report(fv)
     if folder_mode:
         jobs, kept, found, plan = plan_folder(fv)
         skipped = None if fv.recursive else skipped_subfolders_line(fv.input)
@@ -298,8 +341,8 @@ def run(fv: flags.FlagValues) -> int:
             print(skipped, file=sys.stderr, flush=True)
     else:
         job, plan = plan_file(fv)
-    if fv.report:
-        plan.add(fv.report, "report")
+    if fv.report:  # a folder run's own earlier report is brought up to date by a rerun (a resumed job)
+        plan.add(fv.report, "report", keep_existing=folder_mode and earlier_folder_report(fv.report))
     plan.prepare_folders()
     _, upscaler, routing = make_upscaler(fv)
     if folder_mode:
