@@ -107,13 +107,18 @@ def thirds_classsr(network: str, image: np.ndarray, scale: int = 4, sample: int 
     """(spec, variables) of a random ClassSR with the paper's widths whose Class-Module splits the tiles of
     `image` (float (H, W, 3) in [0, 1]) into thirds. `extra`: network fields (e.g. a shallower RCAN)."""
     spec = ModelSpec("classsr", network, PAPER_WIDTHS[network], scale, dict(extra or {}))
-    return spec, tertile_classifier(spec, init_variables(spec, seed), sample_tiles(image, sample, seed))
+    return spec, tertile_classifier(spec, init_variables(spec, seed), grid_tiles(image, sample, seed))
 
 
-def sample_tiles(image: np.ndarray, count: int, seed: int = 0, tile: int = 32) -> np.ndarray:
-    """`count` tiles at random positions of an (H, W, 3) image of at least one tile (no package code, so that
-    every code tree measured side by side gets the same tiles)."""
+def grid_tiles(image: np.ndarray, count: int, seed: int = 0, tile: int = 32, step: int = 24) -> np.ndarray:
+    """Up to `count` tiles, drawn without replacement, of the full protocol's grid of an (H, W, 3) image of at least
+    one tile: every `step` px plus a last tile flush with the edge. Written here, not taken from the package, so that
+    every code tree measured side by side gets the same tiles."""
+
+    def starts(length):
+        return sorted(set(range(0, length - tile + 1, step)) | {length - tile})
+
+    corners = [(y, x) for y in starts(image.shape[0]) for x in starts(image.shape[1])]
     rng = np.random.default_rng(seed)
-    ys = rng.integers(0, image.shape[0] - tile + 1, count)
-    xs = rng.integers(0, image.shape[1] - tile + 1, count)
-    return np.stack([image[y : y + tile, x : x + tile] for y, x in zip(ys, xs)])
+    picked = np.sort(rng.choice(len(corners), size=min(count, len(corners)), replace=False))
+    return np.stack([image[y : y + tile, x : x + tile] for y, x in (corners[i] for i in picked)])

@@ -9,8 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-import classsr_jax.data as datasets
-from classsr_jax.data import bundled
+from classsr_jax.data import builders, bundled, loading
 from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.data.files import read_rgb_uint8
 from classsr_jax.data.loading import crop_hr_to_lr
@@ -60,9 +59,9 @@ def div2k_folder(tmp_path_factory):
 def test_builders_are_registered_with_scale_configs():
     for name in ("classsr_div2k", "classsr_div8k", "classsr_flickr2k", "classsr_folder", "classsr_bundled"):
         assert name in tfds.list_builders()
-    configs = [c.name for c in datasets.ClassSRDiv2k.BUILDER_CONFIGS]
+    configs = [c.name for c in builders.ClassSRDiv2k.BUILDER_CONFIGS]
     assert configs == ["x2", "x2_aug", "x3", "x3_aug", "x4", "x4_aug"]
-    assert [c.scale for c in datasets.ClassSRDiv2k.BUILDER_CONFIGS] == [2, 2, 3, 3, 4, 4]
+    assert [c.scale for c in builders.ClassSRDiv2k.BUILDER_CONFIGS] == [2, 2, 3, 3, 4, 4]
 
 
 def test_div2k_x2_builds_pairs_skips_bad_files_and_splits_by_index(div2k_folder, tmp_path, caplog):
@@ -261,19 +260,19 @@ def test_recoloured_validation_splits_match_an_hsv_reference():
 
 
 def test_bundled_builder_through_load_dataset(tmp_path):
-    ds = datasets.load_dataset("classsr_bundled/x4", "validation", data_dir=tmp_path)
+    ds = loading.load_dataset("classsr_bundled/x4", "validation", data_dir=tmp_path)
     examples = as_examples(ds)
     assert [ex["name"] for ex in examples] == ["chelsea", "coffee"]
     chelsea = bundled.bundled_photos("validation")[0][1]
     np.testing.assert_array_equal(examples[0]["hr"], modcrop(chelsea, 4))
     np.testing.assert_array_equal(examples[0]["lr"], bicubic_degrade(modcrop(chelsea, 4), 4))
     assert examples[0]["lr"].shape == (75, 112, 3)
-    permuted = as_examples(datasets.load_dataset("classsr_bundled/x4", "validation_permuted", data_dir=tmp_path))
+    permuted = as_examples(loading.load_dataset("classsr_bundled/x4", "validation_permuted", data_dir=tmp_path))
     assert [ex["name"] for ex in permuted] == ["chelsea_bgr", "chelsea_grb", "coffee_bgr", "coffee_grb"]
     chelsea_bgr = modcrop(chelsea[:, :, ::-1], 4)
     np.testing.assert_array_equal(permuted[0]["hr"], chelsea_bgr)
     np.testing.assert_array_equal(permuted[0]["lr"], bicubic_degrade(chelsea_bgr, 4))
-    hue = as_examples(datasets.load_dataset("classsr_bundled/x4", "validation_hue", data_dir=tmp_path))
+    hue = as_examples(loading.load_dataset("classsr_bundled/x4", "validation_hue", data_dir=tmp_path))
     coffee_hue270 = modcrop(bundled.rotate_hue(bundled.bundled_photos("validation")[1][1], 270.0), 4)
     np.testing.assert_array_equal(hue[3]["hr"], coffee_hue270)
     np.testing.assert_array_equal(hue[3]["lr"], bicubic_degrade(coffee_hue270, 4))
@@ -285,7 +284,7 @@ def test_bundled_aug_config_scales_train_grey_and_colorwheel_only(tmp_path, monk
     rng = np.random.default_rng(4)
     photos = {split: [(f"{split}_photo", noise(rng, (200, 200, 3)))] for split in bundled.SPLITS}
     monkeypatch.setattr("classsr_jax.data.builders.bundled_photos", lambda split: photos[split])
-    builder = datasets.ClassSRBundled(config="x4_aug", data_dir=str(tmp_path))
+    builder = builders.ClassSRBundled(config="x4_aug", data_dir=str(tmp_path))
     builder.download_and_prepare()
     for split in ("train", "grey", "colorwheel"):
         names = [ex["name"] for ex in as_examples(builder.as_dataset(split=split))]
@@ -301,7 +300,7 @@ def test_bundled_aug_config_scales_train_grey_and_colorwheel_only(tmp_path, monk
 
 def test_load_dataset_rejects_unknown_names(tmp_path):
     with pytest.raises(ValueError) as info:
-        datasets.load_dataset("div2k/unknown_x4", "train", data_dir=tmp_path)
+        loading.load_dataset("div2k/unknown_x4", "train", data_dir=tmp_path)
     assert str(info.value).startswith("unknown dataset 'div2k/unknown_x4'; accepted: classsr_div2k/x4[_aug], ")
     assert str(info.value).endswith("div2k/bicubic_x2, div2k/bicubic_x3, div2k/bicubic_x4")
 
@@ -316,7 +315,7 @@ def test_load_dataset_passes_the_manual_dir(monkeypatch, tmp_path):
         )
 
     monkeypatch.setattr(tfds, "load", fake_load)
-    datasets.load_dataset("classsr_div2k/x2_aug", "train", data_dir=tmp_path, manual_dir=tmp_path / "hr")
+    loading.load_dataset("classsr_div2k/x2_aug", "train", data_dir=tmp_path, manual_dir=tmp_path / "hr")
     name, kwargs = calls[0]
     assert name == "classsr_div2k/x2_aug" and kwargs["split"] == "train" and kwargs["data_dir"] == str(tmp_path)
     assert str(kwargs["download_and_prepare_kwargs"]["download_config"].manual_dir) == str(tmp_path / "hr")
@@ -332,7 +331,7 @@ def test_catalogue_div2k_is_accepted_and_cropped_to_scale_times_lr(monkeypatch, 
         return tf.data.Dataset.from_tensors({"hr": hr, "lr": lr, "tfds_id": "div2k-train.tfrecord-00000-of-00001__0"})
 
     monkeypatch.setattr(tfds, "load", fake_load)
-    examples = as_examples(datasets.load_dataset("div2k/bicubic_x3", "validation", data_dir=tmp_path))
+    examples = as_examples(loading.load_dataset("div2k/bicubic_x3", "validation", data_dir=tmp_path))
     assert calls[0][0] == "div2k/bicubic_x3" and calls[0][1]["split"] == "validation"
     assert calls[0][1]["read_config"].add_tfds_id is True
     np.testing.assert_array_equal(examples[0]["hr"], hr[:9, :12])
@@ -348,7 +347,7 @@ def test_catalogue_without_importlib_resources_is_a_one_line_error(monkeypatch, 
 
     monkeypatch.setattr(tfds, "load", fake_load)
     with pytest.raises(DataError) as info:
-        datasets.load_dataset("div2k/bicubic_x4", "train", data_dir=tmp_path)
+        loading.load_dataset("div2k/bicubic_x4", "train", data_dir=tmp_path)
     assert str(info.value) == (
         "div2k/bicubic_x4: preparing a TFDS catalogue dataset needs the importlib_resources package, which "
         "tensorflow-datasets does not install; run: pip install importlib_resources"

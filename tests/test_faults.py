@@ -354,7 +354,7 @@ def test_too_small_images_are_one_line_naming_the_file(checkpoint, tmp_path, cap
     assert upscale.main(["--checkpoint", checkpoint, "--input", str(src), "--output", str(tmp_path / "o.png"),
                          "--protocol", "paper"]) == 1
     assert error_lines(capsys) == [
-        f"error: {src}: image of 20x24 LR pixels is smaller than the 32x32 tile; the paper protocol cannot handle "
+        f"error: {src}: image of 24x20 LR pixels is smaller than the 32x32 tile; the paper protocol cannot handle "
         "it, use protocol 'full'"]
     lr, hr = tmp_path / "LR", tmp_path / "HR"
     lr.mkdir()
@@ -366,7 +366,7 @@ def test_too_small_images_are_one_line_naming_the_file(checkpoint, tmp_path, cap
     assert evaluate.main(["--checkpoint", checkpoint, "--lr-dir", str(lr), "--hr-dir", str(hr)]) == 1
     tile = "LR pixels is smaller than the 32x32 tile; the paper protocol cannot handle it, use protocol 'full'"
     assert error_lines(capsys) == [f"error: s ({lr / 's.png'}): image of 4x4 {tile}",
-                                   f"error: t ({lr / 't.png'}): image of 20x24 {tile}",
+                                   f"error: t ({lr / 't.png'}): image of 24x20 {tile}",
                                    "error: no pair could be evaluated (2 failed)"]
     assert evaluate.main(["--checkpoint", checkpoint, "--lr-dir", str(lr), "--hr-dir", str(hr), "--protocol",
                           "full"]) == 1

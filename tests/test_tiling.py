@@ -42,7 +42,7 @@ def test_paper_grid_rejects_small_images_with_one_line_message():
     with pytest.raises(ValueError) as info:
         paper_grid(31, 500)
     message = str(info.value)
-    assert "31x500" in message and "'full'" in message and "\n" not in message
+    assert "500x31" in message and "'full'" in message  # width x height and "\n" not in message
 
 
 @pytest.mark.parametrize(
