@@ -16,6 +16,8 @@ from classsr_jax.checkpointing import load_model
 from classsr_jax.data.bicubic import bicubic_degrade
 from classsr_jax.inference.upscaler import Upscaler
 
+pytestmark = pytest.mark.slow  # the benchmarks' smoke runs: out of the quick loop
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

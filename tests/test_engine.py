@@ -135,6 +135,7 @@ def one_device():
     return ONE_DEVICE
 
 
+@pytest.mark.slow  # every network
 @pytest.mark.parametrize("network,extra", [("fsrcnn", {}), ("carn", {}), ("srresnet", {"nb": 4}),
                                            ("rcan", {"n_resgroups": 2, "n_resblocks": 2})])
 def test_bfloat16_stays_close_to_float32(network, extra):

@@ -20,6 +20,8 @@ from classsr_jax.checkpointing import resolve_model_dir
 from classsr_jax.models import ModelSpec
 from classsr_jax.models.flops import model_flops
 
+pytestmark = pytest.mark.slow  # both notebooks, run by a kernel: out of the quick loop
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = ("train_tpu", "upscale_demo")
 KERNEL = "classsr-test-python3"

@@ -15,6 +15,8 @@ from classsr_jax.cli import convert
 from classsr_jax.models import ModelSpec
 from classsr_jax.models.common import SubPixelConvTranspose, deconv_as_subpixel_kernel, pixel_shuffle
 
+pytestmark = pytest.mark.slow  # every network against the PyTorch reference: out of the quick loop
+
 torch.set_grad_enabled(False)
 TOL = 1e-5
 

@@ -16,6 +16,8 @@ from classsr_jax.checkpointing import bundled_model_dir, load_model
 from classsr_jax.inference.upscaler import Upscaler
 from configs import quickstart
 
+pytestmark = pytest.mark.slow  # the trained models on every unseen photo set: out of the quick loop
+
 MODELS = {"original": Path(bundled_model_dir("quickstart-original")), "classsr": Path(bundled_model_dir("quickstart"))}
 TOLERANCE = 3  # uint8 levels per channel
 

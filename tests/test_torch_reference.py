@@ -26,6 +26,8 @@ from torch_reference import (
     randomize_,
 )
 
+pytestmark = pytest.mark.slow  # the PyTorch reference networks: out of the quick loop
+
 torch.set_num_threads(2)
 
 NETWORKS = ("fsrcnn", "carn", "srresnet", "rcan")

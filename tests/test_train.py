@@ -30,6 +30,8 @@ from classsr_jax.training import configuration, stages, train, validation
 from classsr_jax.training.losses import Objective
 from classsr_jax.training.workdir import Workdir
 
+pytestmark = pytest.mark.slow  # whole training runs, kill -9 and multi-process runs: out of the quick loop
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_EXTRA = {"s": 4, "m": 1}
 

@@ -25,6 +25,8 @@ from classsr_jax.training import configuration, guard, stages, train
 from classsr_jax.training.context import manual_sources
 from classsr_jax.training.workdir import Workdir
 
+pytestmark = pytest.mark.slow  # training runs under faults, subprocesses and signals: out of the quick loop
+
 TEMPORARY = (".orbax-checkpoint-tmp", ".tmp-")
 
 

@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from classsr_jax.cli import upscale
 from classsr_jax.io.images import write_image
+
+pytestmark = pytest.mark.slow  # two command processes on one folder: out of the quick loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = 5

@@ -10,6 +10,8 @@ from classsr_jax.inference.routing import RoutedModel, default_compute_widths
 from classsr_jax.models import ModelSpec, build_network
 from classsr_jax.models.widen import cpu_compute_widths, widen, widen_network_variables, wider_spec
 
+pytestmark = pytest.mark.slow  # every network at several widths: out of the quick loop
+
 # Small depths keep the test fast; every kind of layer of each network is still there.
 CASES = [
     ("srresnet", 52, 64, 4, {"nb": 2}),
