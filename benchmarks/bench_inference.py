@@ -136,8 +136,8 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def bf16(args) -> None:
     from classsr_jax.checkpointing import bundled_model_dir, load_model
-    from classsr_jax.cli import convert
     from classsr_jax.inference.upscaler import Upscaler
+    from classsr_jax.models import conversion
     from classsr_jax.models.torch_names import variables_to_state_dict
 
     print(harness.machine_line())
@@ -147,7 +147,7 @@ def bf16(args) -> None:
         spec, variables = fixtures.thirds_classsr(network, image.astype(np.float32) / 255)
         # Through the converter, as an official checkpoint would come.
         state_dict = variables_to_state_dict(variables, spec)
-        spec, variables = convert.convert_state_dict(network, state_dict, f"random {network}")
+        spec, variables = conversion.convert_state_dict(network, state_dict, f"random {network}")
         full = Upscaler(spec, variables).upscale(image, float_merge=True)
         half = Upscaler(spec, variables, dtype="bfloat16").upscale(image, float_merge=True)
         same = float(np.mean(full.classes == half.classes))

@@ -30,7 +30,6 @@ from matplotlib.figure import Figure
 
 from classsr_jax import checkpointing
 from classsr_jax.checkpointing import EXPORT_DIR
-from classsr_jax.cli import convert
 from classsr_jax.data.bicubic import bicubic_degrade, imresize, modcrop
 from classsr_jax.data.bundled import BUNDLED_FILES, bundled_paths
 from classsr_jax.evaluation import metrics
@@ -40,6 +39,7 @@ from classsr_jax.inference.class_map import class_map_overlay
 from classsr_jax.inference.upscaler import check_routing
 from classsr_jax.io.images import read_image
 from classsr_jax.io.pixels import to_uint8
+from classsr_jax.models import conversion
 from classsr_jax.training.configuration import apply_overrides, load_config, validate_config
 from classsr_jax.training.workdir import Workdir
 
@@ -256,8 +256,8 @@ def open_checkpoint(path: str, official_pth: str | None = None, network: str | N
     if official_pth and not os.path.exists(path):
         if not network:
             raise ValueError("converting an official checkpoint needs network= (fsrcnn, carn, srresnet or rcan)")
-        state_dict = convert.load_torch_state_dict(official_pth)
-        spec, variables = convert.convert_state_dict(network, state_dict, official_pth, scale=scale)
+        state_dict = conversion.load_torch_state_dict(official_pth)
+        spec, variables = conversion.convert_state_dict(network, state_dict, official_pth, scale=scale)
         checkpointing.save_model(path, spec, variables, metadata={"converted_from": official_pth})
     return checkpointing.open_model(path)
 

@@ -14,7 +14,7 @@ import torch_reference as ref
 from classsr_jax import checkpointing
 from classsr_jax.checkpointing import resolve_model_dir
 from classsr_jax.cli import convert
-from classsr_jax.models import ModelSpec
+from classsr_jax.models import ModelSpec, conversion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +97,7 @@ def test_wrong_model_and_unreadable_file(tmp_path):
     path = tmp_path / "fsrcnn.pth"
     torch.save(net.state_dict(), path)
     with pytest.raises(convert.ConvertError, match=r"lacks key entry.weight: is it a carn checkpoint\?"):
-        convert.convert_state_dict("carn", convert.load_torch_state_dict(str(path)), str(path))
+        conversion.convert_state_dict("carn", conversion.load_torch_state_dict(str(path)), str(path))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a pickle")
     result = run_convert("--model", "fsrcnn", "--input", str(junk), "--output", str(tmp_path / "o"))
@@ -143,7 +143,7 @@ def test_state_dict_round_trip_through_flax():
     model = ref.build_classsr("fsrcnn")
     ref.randomize_(model, seed=3)
     sd = {k: v.numpy() for k, v in model.state_dict().items()}
-    spec, variables = convert.convert_state_dict("fsrcnn", sd)
+    spec, variables = conversion.convert_state_dict("fsrcnn", sd)
     back = variables_to_state_dict(variables, spec)
     assert list(back) == list(sd)  # the original's key order
     for k in sd:
@@ -177,7 +177,7 @@ def test_half_precision_file_converts_to_the_rounded_weights(carn_composite, tmp
     loaded = checkpointing.load_model(str(out))
     assert loaded.metadata["cast_to_float32"] == [name]
     # The float32 file's weights, rounded to the half type by numpy / ml_dtypes instead of torch.
-    _, full = convert.convert_state_dict("carn", {k: v.numpy() for k, v in state.items()})
+    _, full = conversion.convert_state_dict("carn", {k: v.numpy() for k, v in state.items()})
     expected = jax.tree_util.tree_map(lambda a: np.asarray(a).astype(rounded).astype(np.float32), full)
     got_leaves, got_tree = jax.tree_util.tree_flatten(loaded.variables)
     want_leaves, want_tree = jax.tree_util.tree_flatten(expected)
@@ -200,7 +200,7 @@ def test_every_floating_dtype_becomes_float32_and_counters_stay_integers(tmp_pat
         },
         path,
     )
-    arrays, cast = convert.read_state_dict(str(path))
+    arrays, cast = conversion.read_state_dict(str(path))
     assert cast == ["bfloat16", "float64"]
     assert {k: v.dtype for k, v in arrays.items()} == {
         "a": np.float32, "b": np.float32, "c": np.float32, "bn.num_batches_tracked": np.int64
@@ -238,7 +238,7 @@ def test_many_bad_keys_show_the_first_six_and_the_count():
     for k in biases:
         sd[k] = sd[k][None]  # (n,) → (1, n): every bias a rank too many
     with pytest.raises(convert.ConvertError) as e:
-        convert.convert_state_dict("fsrcnn", sd, "many.pth")
+        conversion.convert_state_dict("fsrcnn", sd, "many.pth")
     shown = ", ".join(f"{k} {sd[k].shape} (expected ({sd[k].shape[1]},))" for k in biases[:6])
     assert str(e.value) == (
         f"many.pth does not match ClassSR-fsrcnn x4 (widths 16/36/56): "
@@ -250,7 +250,7 @@ def test_a_size_the_shapes_are_read_from_must_be_there():
     sd = {k: v.numpy() for k, v in ref.build_classsr("carn").state_dict().items()}
     sd["net2.b1.b1.body.0.weight"] = np.zeros(52, np.float32)
     with pytest.raises(convert.ConvertError) as e:
-        convert.convert_state_dict("carn", sd, "carn.pth")
+        conversion.convert_state_dict("carn", sd, "carn.pth")
     assert str(e.value) == "carn.pth: net2.b1.b1.body.0.weight has shape (52,), which is no carn layer"
 
 

@@ -11,8 +11,7 @@ import pytest
 import torch
 import torch_reference as ref
 
-from classsr_jax.cli import convert
-from classsr_jax.models import ModelSpec
+from classsr_jax.models import ModelSpec, conversion
 from classsr_jax.models.common import SubPixelConvTranspose, deconv_as_subpixel_kernel, pixel_shuffle
 
 pytestmark = pytest.mark.slow  # every network against the PyTorch reference: out of the quick loop
@@ -60,10 +59,10 @@ CASES = [
 def test_backbone_matches_reference(network, width, scale, extra):
     torch_net = ref.build(network, width, scale=scale, **extra).eval()
     ref.randomize_(torch_net, seed=width + scale)
-    spec, variables = convert.convert_state_dict(network, state_dict_np(torch_net), "reference")
+    spec, variables = conversion.convert_state_dict(network, state_dict_np(torch_net), "reference")
     assert spec.widths == (width,) and spec.scale == (scale if network != "fsrcnn" else 4)
     if network == "fsrcnn":  # a 9x9 deconv cannot tell its scale; the caller says it
-        spec, variables = convert.convert_state_dict(network, state_dict_np(torch_net), "reference", scale=scale)
+        spec, variables = conversion.convert_state_dict(network, state_dict_np(torch_net), "reference", scale=scale)
     x = random_images(2, seed=scale)
     rgb_range = 255.0 if network == "rcan" else 1.0
     expected = nhwc(torch_net(nchw(x) * rgb_range)) / rgb_range
@@ -108,7 +107,7 @@ def test_composite_checkpoint_routes_like_reference(network):
     scale_in = 255.0 if network == "rcan" else 1.0
     ref.calibrate_classifier_(torch_model.classifier, nchw(x))
     sd = state_dict_np(torch_model)
-    spec, variables = convert.convert_state_dict(network, sd, "reference")
+    spec, variables = conversion.convert_state_dict(network, sd, "reference")
     assert spec.kind == "classsr" and spec.widths == ref.WIDTHS[network]
     model = spec.build()
     sr_ref, probs_ref, classes_ref = torch_model.forward_test(nchw(x) * scale_in)
