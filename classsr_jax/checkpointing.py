@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict
 
 from classsr_jax import parallel
-from classsr_jax.errors import CheckpointError
+from classsr_jax.errors import CheckpointError, reason
 from classsr_jax.models.spec import ModelSpec
 
 FORMAT = "classsr_jax.model"
@@ -45,11 +45,6 @@ class LoadedModel:
     variables: dict[str, Any]
     metadata: dict[str, Any]
     path: str
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
 def count_params(variables: dict[str, Any]) -> int:
@@ -109,7 +104,7 @@ def _write_model(tmp: str, directory: str, items) -> None:
     except Exception as e:  # Orbax and the file system raise many types; the user needs one line.
         for leftover in glob.glob(glob.escape(tmp) + "*"):  # Orbax's own temporary folder of the failed write
             shutil.rmtree(leftover, ignore_errors=True)
-        raise CheckpointError(f"cannot write model {directory}: {_one_line(e)}") from e
+        raise CheckpointError(f"cannot write model {directory}: {reason(e, with_type=True)}") from e
 
 
 def save_model(
@@ -147,7 +142,7 @@ def load_model(model_dir: str) -> LoadedModel:
                 path, ocp.args.Composite(variables=ocp.args.StandardRestore(), model=ocp.args.JsonRestore())
             )
     except Exception as e:  # Orbax raises many types; the user needs one line.
-        raise CheckpointError(f"cannot read checkpoint {model_dir}: {_one_line(e)}") from e
+        raise CheckpointError(f"cannot read checkpoint {model_dir}: {reason(e, with_type=True)}") from e
     description = restored["model"]
     if not isinstance(description, dict) or description.get("format") != FORMAT:
         raise CheckpointError(f"{model_dir} is not a classsr_jax model checkpoint (format marker missing)")
@@ -221,7 +216,7 @@ def read_model_spec(model_dir: str) -> ModelSpec:
         description = restored["model"]
         return ModelSpec.from_dict(description["model"])
     except (ValueError, KeyError, TypeError, OSError) as e:
-        raise CheckpointError(f"cannot read the model description of {model_dir}: {_one_line(e)}") from e
+        raise CheckpointError(f"cannot read the model description of {model_dir}: {reason(e, with_type=True)}") from e
 
 
 def export_model(
@@ -302,7 +297,7 @@ def read_train_progress(directory: str, step: int | None = None) -> dict[str, An
             )
         return dict(restored[PROGRESS_ITEM])
     except Exception as e:  # Orbax raises many types; the user needs one line.
-        raise CheckpointError(f"cannot read the training checkpoint in {directory}: {_one_line(e)}") from e
+        raise CheckpointError(f"cannot read the training checkpoint in {directory}: {reason(e, with_type=True)}") from e
 
 
 def save_train_state(
@@ -329,7 +324,7 @@ def save_train_state(
         )
     except Exception as e:  # Orbax and the file system raise many types; the user needs one line.
         raise CheckpointError(
-            f"cannot save the training checkpoint of step {step} in {manager.directory}: {_one_line(e)}"
+            f"cannot save the training checkpoint of step {step} in {manager.directory}: {reason(e, with_type=True)}"
         ) from e
 
 
@@ -338,7 +333,9 @@ def wait_for_train_saves(manager: ocp.CheckpointManager) -> None:
     try:
         manager.wait_until_finished()
     except Exception as e:  # Orbax and the file system raise many types; the user needs one line.
-        raise CheckpointError(f"cannot save a training checkpoint in {manager.directory}: {_one_line(e)}") from e
+        raise CheckpointError(
+            f"cannot save a training checkpoint in {manager.directory}: {reason(e, with_type=True)}"
+        ) from e
 
 
 def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
@@ -353,6 +350,7 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, abstract_stat
         )
     except Exception as e:  # Orbax raises many types; the user needs one line.
         raise CheckpointError(
-            f"the training checkpoint at step {step} in {manager.directory} does not fit this run: {_one_line(e)}"
+            f"the training checkpoint at step {step} in {manager.directory} does not fit this run: "
+            f"{reason(e, with_type=True)}"
         ) from e
     return restored[STATE_ITEM], dict(restored[PROGRESS_ITEM])

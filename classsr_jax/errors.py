@@ -12,9 +12,14 @@ def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def reason(exc: BaseException) -> str:
-    """A short, one-line cause for a library exception: its message, or its type when it has none."""
-    return one_line(exc) or type(exc).__name__
+def reason(exc: BaseException, *, with_type: bool = False) -> str:
+    """A one-line cause for a library exception: its message, or its type when it has none. `with_type` names
+    the type first ("OSError: [Errno 28] No space left on device"), for libraries whose messages alone are vague
+    (Orbax)."""
+    text = one_line(exc)
+    if with_type:
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text or type(exc).__name__
 
 
 class UserError(ValueError):

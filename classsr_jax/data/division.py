@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from classsr_jax.data.bicubic import imresize
 from classsr_jax.errors import DataError
 from classsr_jax.io import atomic
+from classsr_jax.io.pixels import to_float01
 
 PAPER_THRESHOLDS: tuple[float, float] = (27.16882, 35.149761)
 CLASS_NAMES: tuple[str, str, str] = ("simple", "medium", "hard")
@@ -245,7 +246,7 @@ class _TileScorer:
 
     def add_image(self, hr: np.ndarray, lr: np.ndarray, grid: np.ndarray) -> None:
         """Queues the tiles at LR corners `grid` (n, 2) of one image."""
-        lr_float = lr.astype(np.float32) / 255.0
+        lr_float = to_float01(lr)
         t, s, ht = self.lr_tile, self.scale, self.hr_tile
         for y, x in grid:
             self.lr_batch[self.filled] = lr_float[y : y + t, x : x + t]

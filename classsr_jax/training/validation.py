@@ -18,7 +18,7 @@ from classsr_jax.errors import DataError
 from classsr_jax.evaluation.scoring import evaluate_pairs
 from classsr_jax.inference.class_map import class_map_overlay
 from classsr_jax.inference.upscaler import Upscaler
-from classsr_jax.io.pixels import to_uint8
+from classsr_jax.io.pixels import to_float01, to_uint8
 from classsr_jax.models.spec import ModelSpec
 from classsr_jax.training.losses import Objective
 
@@ -40,8 +40,8 @@ def validation_tiles(pairs, lr_patch: int, scale: int, limit: int) -> dict[str, 
     if not lrs:
         raise DataError(f"the validation images hold no {lr_patch} px LR tile")
     return {
-        "lr": np.stack(lrs).astype(np.float32) / 255.0,
-        "hr": np.stack(hrs).astype(np.float32) / 255.0,
+        "lr": to_float01(np.stack(lrs)),
+        "hr": to_float01(np.stack(hrs)),
     }
 
 
