@@ -329,19 +329,10 @@ def divide(
     yx = np.concatenate(yx_parts)
     chosen, rule = _chosen_thresholds(psnr, thresholds)
     return Division(
-        names=tuple(names),
-        image_index=np.concatenate(index_parts),
-        y=yx[:, 0].astype(np.int32),
-        x=yx[:, 1].astype(np.int32),
-        psnr=psnr.astype(np.float32),
-        label=classify(psnr, chosen),
-        thresholds=(float(chosen[0]), float(chosen[1])),
-        scale=int(scale),
-        lr_tile=lr_tile,
-        step=step,
-        max_uncovered=max_uncovered,
-        threshold_rule=rule,
-        skipped=tuple(skipped),
+        names=tuple(names), image_index=np.concatenate(index_parts), y=yx[:, 0].astype(np.int32),
+        x=yx[:, 1].astype(np.int32), psnr=psnr.astype(np.float32), label=classify(psnr, chosen),
+        thresholds=(float(chosen[0]), float(chosen[1])), scale=int(scale), lr_tile=lr_tile, step=step,
+        max_uncovered=max_uncovered, threshold_rule=rule, skipped=tuple(skipped),
     )
 
 

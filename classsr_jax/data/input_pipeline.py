@@ -416,17 +416,9 @@ def create_train_iterator(
     colour_rng = np.random.default_rng(seeds.spawn(1)[0])
     source = _Source(dataset, wanted, process_index, process_count)
     sampler = _Sampler(
-        source,
-        batch_size=batch_size,
-        scale=int(scale),
-        lr_patch=lr_patch,
-        rng=rng,
-        positions=positions,
-        division_names=division.names if division is not None else None,
-        cache_bytes=cache_bytes,
-        crops_per_decode=crops_per_decode,
-        describe=describe,
-        colour=colour if colour is not None else ColourAugment(),
-        colour_rng=colour_rng,
+        source, batch_size=batch_size, scale=int(scale), lr_patch=lr_patch, rng=rng, positions=positions,
+        division_names=division.names if division is not None else None, cache_bytes=cache_bytes,
+        crops_per_decode=crops_per_decode, describe=describe,
+        colour=colour if colour is not None else ColourAugment(), colour_rng=colour_rng,
     )
     return TrainIterator(sampler, prefetch, raw)
