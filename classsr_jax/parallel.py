@@ -37,6 +37,24 @@ def default_cpu_devices() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def use_compilation_cache(folder: str | None = None) -> str | None:
+    """Keeps compiled programs on disk, so that a command's second run loads them instead of compiling (a 2K
+    image with CARN-M compiles for longer than it computes). JAX_COMPILATION_CACHE_DIR, when set, wins; the
+    default is ~/.cache/classsr_jax/xla (XDG_CACHE_HOME honoured). Returns the folder, or None when it cannot be
+    used (then nothing is cached)."""
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]  # JAX reads it itself
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = folder or os.path.join(cache_home, "classsr_jax", "xla")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", folder)
+    except (OSError, RuntimeError) as e:  # a read-only home: compile every time
+        logging.info("no compilation cache (%s): %s", folder, e)
+        return None
+    return folder
+
+
 def use_cpu_devices(count: int, *, quiet: bool = False) -> None:
     """Runs JAX's CPU backend as `count` devices (0: leave JAX's default), so that the 'data' mesh splits each
     batch between the cores. One XLA:CPU program leaves a small CPU partly idle between its many small ops;

@@ -44,3 +44,16 @@ def test_the_default_is_one_device_per_core_unless_xla_flags_set_a_count(monkeyp
     assert parallel.default_cpu_devices() == len(os.sched_getaffinity(0))
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     assert parallel.default_cpu_devices() == 0  # the user's own count stands
+
+
+def test_commands_keep_compiled_programs_in_a_cache_folder(tmp_path):
+    code = ("from classsr_jax import parallel; import jax; "
+            "print(parallel.use_compilation_cache(), jax.config.jax_compilation_cache_dir)")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    folder = str(tmp_path / "cache" / "classsr_jax" / "xla")
+    assert run.stdout.split() == [folder, folder] and os.path.isdir(folder)
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "mine")  # the user's own setting wins
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert run.stdout.split()[0] == str(tmp_path / "mine")

@@ -67,6 +67,7 @@ def make_upscaler(fv: flags.FlagValues, **kw) -> tuple[checkpointing.LoadedModel
     Call it before anything else touches JAX: the CPU device count is read when JAX's backends start.
     """
     parallel.use_cpu_devices(fv["cpu-devices"].value or parallel.default_cpu_devices(), quiet=True)
+    parallel.use_compilation_cache()
     loaded = checkpointing.open_model(fv.checkpoint)
     options = routing_options(fv, loaded.spec)
     return loaded, Upscaler(loaded.spec, loaded.variables, protocol=fv.protocol, dtype=fv.dtype, **kw), options

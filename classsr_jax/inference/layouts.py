@@ -36,7 +36,9 @@ def upscale_image(upscaler: Upscaler, image: LoadedImage, *, bit_depth: int = 8,
 
     bit_depth: 8 or 16, the depth of `result.sr`; 16 keeps a 16-bit input's precision where the output can.
     """
-    result = upscaler.upscale(image.pixels, bit_depth=bit_depth, budget=budget, force_class=force_class)
+    # Only the quantised image is written: no float merge, even under the paper protocol (it is evaluate's).
+    result = upscaler.upscale(image.pixels, bit_depth=bit_depth, budget=budget, force_class=force_class,
+                              float_merge=False)
     if image.alpha_pixels is None:
         return result, None
     return result, upscale_alpha(image.alpha_pixels, result.sr.shape[:2], upscaler.spec.scale)
