@@ -271,7 +271,7 @@ def no_decoding(monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", decoded)
 
 
-def _refused(path, message, **kwargs):
+def assert_refused(path, message, **kwargs):
     for read in (read_image, image_size):
         with pytest.raises(ImageError) as info:
             read(path, **kwargs)
@@ -282,31 +282,31 @@ def test_tiff_with_1000_samples_per_pixel_is_refused_from_the_header(tmp_path, n
     path = tmp_path / "wide.tif"
     tifffile.imwrite(path, np.zeros((2, 2, 1000), np.uint8), photometric="minisblack", planarconfig="contig",
                      metadata=None)
-    _refused(path, "1000 samples per pixel (at most 4: gray, gray+alpha, RGB, RGBA)")
+    assert_refused(path, "1000 samples per pixel (at most 4: gray, gray+alpha, RGB, RGBA)")
 
 
 def test_multi_page_tiff_and_volume_are_refused(tmp_path, no_decoding):
     pages = tmp_path / "pages.tif"
     tifffile.imwrite(pages, np.zeros((3, 8, 8), np.uint8), photometric="minisblack", metadata=None)
-    _refused(pages, "3 pages; only single images are read (save the one you want as its own file)")
+    assert_refused(pages, "3 pages; only single images are read (save the one you want as its own file)")
     volume = tmp_path / "volume.tif"
     tifffile.imwrite(volume, np.zeros((2, 16, 16), np.uint8), photometric="minisblack", volumetric=True,
                      tile=(16, 16), metadata=None)
-    _refused(volume, "2 slices (a volume); only single images are read (save the one you want as its own file)")
+    assert_refused(volume, "2 slices (a volume); only single images are read (save the one you want as its own file)")
 
 
 def test_animated_png_and_gif_are_refused(tmp_path, no_decoding):
     frames = [Image.new("RGB", (8, 8)), Image.new("RGB", (8, 8), (255, 0, 0))]
     for name in ("anim.png", "anim.gif"):
         frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
-        _refused(tmp_path / name, "2 frames or pages; only single images are read (save the one you want as its "
+        assert_refused(tmp_path / name, "2 frames or pages; only single images are read (save the one you want as its "
                                   "own file)")
 
 
 def test_decoded_size_limit_from_the_header(tmp_path, no_decoding):
     path = tmp_path / "float.tif"  # 10x10 = 100 pixels, within the pixel limit, but 8-byte samples
     tifffile.imwrite(path, np.zeros((10, 10, 3), np.float64), photometric="rgb", metadata=None)
-    _refused(path, "decoded size 2400 bytes (10x10, 3 samples of 8 bytes) is over the 800 bytes limit (8 bytes "
+    assert_refused(path, "decoded size 2400 bytes (10x10, 3 samples of 8 bytes) is over the 800 bytes limit (8 bytes "
                    "per pixel of the pixel limit; --max-pixels raises it)", max_pixels=100)
 
 
@@ -342,7 +342,7 @@ def test_eps_renamed_png_never_reaches_pillows_eps_plugin(tmp_path, monkeypatch)
     with Image.open(path) as im:
         assert im.format == "EPS"  # an unrestricted open would hand it to the Ghostscript plugin
     monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: pytest.fail("EPS plugin reached"))
-    _refused(path, "not a recognised image file (only PNG, JPEG, BMP, TIFF, WEBP, QOI, GIF)")
+    assert_refused(path, "not a recognised image file (only PNG, JPEG, BMP, TIFF, WEBP, QOI, GIF)")
     with pytest.raises(UnreadableImageError, match="not an image Pillow can identify"):
         read_rgb_uint8(path)
 
