@@ -8,7 +8,7 @@ from routing_fixtures import SPEC, spread_classifier, textured_image
 
 from classsr_jax.inference import bands, reference, tiling
 from classsr_jax.inference.upscaler import Upscaler
-from classsr_jax.models import ModelSpec
+from classsr_jax.models import ModelSpec, interpolation_init
 from classsr_jax.parallel import create_mesh
 
 
@@ -150,3 +150,19 @@ def test_bfloat16_stays_close_to_float32(network, extra):
     psnr = 10 * np.log10(255.0**2 / max(mse, 1e-12))
     assert psnr > 40.0, psnr
     assert not np.array_equal(full.sr_255, half.sr_255)  # bfloat16 really ran
+
+
+def test_an_image_smaller_than_a_tile_is_padded_after_its_last_row():
+    """An image shorter than a tile is mirrored after its last row (`bands.padded_image`): it upscales as the
+    same image padded by hand. The network starts as cubic interpolation, so its output is the image's content
+    (a random network's near-constant output would hide a shifted image)."""
+    spec = ModelSpec("network", "fsrcnn", (56,), 4)
+    variables = spec.init(seed=0)
+    variables = {**variables, "params": interpolation_init.interpolating_params("fsrcnn", variables["params"], 4)}
+    up = Upscaler(spec, variables)
+    lr = as_uint8(textured_image(20, 33, seed=2))
+    small = up.upscale(lr).sr.astype(int)
+    by_hand = up.upscale(np.pad(lr, ((0, 12), (0, 0), (0, 0)), mode="symmetric")).sr[:80].astype(int)
+    assert small.shape == by_hand.shape == (80, 132, 3)
+    assert np.abs(small - by_hand).max() <= 1
+    assert np.abs(small - np.roll(small, 12 * 4, axis=0)).mean() > 5  # the test image has content to shift
