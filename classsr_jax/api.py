@@ -26,13 +26,12 @@ from classsr_jax.errors import ImageError
 from classsr_jax.inference.layouts import upscale_image
 from classsr_jax.inference.upscaler import Upscaler, UpscaleResult
 from classsr_jax.io import outputs
-from classsr_jax.io.images import IMAGE_EXTENSIONS, LoadedImage, read_image, write_image
+from classsr_jax.io.images import IMAGE_EXTENSIONS, LoadedImage, output_bit_depth, read_image, write_image
 from classsr_jax.io.images import gray_mean as gray_of  # the one channel mean that gray outputs use
 from classsr_jax.io.pixels import quantise
 from classsr_jax.models.flops import format_flops, model_flops
 
 # 16-bit inputs stay 16-bit where the output format can hold them (JPEG and BMP are 8-bit only).
-SIXTEEN_BIT_FORMATS = (".png", ".tif", ".tiff")
 # PIL modes the API takes, and the channel count of each; any other mode is a ValueError naming it.
 PIL_CHANNELS = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "I;16": 1}
 _LAYOUTS = {1: "gray", 2: "gray_alpha", 3: "rgb", 4: "rgba"}
@@ -67,11 +66,6 @@ class ModelInfo:
         flops = "/".join(format_flops(f) for f in self.branch_flops)
         return (f"{name} x{self.scale}, widths {'/'.join(map(str, self.widths))}, {self.parameters:,} parameters, "
                 f"FLOPs per 32x32 tile {flops} (Class-Module {format_flops(self.classifier_flops)})")
-
-
-def output_bit_depth(image: LoadedImage, output: str) -> int:
-    """16 for a 16-bit input written to a format that holds 16 bits, else 8."""
-    return 16 if image.bit_depth == 16 and os.path.splitext(output)[1].lower() in SIXTEEN_BIT_FORMATS else 8
 
 
 def _float_to_uint16(values: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from absl import flags
 from classsr_jax import cli
 from classsr_jax.checkpointing import save_model
 from classsr_jax.errors import ConvertError
-from classsr_jax.io.outputs import ensure_writable_folder
+from classsr_jax.io.outputs import ensure_writable_folder, is_inside
 from classsr_jax.models.backbones import NETWORKS, SCALES
 from classsr_jax.models.conversion import convert_state_dict, read_state_dict
 
@@ -53,10 +53,6 @@ HELP = cli.CommandHelp(
 )
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def check_paths(input_path: str, output: str, overwrite: bool) -> None:
     """One-line errors, before any work, for an input that is not there, an output that would replace it, and an
     output folder that cannot be created or written (its parent is created here)."""
@@ -67,9 +63,9 @@ def check_paths(input_path: str, output: str, overwrite: bool) -> None:
     targets = {os.path.abspath(output), os.path.realpath(output)}
     if sources & targets or (os.path.exists(output) and os.path.samefile(input_path, output)):
         raise ConvertError(f"--output {output} is the input {input_path}; choose another output")
-    if any(_inside(t, s) for s in sources for t in targets):
+    if any(is_inside(t, s) for s in sources for t in targets):
         raise ConvertError(f"--output {output} lies inside the input {input_path}; choose another output")
-    if any(_inside(s, t) for s in sources for t in targets):
+    if any(is_inside(s, t) for s in sources for t in targets):
         raise ConvertError(f"--output {output} holds the input {input_path}; choose another output")
     if os.path.lexists(output):
         if not overwrite:

@@ -33,7 +33,6 @@ from absl import flags
 from tqdm import tqdm
 
 from classsr_jax import checkpointing, cli
-from classsr_jax.api import output_bit_depth
 from classsr_jax.cli.model_flags import MODEL_GROUPS, define_model_flags, make_upscaler
 from classsr_jax.errors import ImageError, UserError
 from classsr_jax.inference.class_map import class_map_overlay
@@ -41,7 +40,15 @@ from classsr_jax.inference.layouts import upscale_image
 from classsr_jax.inference.upscaler import Upscaler, UpscaleResult
 from classsr_jax.io import atomic, outputs
 from classsr_jax.io.background import BackgroundWriter, prefetched
-from classsr_jax.io.images import IMAGE_EXTENSIONS, LoadedImage, image_size, list_images, read_image, write_image
+from classsr_jax.io.images import (
+    IMAGE_EXTENSIONS,
+    LoadedImage,
+    image_size,
+    list_images,
+    output_bit_depth,
+    read_image,
+    write_image,
+)
 from classsr_jax.io.pixels import to_uint8
 
 FLAGS = flags.FlagValues()

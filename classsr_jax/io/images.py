@@ -225,6 +225,12 @@ def _target(fmt: encode.Format, path: str, rgb: np.ndarray, like: LoadedImage | 
     return gray, bit_depth, icc_profile or None
 
 
+def output_bit_depth(image: LoadedImage, output: str | os.PathLike) -> int:
+    """16 for a 16-bit input written to a format that holds 16 bits (`encode.Format.sixteen_bit`), else 8."""
+    fmt = encode.BY_EXTENSION.get(os.path.splitext(os.fspath(output))[1].lower())
+    return 16 if image.bit_depth == 16 and fmt is not None and fmt.sixteen_bit else 8
+
+
 def write_image(path: str | os.PathLike, rgb: np.ndarray, like: LoadedImage | None = None,
                 alpha: np.ndarray | None = None, icc_profile: bytes | None = None, *,
                 png_compression: int | None = None, quality: int | None = None) -> None:

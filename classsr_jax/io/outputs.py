@@ -45,7 +45,8 @@ def _file_id(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-def _inside(path: str, folder: str) -> bool:
+def is_inside(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies below it (both spelled alike: absolute or real paths)."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
@@ -103,7 +104,7 @@ class OutputPlan:
         source = self._inputs.get(real) or (file_id is not None and self._inputs.get(file_id))
         if source:
             raise WriteError(f"{what} {path} is the input {source}; inputs are never written, choose another path")
-        inside = [shown for folder, shown in self._protected if _inside(real, folder)]
+        inside = [shown for folder, shown in self._protected if is_inside(real, folder)]
         if inside or (file_id is not None and file_id in self._protected_ids):
             shown = inside[0] if inside else self._protected_ids[file_id]
             raise WriteError(f"{what} {path} lies inside {shown}, which this run reads; choose another path")
