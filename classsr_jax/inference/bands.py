@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from classsr_jax.inference import tiling
+from classsr_jax.inference import program_cache, tiling
 from classsr_jax.inference.routing import RoutedModel, class_logits, classify, route_classes
 from classsr_jax.inference.tiling import weight_sums
 from classsr_jax.parallel import DATA_AXIS
@@ -332,13 +332,15 @@ class BandPrograms:
             tuple(d.id for d in routed.mesh.devices.flat),
         )
 
-    def _cached(self, key, build):
+    def _cached(self, key, lower):
+        """The compiled program for `key`: from this process's programs, else from the cache folder of earlier
+        runs (`program_cache`), else `lower().compile()`."""
         key = (self._model_key, *key)
         if key in _programs:
             _programs.move_to_end(key)
             return _programs[key]
         t0 = time.perf_counter()
-        program = build()
+        program = program_cache.load_or_compile(key, self.routed.mesh.devices.flat, lower)
         self.compile_seconds += time.perf_counter() - t0
         _programs[key] = program
         while len(_programs) > MAX_CACHED_PROGRAMS:
@@ -365,14 +367,14 @@ class BandPrograms:
         a = self._abstract(shape, dtype, 3)
         return self._cached(key, lambda: _band_program(self.routed, shape, fmt).lower(
             variables, a["lr"], a["positions"], a["valid"], a["carry"], a["scalar"], a["row_weights"],
-            a["col_weights"], a["offsets"], a["scalar"]).compile())
+            a["col_weights"], a["offsets"], a["scalar"]))
 
     def classify(self, variables, shape: BandShape, dtype):
         key = ("classify", shape, np.dtype(dtype).name)
         self.classify_programs.add(key)
         a = self._abstract(shape, dtype, 3)
-        return self._cached(key, lambda: _classify_program(self.routed, shape).lower(
-            variables, a["lr"], a["positions"]).compile())
+        program = _classify_program(self.routed, shape)
+        return self._cached(key, lambda: program.lower(variables, a["lr"], a["positions"]))
 
     def empty_carry(self, shape: BandShape) -> jax.Array:
         rows = shape.carry_lr_rows * shape.scale

@@ -1,0 +1,100 @@
+"""Compiled band programs are kept on disk beside JAX's compilation cache, so a new process (a command's second
+run) loads them without tracing the model: same pixels, no compile; a broken entry is compiled again."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from command_fixtures import SPEC, photo
+
+from classsr_jax.inference import bands, program_cache
+from classsr_jax.inference.upscaler import Upscaler
+from classsr_jax.io.images import read_image, write_image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def cache_folder(tmp_path, monkeypatch):
+    """A fresh cache folder, and no program of this process's own memory (as in a new process)."""
+    monkeypatch.setattr(program_cache, "folder", lambda: str(tmp_path / "programs"))
+    monkeypatch.setattr(bands, "_programs", type(bands._programs)())
+    return tmp_path / "programs"
+
+
+def upscale(variables, image):
+    return Upscaler(SPEC, variables, protocol="full").upscale(image)
+
+
+def no_tracing(*_args, **_kwargs):
+    raise AssertionError("the band program was traced again")
+
+
+def test_a_second_process_loads_the_program_without_tracing_and_computes_the_same(cache_folder, monkeypatch):
+    variables, image = SPEC.init(seed=5), photo(40, 72, seed=2)
+    first = upscale(variables, image)
+    entries = os.listdir(cache_folder)
+    assert len(entries) == 1 and entries[0].endswith(".executable")
+    monkeypatch.setattr(bands, "_programs", type(bands._programs)())  # a new process: nothing in memory
+    monkeypatch.setattr(bands, "_band_program", no_tracing)
+    second = upscale(SPEC.init(seed=6), image)  # new weights: the program takes them as arguments
+    reference = upscale(SPEC.init(seed=6), image)  # from this process's memory now
+    np.testing.assert_array_equal(second.sr, reference.sr)
+    assert not np.array_equal(second.sr, first.sr)
+    assert second.compile_s < first.compile_s
+
+
+def test_a_broken_entry_is_compiled_again_and_replaced(cache_folder, monkeypatch):
+    variables, image = SPEC.init(seed=5), photo(40, 72, seed=2)
+    first = upscale(variables, image)
+    (entry,) = cache_folder.iterdir()
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated, as by a full disk
+    monkeypatch.setattr(bands, "_programs", type(bands._programs)())
+    again = upscale(variables, image)
+    np.testing.assert_array_equal(again.sr, first.sr)
+    assert entry.stat().st_size > 100 and program_cache.load(str(entry), jax.local_devices()) is not None
+
+
+def test_the_entry_name_changes_with_the_source_the_devices_and_the_key(monkeypatch):
+    devices = jax.local_devices()
+    name = program_cache.entry_name(("route", 1), devices)
+    assert name == program_cache.entry_name(("route", 1), devices)
+    assert name != program_cache.entry_name(("route", 2), devices)
+    assert name != program_cache.entry_name(("route", 1), devices[:1])
+    monkeypatch.setattr(program_cache, "source_digest", lambda: "an edited module")
+    assert name != program_cache.entry_name(("route", 1), devices)
+
+
+def test_the_folder_follows_jax_compilation_cache():
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert program_cache.folder() is None  # JAX's cache off: nothing kept
+        jax.config.update("jax_compilation_cache_dir", "/somewhere")
+        assert program_cache.folder() == os.path.join("/somewhere", "classsr_programs")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_a_program_jax_already_cached_is_compiled_again_before_it_is_kept(checkpoint, tmp_path):
+    """JAX's own cache holding the program (an earlier run without ours) must not leak into ours: an executable
+    JAX reloaded serializes incompletely, and running that copy in the next process fails."""
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla"), "JAX_PLATFORMS": "cpu"}
+    image = tmp_path / "in.png"
+    write_image(str(image), photo(40, 72, seed=2))
+    jax_only = ("import sys; from classsr_jax import checkpointing, parallel; from classsr_jax.inference import "
+                "program_cache; from classsr_jax.inference.upscaler import Upscaler; from classsr_jax.io.images import "
+                "read_image; parallel.use_compilation_cache(); program_cache.folder = lambda: None; "
+                "m = checkpointing.open_model(sys.argv[1]); "
+                "Upscaler(m.spec, m.variables).upscale(read_image(sys.argv[2]).pixels)")
+    command = ["-m", "classsr_jax.upscale", "--checkpoint", checkpoint, "-i", str(image), "-o"]
+    for run in (["-c", jax_only, checkpoint, str(image)], command + [str(tmp_path / "1.png")],
+                command + [str(tmp_path / "2.png")]):
+        done = subprocess.run([sys.executable, *run], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert len(os.listdir(tmp_path / "xla" / program_cache.SUBFOLDER)) == 1
+    outputs = [read_image(str(tmp_path / f"{i}.png")).pixels for i in (1, 2)]
+    np.testing.assert_array_equal(outputs[1], outputs[0])
