@@ -1,6 +1,7 @@
 """Compiled band programs are kept on disk beside JAX's compilation cache, so a new process (a command's second
 run) loads them without tracing the model: same pixels, no compile; a broken entry is compiled again."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,9 +11,12 @@ import numpy as np
 import pytest
 from command_fixtures import SPEC, photo
 
+from classsr_jax import disk_cache
 from classsr_jax.inference import bands, program_cache
 from classsr_jax.inference.upscaler import Upscaler
 from classsr_jax.io.images import read_image, write_image
+from classsr_jax.models import ModelSpec
+from classsr_jax.models import spec as spec_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,9 +24,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture
 def cache_folder(tmp_path, monkeypatch):
     """A fresh cache folder, and no program of this process's own memory (as in a new process)."""
-    monkeypatch.setattr(program_cache, "folder", lambda: str(tmp_path / "programs"))
+    monkeypatch.setattr(disk_cache, "folder", lambda kind: str(tmp_path / kind))
     monkeypatch.setattr(bands, "_programs", type(bands._programs)())
-    return tmp_path / "programs"
+    return tmp_path / program_cache.KIND
 
 
 def upscale(variables, image):
@@ -58,25 +62,43 @@ def test_a_broken_entry_is_compiled_again_and_replaced(cache_folder, monkeypatch
     assert entry.stat().st_size > 100 and program_cache.load(str(entry), jax.local_devices()) is not None
 
 
-def test_the_entry_name_changes_with_the_source_the_devices_and_the_key(monkeypatch):
+def test_the_entry_changes_with_the_source_the_devices_and_the_key(monkeypatch):
     devices = jax.local_devices()
-    name = program_cache.entry_name(("route", 1), devices)
-    assert name == program_cache.entry_name(("route", 1), devices)
-    assert name != program_cache.entry_name(("route", 2), devices)
-    assert name != program_cache.entry_name(("route", 1), devices[:1])
-    monkeypatch.setattr(program_cache, "source_digest", lambda: "an edited module")
-    assert name != program_cache.entry_name(("route", 1), devices)
+    path = program_cache.entry_path(("route", 1), devices)
+    assert path == program_cache.entry_path(("route", 1), devices)
+    assert path != program_cache.entry_path(("route", 2), devices)
+    assert path != program_cache.entry_path(("route", 1), devices[:1])
+    monkeypatch.setattr(disk_cache, "source_digest", lambda *packages: "an edited module")
+    assert path != program_cache.entry_path(("route", 1), devices)
 
 
 def test_the_folder_follows_jax_compilation_cache():
     before = jax.config.jax_compilation_cache_dir
     try:
         jax.config.update("jax_compilation_cache_dir", None)
-        assert program_cache.folder() is None  # JAX's cache off: nothing kept
+        assert disk_cache.folder("kind") is None  # JAX's cache off: nothing kept
+        assert program_cache.entry_path(("route", 1), jax.local_devices()) is None
         jax.config.update("jax_compilation_cache_dir", "/somewhere")
-        assert program_cache.folder() == os.path.join("/somewhere", "classsr_programs")
+        assert disk_cache.folder("kind") == os.path.join("/somewhere", "kind")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_variable_shapes_are_kept_and_equal_a_fresh_trace(cache_folder, monkeypatch):
+    spec = ModelSpec("classsr", "carn", (36, 52, 64))
+    spec_module._variable_rows.cache_clear()  # and this process's memory
+    traced = spec.abstract()
+    (entry,) = (cache_folder.parent / "classsr_shapes").iterdir()
+    with monkeypatch.context() as patched:
+        patched.setattr(jax, "eval_shape", no_tracing)
+        spec_module._variable_rows.cache_clear()
+        kept = spec.abstract()
+    assert jax.tree_util.tree_structure(kept) == jax.tree_util.tree_structure(traced)
+    assert jax.tree_util.tree_leaves(kept) == jax.tree_util.tree_leaves(traced)
+    entry.write_text("[[")  # damaged: traced again and written anew
+    spec_module._variable_rows.cache_clear()
+    assert jax.tree_util.tree_leaves(spec.abstract()) == jax.tree_util.tree_leaves(traced)
+    assert json.loads(entry.read_text())[0][0].startswith(("params/", "batch_stats/"))
 
 
 def test_a_program_jax_already_cached_is_compiled_again_before_it_is_kept(checkpoint, tmp_path):
@@ -87,7 +109,7 @@ def test_a_program_jax_already_cached_is_compiled_again_before_it_is_kept(checkp
     write_image(str(image), photo(40, 72, seed=2))
     jax_only = ("import sys; from classsr_jax import checkpointing, parallel; from classsr_jax.inference import "
                 "program_cache; from classsr_jax.inference.upscaler import Upscaler; from classsr_jax.io.images import "
-                "read_image; parallel.use_compilation_cache(); program_cache.folder = lambda: None; "
+                "read_image; parallel.use_compilation_cache(); program_cache.entry_path = lambda *a: None; "
                 "m = checkpointing.open_model(sys.argv[1]); "
                 "Upscaler(m.spec, m.variables).upscale(read_image(sys.argv[2]).pixels)")
     command = ["-m", "classsr_jax.upscale", "--checkpoint", checkpoint, "-i", str(image), "-o"]
@@ -95,6 +117,6 @@ def test_a_program_jax_already_cached_is_compiled_again_before_it_is_kept(checkp
                 command + [str(tmp_path / "2.png")]):
         done = subprocess.run([sys.executable, *run], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
         assert done.returncode == 0, done.stderr
-    assert len(os.listdir(tmp_path / "xla" / program_cache.SUBFOLDER)) == 1
+    assert len(os.listdir(tmp_path / "xla" / program_cache.KIND)) == 1
     outputs = [read_image(str(tmp_path / f"{i}.png")).pixels for i in (1, 2)]
     np.testing.assert_array_equal(outputs[1], outputs[0])

@@ -2,64 +2,36 @@
 
 JAX's persistent compilation cache (`parallel.use_compilation_cache`) skips XLA's compile, but every new process
 still traces the Flax model and lowers it to find the cache key: most of a warm command's `compile_s`. Here the
-executable itself is stored, under a key made of everything that decides it without tracing anything: the
-jax, jaxlib and flax versions, the backend and its devices, XLA_FLAGS, the source of the modules that build the
-programs, and the program's own key (model description, buckets, dtype, band shape, output format).
-
-Entries live beside JAX's cache (`<its folder>/classsr_programs/`) and only while that cache is on: the commands
-turn it on, the library leaves it to the caller. They are written atomically; an entry that fails to load is
-logged and compiled again. Loading unpickles an executable (`jax.experimental.serialize_executable`), so only
-files in the cache folder this user's own runs write are read, as JAX does with its own cache.
+executable itself is stored (`classsr_jax.disk_cache`: beside JAX's cache, only while it is on), under a key made
+of everything that decides it without tracing anything: the versions and the source of the modules that build
+the programs, the backend and its devices, XLA_FLAGS, and the program's own key (model description, buckets,
+dtype, band shape, output format). An entry that fails to load is logged and compiled again. Loading unpickles
+an executable (`jax.experimental.serialize_executable`), so only files in the cache folder this user's own runs
+write are read, as JAX does with its own cache.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import os
 import pickle
 
-import flax
 import jax
-import jaxlib
 from jax.experimental import serialize_executable
 
-from classsr_jax.io import atomic
+from classsr_jax import disk_cache
 
-SUBFOLDER = "classsr_programs"
-# The packages whose code decides what a band program computes.
-_SOURCE_PACKAGES = ("inference", "models")
-
-
-@functools.lru_cache(maxsize=1)
-def source_digest() -> str:
-    """sha256 of the source files that build band programs: an edited module never loads an old executable."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    digest = hashlib.sha256()
-    files = [os.path.join(root, "parallel.py")]
-    for package in _SOURCE_PACKAGES:
-        folder = os.path.join(root, package)
-        files += sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".py"))
-    for path in files:
-        with open(path, "rb") as f:
-            digest.update(os.path.relpath(path, root).encode() + b"\0" + f.read() + b"\0")
-    return digest.hexdigest()
+KIND = "classsr_programs"
+# The subpackages whose code decides what a band program computes (with the top-level modules).
+SOURCES = ("inference", "models")
 
 
-def folder() -> str | None:
-    """Where executables are kept, or None when JAX's compilation cache is off."""
-    jax_folder = jax.config.jax_compilation_cache_dir
-    return os.path.join(jax_folder, SUBFOLDER) if jax_folder else None
-
-
-def entry_name(key, devices) -> str:
-    """The file name of a program's executable: a digest of its key and of everything else that decides it."""
+def entry_path(key, devices) -> str | None:
+    """The file of a program's executable (None when the cache is off)."""
     device_part = [(d.platform, d.device_kind, d.id, d.process_index) for d in devices]
     backend = devices[0].client
-    versions = (jax.__version__, jaxlib.__version__, flax.__version__, backend.platform, backend.platform_version)
-    parts = (versions, device_part, os.environ.get("XLA_FLAGS", ""), source_digest(), repr(key))
-    return hashlib.sha256(repr(parts).encode()).hexdigest() + ".executable"
+    full_key = (backend.platform, backend.platform_version, device_part, os.environ.get("XLA_FLAGS", ""), key)
+    return disk_cache.entry_path(KIND, SOURCES, full_key, ".executable")
 
 
 def load(path: str, devices):
@@ -79,10 +51,10 @@ def store(path: str, compiled) -> None:
     """Writes `compiled` to `path` atomically; a program that cannot be serialized is simply not kept."""
     try:
         blob = pickle.dumps(serialize_executable.serialize(compiled))
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        atomic.write_bytes(path, blob)
-    except Exception as e:
+    except Exception as e:  # jax declines some executables (constants captured in the program)
         logging.info("compiled program not kept in %s (%s: %s)", path, type(e).__name__, e)
+        return
+    disk_cache.write(path, blob)
 
 
 def compile_fresh(lowered):
@@ -99,10 +71,9 @@ def compile_fresh(lowered):
 def load_or_compile(key, devices, lower):
     """The compiled program for `key` on `devices`: from the cache folder when it holds it, else compiled
     (`lower().compile()`) and stored there. With the cache off: `lower().compile()`."""
-    where = folder()
-    if not where:
+    path = entry_path(key, devices)
+    if path is None:
         return lower().compile()
-    path = os.path.join(where, entry_name(key, devices))
     compiled = load(path, devices)
     if compiled is None:
         compiled = compile_fresh(lower())

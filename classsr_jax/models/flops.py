@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from classsr_jax import disk_cache
 from classsr_jax.models.classifier import Classifier
 from classsr_jax.models.common import SubPixelConvTranspose
 from classsr_jax.models.spec import ModelSpec
@@ -72,6 +73,7 @@ def _total(layers: list[LayerMacs], convention: str) -> int:
 
 
 @functools.lru_cache(maxsize=None)
+@disk_cache.json_memo("classsr_flops", ("models",))  # a trace per network: seconds at every start-up otherwise
 def _network_macs(network: str, width: int, scale: int, extra: tuple, tile: int) -> tuple[int, int]:
     spec = ModelSpec("network", network, (width,), scale, dict(extra))
     layers = count_layer_macs(spec.build(), (tile, tile))
@@ -79,6 +81,7 @@ def _network_macs(network: str, width: int, scale: int, extra: tuple, tile: int)
 
 
 @functools.lru_cache(maxsize=None)
+@disk_cache.json_memo("classsr_flops", ("models",))
 def _classifier_macs(num_classes: int, tile: int) -> int:
     return _total(count_layer_macs(Classifier(num_classes), (tile, tile)), "true")
 

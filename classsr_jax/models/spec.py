@@ -4,13 +4,16 @@ checkpoint rebuilds its own module. `ModelSpec` builds, describes, initialises, 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict
+from flax.traverse_util import flatten_dict, unflatten_dict
 
+from classsr_jax import disk_cache
 from classsr_jax.errors import CheckpointError
 from classsr_jax.models.backbones import build_network, check_network
 from classsr_jax.models.classsr import ClassSR
@@ -65,10 +68,12 @@ class ModelSpec:
         return f"{name} x{self.scale} (widths {'/'.join(map(str, self.widths))})"
 
     def abstract(self, tile: int = 32, scan: bool = True) -> dict[str, Any]:
-        """Shapes and dtypes of the model's variables, without allocating or compiling anything."""
-        x = jax.ShapeDtypeStruct((1, tile, tile, 3), jnp.float32)
-        model = self.build(scan=scan)
-        return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+        """Shapes and dtypes of the model's variables, without allocating or compiling anything (kept on disk:
+        `_variable_rows`)."""
+        rows = _variable_rows(json.dumps(self.to_dict(), sort_keys=True), tile, scan)
+        return unflatten_dict({
+            tuple(path.split("/")): jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype)) for path, shape, dtype in rows
+        })
 
     def init(self, seed: int = 0, tile: int = 32) -> dict[str, Any]:
         """Freshly initialised variables (numpy), as the original initialises each layer."""
@@ -120,3 +125,14 @@ class ModelSpec:
             raise ValueError(f"model description lacks {', '.join(sorted(missing))}")
         return cls(d["kind"], d["network"], tuple(int(w) for w in d["widths"]), int(d["scale"]),
                    dict(d.get("extra", {})))
+
+
+@functools.lru_cache(maxsize=None)
+@disk_cache.json_memo("classsr_shapes", ("models",))
+def _variable_rows(spec_json: str, tile: int, scan: bool) -> list:
+    """[path, shape, dtype] of every variable of a model, traced from a Flax init: seconds for deep networks (a
+    ClassSR-CARN-M: about 2 s), which every command would pay when it opens a model, hence kept on disk."""
+    model = ModelSpec.from_dict(json.loads(spec_json)).build(scan=scan)
+    x = jax.ShapeDtypeStruct((1, tile, tile, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+    return [["/".join(k), list(v.shape), np.dtype(v.dtype).name] for k, v in flatten_dict(dict(shapes)).items()]

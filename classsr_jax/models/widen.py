@@ -25,10 +25,9 @@ import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from classsr_jax.models.backbones import NETWORK_DEFAULTS, build_network
+from classsr_jax.models.backbones import NETWORK_DEFAULTS
 from classsr_jax.models.spec import ModelSpec
 
 # Convs whose output channels are c·r² + phase (the pixel-shuffle order).
@@ -65,9 +64,8 @@ def _pad_axis(
 
 @functools.lru_cache(maxsize=None)
 def _variable_shapes(network: str, width: int, scale: int, extra: tuple) -> dict:
-    """{path: shape} of a network's variables, traced once per network (training validation widens often)."""
-    model = build_network(network, width, scale, **dict(extra))
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3), jnp.float32)))
+    """{path: shape} of a network's variables (training validation widens often; `abstract` keeps them on disk)."""
+    shapes = ModelSpec("network", network, (width,), scale, dict(extra)).abstract(tile=8)
     return {path: leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]}
 
 
