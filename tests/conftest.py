@@ -8,7 +8,9 @@ import tempfile
 # Fixtures every test module may use without importing them: the commands' tiny checkpoint, training's photos.
 pytest_plugins = ["command_fixtures", "training_fixtures"]
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# LLVM at -O0: XLA's CPU compiles take about half as long (most of this suite's time is compiling small
+# programs), and the numbers are the same, since no fast-math pass runs at any level.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 # TensorFlow is only the data loader; keep it off any accelerator.

@@ -55,7 +55,7 @@ def execute(name, kernel_dir, tmp_path, probe):
         **os.environ,
         "CLASSSR_SMOKE": "1",
         # Two simulated CPU devices: the data-parallel path runs as on a TPU, at a fraction of eight's compile time.
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0",
         "CUDA_VISIBLE_DEVICES": "",
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "TF_ENABLE_ONEDNN_OPTS": "0",

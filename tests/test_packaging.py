@@ -25,7 +25,7 @@ COMMANDS = {
     "classsr-convert": "classsr_jax.cli.launcher:convert",
     "classsr-prepare": "classsr_jax.cli.launcher:prepare",
 }
-BASE = {"jax", "flax", "orbax-checkpoint", "absl-py", "numpy", "pillow", "tifffile", "tqdm", "fpng", "imagecodecs"}
+BASE = {"ml_dtypes", "jax", "flax", "orbax-checkpoint", "absl-py", "numpy", "pillow", "tifffile", "tqdm", "fpng", "imagecodecs"}
 TRAIN = {"tensorflow-cpu", "tensorflow-datasets", "importlib_resources", "tensorboard", "clu", "ml-collections",
          "optax", "matplotlib", "scikit-image"}
 SHIMS = ("main", "upscale", "evaluate", "convert", "prepare")

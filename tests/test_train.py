@@ -783,15 +783,18 @@ def test_evaluation_is_computed_again_when_its_models_datasets_or_protocol_chang
 # ---------------------------------------------------------------------------------------------- processes
 
 
+TWO_DEVICES = "--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"  # -O0: see conftest
+
+
 def uncached_env() -> dict[str, str]:
     """The environment for a command that is killed, or runs beside another: without the session's compilation
     cache (tests/conftest.py), whose entries are written in place and could be left half written."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
-    return {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return {**env, "XLA_FLAGS": TWO_DEVICES}
 
 
 def cli(*args, cwd=REPO, env=None, **kwargs):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **(env or {})}
+    env = {**os.environ, "XLA_FLAGS": TWO_DEVICES, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "classsr_jax.main", *args], cwd=cwd, env=env, capture_output=True, text=True, **kwargs
     )

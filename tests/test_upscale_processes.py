@@ -30,7 +30,7 @@ def start(checkpoint, folder, out, report, index, processes=2):
     cmd = [sys.executable, "-m", "classsr_jax.upscale", "--checkpoint", checkpoint, "-i", str(folder), "-o", str(out),
            "--report", str(report), "--num-processes", str(processes), "--process-index", str(index),
            "--cpu-devices", "1"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
