@@ -45,6 +45,9 @@ def file_stats(runs: list[CommandRun]) -> dict[str, float]:
     stats["wall_s"] = harness.median([run.wall_s for run in runs])
     stats["startup_s"] = harness.median([run.wall_s - report_parts(t) for run, t in zip(runs, timings)])
     stats["rss_gib"] = harness.median([run.peak_rss_gib for run in runs])
+    # Per run, then the median: the median wall less the median start-up mixes different rounds.
+    stats["whole_share"] = harness.median([report_parts(t) / (t["compile_s"] + t["inference_s"] + t["read_s"])
+                                           for t in timings])
     return stats
 
 
@@ -65,7 +68,7 @@ def file_rows(size: str, against: str, stats: dict[str, dict[str, float]]) -> li
 def file_targets(size: str, s: dict[str, float]) -> list[list[str]]:
     """This checkout's targets at one size: [target, measured, met]."""
     write = s["write_s"] / s["inference_s"]
-    whole = (s["wall_s"] - s["startup_s"]) / (s["compile_s"] + s["inference_s"] + s["read_s"])
+    whole = s["whole_share"]
     rows = [[f"{size}: write_s ≤ {WRITE_SHARE} × inference_s", f"{write:.2f} ×", met(write <= WRITE_SHARE)],
             [f"{size}: wall − start-up ≤ {WHOLE_SHARE} × (compile + inference + read)", f"{whole:.2f} ×",
              met(whole <= WHOLE_SHARE)]]

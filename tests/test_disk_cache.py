@@ -1,5 +1,6 @@
-"""Compiled band programs are kept on disk beside JAX's compilation cache, so a new process (a command's second
-run) loads them without tracing the model: same pixels, no compile; a broken entry is compiled again."""
+"""What commands keep on disk beside JAX's compilation cache (`classsr_jax.disk_cache`), so that a new process (a
+command's second run) neither compiles nor traces: compiled band programs (same pixels, no compile; a broken entry
+is compiled again), a model's variable shapes, and opened models (a changed checkpoint is read again)."""
 
 import json
 import os
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from command_fixtures import SPEC, photo
 
-from classsr_jax import disk_cache
+from classsr_jax import checkpointing, disk_cache
 from classsr_jax.inference import bands, program_cache
 from classsr_jax.inference.upscaler import Upscaler
 from classsr_jax.io.images import read_image, write_image
@@ -120,3 +121,19 @@ def test_a_program_jax_already_cached_is_compiled_again_before_it_is_kept(checkp
     assert len(os.listdir(tmp_path / "xla" / program_cache.KIND)) == 1
     outputs = [read_image(str(tmp_path / f"{i}.png")).pixels for i in (1, 2)]
     np.testing.assert_array_equal(outputs[1], outputs[0])
+
+
+def test_an_opened_model_is_kept_and_a_changed_checkpoint_is_read_again(cache_folder, tmp_path, monkeypatch):
+    path = str(tmp_path / "model")
+    checkpointing.save_model(path, SPEC, SPEC.init(seed=5))
+    first = checkpointing.open_model(path)
+    assert len(os.listdir(cache_folder.parent / checkpointing.OPENED_KIND)) == 1
+    with monkeypatch.context() as patched:
+        patched.setattr(checkpointing, "_restore_model", no_tracing)  # Orbax is not asked again
+        kept = checkpointing.open_model(path)
+    assert kept.spec == first.spec and kept.metadata == first.metadata
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, kept.variables, first.variables))
+    checkpointing.save_model(path, SPEC, SPEC.init(seed=6), overwrite=True)  # the same folder, new weights
+    again = checkpointing.open_model(path)
+    expected = SPEC.init(seed=6)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, again.variables, expected))
