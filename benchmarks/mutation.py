@@ -140,6 +140,13 @@ MUTANTS = [
        "return value.transpose(3, 2, 1, 0)", "tests/test_convert.py -k round_trip"),
     _m("deconv FLOPs on the LR grid", "models/flops.py", "paper = math.prod(out.shape[1:-1]) * per_pixel",
        "paper = math.prod(x.shape[1:-1]) * per_pixel", "tests/test_flops.py -k paper_convention"),
+    # What commands keep on disk between runs.
+    _m("kept programs are compiled through JAX's own cache", "inference/program_cache.py",
+       "        compiled = compile_fresh(lower())", "        compiled = lower().compile()",
+       "tests/test_disk_cache.py -k jax_already"),
+    _m("an opened model is kept by its path alone", "checkpointing.py",
+       "(FORMAT_VERSION, path, _fingerprint(path))", "(FORMAT_VERSION, path)",
+       "tests/test_disk_cache.py -k opened_model"),
 ]
 
 
