@@ -25,7 +25,8 @@ COMMANDS = {
     "classsr-convert": "classsr_jax.cli.launcher:convert",
     "classsr-prepare": "classsr_jax.cli.launcher:prepare",
 }
-BASE = {"ml_dtypes", "jax", "flax", "orbax-checkpoint", "absl-py", "numpy", "pillow", "tifffile", "tqdm", "fpng", "imagecodecs"}
+BASE = {"jax", "ml_dtypes", "flax", "orbax-checkpoint", "absl-py", "numpy", "pillow", "tifffile", "tqdm", "fpng",
+        "imagecodecs"}
 TRAIN = {"tensorflow-cpu", "tensorflow-datasets", "importlib_resources", "tensorboard", "clu", "ml-collections",
          "optax", "matplotlib", "scikit-image"}
 SHIMS = ("main", "upscale", "evaluate", "convert", "prepare")
