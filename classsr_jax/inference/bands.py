@@ -373,8 +373,11 @@ class BandPrograms:
         key = ("classify", shape, np.dtype(dtype).name)
         self.classify_programs.add(key)
         a = self._abstract(shape, dtype, 3)
-        program = _classify_program(self.routed, shape)
-        return self._cached(key, lambda: program.lower(variables, a["lr"], a["positions"]))
+
+        def lower():  # traced only when neither this process nor the cache folder holds the program
+            return _classify_program(self.routed, shape).lower(variables, a["lr"], a["positions"])
+
+        return self._cached(key, lower)
 
     def empty_carry(self, shape: BandShape) -> jax.Array:
         rows = shape.carry_lr_rows * shape.scale
