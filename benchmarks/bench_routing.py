@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import fixtures, harness
-from classsr_jax.inference import bands, reference, tiling
+from classsr_jax.inference import band_plan, reference, tiling
 from classsr_jax.inference.reference import ReferenceRouter
 from classsr_jax.inference.routing import GPU_BUCKETS, Buckets, RoutedModel
 from classsr_jax.inference.upscaler import Upscaler
@@ -58,7 +58,7 @@ def variant_settings(name: str) -> dict:
     if name == "default":
         return {}
     if name == "accelerator":
-        return {"buckets": GPU_BUCKETS, "band_tiles": bands.default_band_tiles("gpu")}
+        return {"buckets": GPU_BUCKETS, "band_tiles": band_plan.default_band_tiles("gpu")}
     kind, _, value = name.partition(":")
     try:
         numbers = tuple(int(v) for v in value.split("/"))

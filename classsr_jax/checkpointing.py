@@ -14,21 +14,38 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import shutil
+import sys
 import uuid
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from classsr_jax import disk_cache, parallel
 from classsr_jax.errors import CheckpointError, reason
 from classsr_jax.models.spec import ModelSpec
+
+
+def _lazy_module(name: str):
+    """`name`, imported on its first attribute access (importlib's LazyLoader)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# Orbax takes about 0.3 s to import, and a command whose model is kept opened (`_read_opened`) never calls it.
+ocp = _lazy_module("orbax.checkpoint")
 
 FORMAT = "classsr_jax.model"
 FORMAT_VERSION = 1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from routing_fixtures import SPEC, spread_classifier, textured_image
 
-from classsr_jax.inference import bands, reference, tiling
+from classsr_jax.inference import band_plan, reference, tiling
 from classsr_jax.inference.upscaler import Upscaler
 from classsr_jax.models import ModelSpec, interpolation_init
 from classsr_jax.parallel import create_mesh
@@ -17,10 +17,10 @@ def variables():
     return spread_classifier(SPEC.init(seed=1))
 
 
-def host_merge(variables, lr_uint8, protocol):
+def host_merge(variables, lr_uint8, protocol, overlap=8):
     """Tiles cut and merged on the host (inference/reference.py), each branch applied to its own tiles."""
     model = SPEC.build()
-    grid = tiling.make_grid(lr_uint8.shape[0], lr_uint8.shape[1], protocol)
+    grid = tiling.make_grid(lr_uint8.shape[0], lr_uint8.shape[1], protocol, overlap=overlap)
     tiles = reference.extract_tiles(lr_uint8.astype(np.float32) / 255.0, grid)
     classes = np.asarray(model.apply(variables, tiles, method=model.classify)).argmax(-1)
     sr = np.zeros((len(tiles), 128, 128, 3), np.float32)
@@ -37,11 +37,15 @@ def as_uint8(image01):
     return np.rint(image01 * 255).astype(np.uint8)
 
 
+@pytest.mark.parametrize("devices", [3, 8])
 @pytest.mark.parametrize("protocol,sizes", [("full", [(1, 1), (20, 33), (130, 200), (300, 41)]),
                                             ("paper", [(70, 90), (130, 200)])])
-def test_bands_equal_the_host_merge(variables, protocol, sizes):
-    # 32 tiles per band: 2 tile rows, so every image of more than 2 tile rows crosses bands and carries.
-    up = Upscaler(SPEC, variables, protocol=protocol, band_tiles=32)
+def test_bands_equal_the_host_merge(variables, protocol, sizes, devices):
+    # 32 tiles per device: blocks of 2 tile rows. On 3 devices (bands of 6 rows) the 300-row image crosses bands
+    # and carries, and its flush last row joins the row above it in a band of its own; on 8 every image is one
+    # band, some with empty blocks.
+    mesh = create_mesh(jax.local_devices()[:devices])
+    up = Upscaler(SPEC, variables, protocol=protocol, band_tiles=32, mesh=mesh)
     for h, w in sizes:
         lr = as_uint8(textured_image(h, w, seed=h))
         result = up.upscale(lr)
@@ -54,6 +58,21 @@ def test_bands_equal_the_host_merge(variables, protocol, sizes):
         if protocol == "paper":
             np.testing.assert_allclose(result.sr_255, merger.result_255(), atol=1e-3)
     assert up.num_compilations <= 2  # a short band for images of a few tile rows, a tall one for the rest
+
+
+def test_an_overlap_over_half_a_tile_runs_on_one_device(variables):
+    # Tiles 12 px apart overlap by 20: a block's strip could need what the block above hands it, so the band
+    # rows are not split (band_plan.multi_device_ok) and the carry is a whole tile.
+    up = Upscaler(SPEC, variables, overlap=20, band_tiles=32)
+    assert up.routed.num_devices == 1
+    lr = as_uint8(textured_image(100, 50, seed=3))  # 7 tile rows, the last one flush: 4 bands of 1 or 2 rows
+    result = up.upscale(lr)
+    merger, classes = host_merge(variables, lr, "full", overlap=20)
+    np.testing.assert_array_equal(result.classes, classes)
+    expected = np.rint(merger.result() * 255).astype(np.uint8)
+    assert np.abs(result.sr.astype(int) - expected).max() <= 1 and np.mean(result.sr != expected) < 1e-3
+    with pytest.raises(ValueError, match=r"^an overlap of 20 px, over half the 32-px tile, needs a one-device mesh$"):
+        Upscaler(SPEC, variables, overlap=20, mesh=create_mesh(jax.local_devices()[:2]))
 
 
 def test_one_device_gives_the_output_of_eight(variables):
@@ -90,40 +109,71 @@ def test_sixteen_bit_in_and_out(variables):
 
 def test_column_buckets_grow_by_root_two():
     columns = (1, 16, 17, 23, 24, 80, 91, 92, 667)
-    assert [bands.column_bucket(c) for c in columns] == [16, 16, 23, 23, 32, 91, 91, 128, 724]
+    assert [band_plan.column_bucket(c) for c in columns] == [16, 16, 23, 23, 32, 91, 91, 128, 724]
 
 
-def test_band_plan_covers_every_tile_row_once():
+def test_band_plan_covers_every_tile_row_once_and_never_starts_a_band_with_the_flush_row():
     grid = tiling.full_grid(300, 50)  # tile rows at 0, 24, …, 264 and the flush one at 268
-    plan = bands.plan_bands(grid, 4)
     rows = np.unique(grid.positions[:, 0])
-    assert [(b.first_row, b.stop_row) for b in plan] == [(0, 4), (4, 8), (8, 12), (12, 13)]
-    assert [b.base for b in plan] == [0, 96, 192, 288 if rows.size > 13 else int(rows[12])]
+    assert rows.size == 13 and rows[-1] == 268
+    plan = band_plan.plan_bands(grid, 4)
+    # Bands of 4 rows would leave the flush row alone in a fifth band: the row above it joins it there.
+    assert [(b.first_row, b.stop_row) for b in plan] == [(0, 4), (4, 8), (8, 11), (11, 13)]
+    assert [b.base for b in plan] == [0, 96, 192, 264]
     # Each band finishes the rows up to the next band's first tile row; the last one finishes the image.
-    assert [b.finished for b in plan] == [96, 96, int(rows[12]) - 192, 300 - int(rows[12])]
+    assert [b.finished for b in plan] == [96, 96, 72, 36]
     assert sum(b.finished for b in plan) == 300
+    paper = band_plan.plan_bands(tiling.paper_grid(300, 50), 4)  # rows 0, 28, …, 252: no flush row
+    assert [(b.first_row, b.stop_row) for b in paper] == [(0, 4), (4, 8), (8, 10)]
 
 
-def test_band_inputs_deal_tiles_evenly_with_valid_prefixes():
-    grid = tiling.full_grid(80, 210)  # 3 tile rows x 9 columns
-    shape = bands.band_shape(9, 3, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
-    assert (shape.rows, shape.cols, shape.slots) == (4, 16, 64)
-    # Images of a few tile rows get a band a quarter as tall.
-    short = bands.band_shape(9, 1, tile=32, step=24, scale=4, band_tiles=256, max_rows=32, devices=8)
-    assert (short.rows, short.cols, short.slots) == (4, 16, 64)
-    tall = bands.band_shape(9, 5, tile=32, step=24, scale=4, band_tiles=256, max_rows=32, devices=8)
-    assert (tall.rows, tall.slots) == (16, 256)
-    band = bands.plan_bands(grid, shape.rows)[0]
-    image = np.arange(80 * 210 * 3, dtype=np.uint16).reshape(80, 210, 3)
-    inputs = bands.band_inputs(image, grid, band, shape, devices=8)
+@pytest.mark.parametrize("count,devices,flush,expected", [
+    (9, 2, False, [5, 4]),
+    (13, 8, False, [2, 2, 2, 2, 2, 1, 1, 1]),
+    (3, 8, False, [1, 1, 1, 0, 0, 0, 0, 0]),
+    (3, 2, True, [1, 2]),  # the block above gives up its last row
+    (5, 4, True, [2, 1, 2, 0]),  # the block above has one row: the flush row joins it
+    (2, 2, True, [2, 0]),
+    (13, 8, True, [2, 2, 2, 2, 2, 1, 2, 0]),
+])
+def test_deal_rows_keeps_the_flush_row_with_the_row_above(count, devices, flush, expected):
+    assert band_plan.deal_rows(count, devices, flush).tolist() == expected
+
+
+def test_band_shape_blocks_per_device():
+    shape = band_plan.band_shape(9, 3, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
+    # 64 tiles per device of a 16-column canvas: 4 rows per block, but a 3-row image gets the short block (2).
+    assert (shape.device_rows, shape.rows, shape.cols, shape.slots) == (2, 16, 16, 256)
+    tall = band_plan.band_shape(9, 40, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
+    assert (tall.device_rows, tall.rows, tall.slots) == (4, 32, 512)
+    one = band_plan.band_shape(9, 40, tile=32, step=24, scale=4, band_tiles=16, max_rows=32, devices=1)
+    assert (one.device_rows, one.rows) == (2, 2)  # never fewer than 2 rows a block
+    assert (one.carry_lr_rows, one.block_lr_rows, one.canvas_lr_rows) == (8, 56, 80)
+    wide_overlap = band_plan.band_shape(9, 40, tile=32, step=12, scale=4, band_tiles=16, max_rows=32, devices=1)
+    assert wide_overlap.carry_lr_rows == 32  # an overlap over half a tile carries a whole tile
+
+
+def test_band_inputs_deal_tile_rows_in_blocks():
+    grid = tiling.full_grid(300, 210)  # 13 tile rows (the last one flush, at 268) x 9 columns
+    shape = band_plan.band_shape(9, 13, tile=32, step=24, scale=4, band_tiles=32, max_rows=32, devices=4)
+    assert (shape.device_rows, shape.rows, shape.cols) == (2, 8, 16)
+    first, last = band_plan.plan_bands(grid, shape.rows)
+    assert (first.first_row, first.stop_row, last.first_row, last.stop_row) == (0, 8, 8, 13)
+    image = np.arange(300 * 210 * 3, dtype=np.uint16).reshape(300, 210, 3)
+    inputs = band_plan.band_inputs(image, grid, last, shape)
     assert inputs.lr.shape == (*shape.lr_hw, 3)
-    assert (inputs.lr[:80, :210] == image).all() and (inputs.lr[80:] == 0).all()
-    per_device = inputs.valid.reshape(8, 8)
-    counts = per_device.sum(1)
-    assert counts.tolist() == [4, 4, 4, 3, 3, 3, 3, 3]  # 27 tiles over 8 devices
-    for row, n in zip(per_device, counts):  # each device's share starts with its valid tiles
-        assert row[:n].all() and not row[n:].any()
-    np.testing.assert_array_equal(inputs.positions[inputs.slot_of_tile], grid.positions)
+    assert (inputs.lr[: 300 - 192, :210] == image[192:]).all() and (inputs.lr[300 - 192 :] == 0).all()
+    # 5 rows over 4 devices: 2, 1, 1, 1 would start the last block with the flush row, and the block above has
+    # one row, so the flush row joins it: 2, 1, 2, 0.
+    per_device = inputs.valid.reshape(4, 2 * 16).sum(1)
+    assert per_device.tolist() == [18, 9, 18, 0]
+    for block, n in zip(inputs.valid.reshape(4, 32), per_device):  # each block's tiles come first
+        assert block[:n].all() and not block[n:].any()
+    np.testing.assert_array_equal(inputs.positions[inputs.slot_of_tile] + [192, 0], grid.positions[8 * 9 :])
+    # Blocks start at rows 192, 240, 264 (LR, from the band's 192); each finishes up to the next block, the last
+    # one the image.
+    assert inputs.block_base.tolist() == [0, 48, 72, 0]
+    assert inputs.block_finished.tolist() == [48, 24, 36, 0]
 
 
 ONE_DEVICE = None  # set lazily: a mesh over the first device only
@@ -153,7 +203,7 @@ def test_bfloat16_stays_close_to_float32(network, extra):
 
 
 def test_an_image_smaller_than_a_tile_is_padded_after_its_last_row():
-    """An image shorter than a tile is mirrored after its last row (`bands.padded_image`): it upscales as the
+    """An image shorter than a tile is mirrored after its last row (`band_plan.padded_image`): it upscales as the
     same image padded by hand. The network starts as cubic interpolation, so its output is the image's content
     (a random network's near-constant output would hide a shifted image)."""
     spec = ModelSpec("network", "fsrcnn", (56,), 4)

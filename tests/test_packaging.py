@@ -117,6 +117,37 @@ def test_python_dash_m_names_the_missing_extra_too(tmp_path):
     assert run.stderr.strip() == "error: classsr-convert needs torch: pip install 'classsr_jax[convert]'"
 
 
+# Where a fresh 64 MiB buffer lands in the process's memory map, with or without `keep_freed_memory` first.
+HEAP_PROBE = """import sys
+import numpy as np
+from classsr_jax.cli import launcher
+if sys.argv[1] == "keep":
+    assert launcher.keep_freed_memory()
+buffer = np.empty(64 * 2**20, np.uint8)
+address = buffer.ctypes.data
+with open("/proc/self/maps") as maps:
+    for line in maps:
+        span, *rest = line.split()
+        low, high = (int(x, 16) for x in span.split("-"))
+        if low <= address < high:
+            print(rest[4] if len(rest) > 4 else "anonymous")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps") or not sys.platform.startswith("linux"),
+                    reason="needs Linux's /proc")
+def test_band_commands_keep_big_buffers_on_the_heap(tmp_path):
+    # glibc maps a buffer this big on its own (and unmaps it when freed) unless the command asked to keep it.
+    where = {}
+    for mode in ("keep", "default"):
+        run = subprocess.run([sys.executable, "-c", HEAP_PROBE, mode], capture_output=True, text=True, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
+        assert run.returncode == 0, run.stderr
+        where[mode] = run.stdout.strip()
+    assert where == {"keep": "[heap]", "default": "anonymous"}
+    assert launcher.BAND_COMMANDS == ("classsr-upscale", "classsr-evaluate")
+
+
 def test_bare_config_names_become_the_path_absl_loads(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # found from any working directory: the checkout's (or the wheel's) configs
     quickstart = os.path.join(REPO, "configs", "quickstart.py")

@@ -67,14 +67,14 @@ def test_executed_flops_count_bucket_padding_and_classifier(variables):
     result = up.upscale(textured_image(80, 80))  # full grid: positions 0, 24, 48 per axis
     assert result.grid.num_tiles == 9
     shape = up.band_shape(result.grid)
-    assert (shape.rows, shape.cols, shape.slots) == (4, 16, 64)  # one band: 64 slots, 8 per device
-    # The 9 tiles are dealt out over the 8 devices, 2 to the first and 1 to each other, in grid order; the
-    # bucket padding is per device.
-    per_device = [result.classes[:2]] + [result.classes[i : i + 1] for i in range(2, 9)]
+    # One band of 8 blocks of 2 rows × 16 columns: 256 slots, every one of them classified.
+    assert (shape.device_rows, shape.rows, shape.cols, shape.slots) == (2, 16, 16, 256)
+    # The 3 tile rows go to the first 3 devices, a row each; the bucket padding is per device.
+    per_device = [result.classes[i : i + 3] for i in (0, 3, 6)]
     padded = sum(
         buckets.padded(int((tiles == k).sum())) * up.flops.branches[k] for tiles in per_device for k in range(3)
     )
-    assert result.executed_flops == pytest.approx(padded + 64 * up.flops.classifier)
+    assert result.executed_flops == pytest.approx(padded + 256 * up.flops.classifier)
     counts = np.bincount(result.classes, minlength=3)
     assert result.class_counts == counts.tolist()
     expected_figure = (counts @ np.array(up.flops.branches)) / 9 + up.flops.classifier  # FSRCNN adds the classifier
@@ -213,7 +213,7 @@ def test_errors_are_one_line(variables):
 
 
 def test_default_sizes_depend_on_the_backend():
-    from classsr_jax.inference.bands import default_band_tiles
+    from classsr_jax.inference.band_plan import default_band_tiles
     from classsr_jax.inference.routing import default_buckets
 
     srresnet = ModelSpec("classsr", "srresnet", (36, 52, 64))

@@ -7,6 +7,8 @@ install instead of an ImportError traceback.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 import importlib.util
 import sys
@@ -26,6 +28,8 @@ COMMANDS = {
     "classsr-prepare": ("classsr_jax.cli.prepare", None),
 }
 MISSING_EXTRA = 1  # the exit code: nothing ran
+# Short-lived commands that run band programs: their freed memory stays with them (`keep_freed_memory`).
+BAND_COMMANDS = ("classsr-upscale", "classsr-evaluate")
 
 
 def missing_modules(extra: str) -> list[str]:
@@ -33,9 +37,30 @@ def missing_modules(extra: str) -> list[str]:
     return [pip_name for module, pip_name in EXTRAS[extra].items() if importlib.util.find_spec(module) is None]
 
 
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Makes glibc's malloc serve big buffers from its heap and keep what is freed, instead of mapping each big
+    buffer afresh and unmapping it when freed. XLA:CPU allocates a band's canvas and rows anew for every call:
+    mapped anew, every page faults on first touch, and the page faults of two CPU devices contend for the
+    process's memory map (an 8K FSRCNN upscale on two devices: 3.2 s against 2.6 s; benchmarks/JOURNAL.md, "Every
+    core without a canvas sum"). The peak memory is the same; freed memory stays with the process until it
+    exits, so only the short-lived inference commands ask for it; a no-op (False) without glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): leave malloc alone
+        return False
+
+
 def launch(command: str, argv: list[str] | None = None) -> int:
     """Runs `command` (a key of COMMANDS) with `argv`; one line on stderr and exit code 1 when its extra is
     missing."""
+    if command in BAND_COMMANDS:
+        keep_freed_memory()
     module, extra = COMMANDS[command]
     missing = missing_modules(extra) if extra else []
     if missing:

@@ -1,24 +1,17 @@
 """Whole-image inference as device programs, one band of tile rows at a time.
 
-An image's tile grid (tiling.py) is cut into bands of consecutive tile rows. For each band one jitted program
-- takes the band's LR pixels as they were decoded (uint8, uint16 or float) and cuts its tiles with gathers;
+For each band (band_plan.py: which tile rows, and which device takes which block of them) one jitted program
+- takes the band's LR pixels as they were decoded (uint8, uint16 or float) and cuts each device's tiles with
+  gathers;
 - classifies and routes them (routing.route_classes: bucketed gather loops, static shapes);
-- merges the SR tiles into the band's HR rows with a loop of dynamic-update-slices: overlap-add with the
+- merges each device's SR tiles into its own canvas with a loop of dynamic-update-slices: overlap-add with the
   window weights (full protocol) or the mean of the tiles rounded to uint8 (paper protocol);
-- adds the carry, the partial sums of the rows it shares with the previous band, and hands on the rows it
-  shares with the next one;
-- normalises and quantises the finished rows, and returns them as uint8 (or uint16, or the paper protocol's
-  float merge for evaluation).
-The host only decodes, uploads a band, downloads finished rows and encodes; no float HR canvas ever lives
-on the host, and the device holds one band.
-
-Static shapes: a band is `rows` tile rows of a canvas `cols` tiles wide, where `cols` is the image's column
-count rounded up to a short geometric list (`column_bucket`) and `rows` follows from `cols` and the
-backend's tile budget per band. So every image whose tile columns fall in one bucket reuses one program.
-
-Several local devices: the band's tiles are spread over them (`shard_map` over the 'data' axis); each merges
-its own tiles into a partial canvas and the partial canvases are summed (`psum`). The valid tiles of a band
-are dealt out so that each device's share starts with its valid tiles, which bounds each merge loop.
+- hands the overlap strip below each block to the next device (one cyclic `ppermute`; the last device's strip
+  is the carry into the next band) and adds the strip it receives, or, on the first device, the carry;
+- normalises and quantises each block's rows, and returns them as uint8 (or uint16, or the paper protocol's
+  float merge for evaluation), one block per device.
+The host only decodes, uploads a band, downloads finished rows and encodes; no float HR canvas ever lives on
+the host, and the devices hold one band.
 """
 
 from __future__ import annotations
@@ -35,146 +28,10 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from classsr_jax.inference import program_cache, tiling
+from classsr_jax.inference.band_plan import BandInputs, BandShape
 from classsr_jax.inference.routing import RoutedModel, class_logits, classify, route_classes
 from classsr_jax.inference.tiling import weight_sums
 from classsr_jax.parallel import DATA_AXIS
-
-# Tiles per band by backend, and the most tile rows a band may have. A band pays a fixed cost (a call, zeroing
-# its canvas, the carry, a download), so bands should be big; on a CPU the tiles of one call also compete for
-# the caches, and a GPU or TPU wants thousands of tiles in flight (benchmarks/JOURNAL.md, "Device inference").
-BAND_TILES = {"cpu": 256, "gpu": 2048, "tpu": 2048}
-MAX_BAND_ROWS = 32
-
-
-def default_band_tiles(platform: str | None = None) -> int:
-    """Tiles per band for a JAX platform ('cpu', 'gpu', 'tpu'; default: the default backend's)."""
-    return BAND_TILES.get(platform or jax.default_backend(), BAND_TILES["gpu"])
-
-
-# Tile columns of the narrowest canvas; wider ones grow by √2, so a canvas is at most 41% wider than its image
-# (the padding costs only the elementwise normalise/quantise and memory, never network work).
-MIN_COLUMN_BUCKET = 16
-
-
-def column_bucket(cols: int) -> int:
-    """The canvas width in tile columns for an image with `cols` columns: 16, 23, 32, 45, 64, 91, 128, …"""
-    k = 0
-    while True:
-        bucket = round(MIN_COLUMN_BUCKET * 2 ** (k / 2))
-        if bucket >= cols:
-            return bucket
-        k += 1
-
-
-@dataclasses.dataclass(frozen=True)
-class BandShape:
-    """The static shape of one band program.
-
-    tile, step: LR tile size and grid step; scale: SR factor; rows, cols: tile rows per band and canvas
-    width in tile columns; slots: tiles per call (rows·cols rounded up to a multiple of the device count).
-    """
-
-    tile: int
-    step: int
-    scale: int
-    rows: int
-    cols: int
-    slots: int
-
-    @property
-    def lr_hw(self) -> tuple[int, int]:
-        """LR pixels of a band: enough for `rows` × `cols` tiles on the grid (flush tiles sit inside)."""
-        return self.step * (self.rows - 1) + self.tile, self.step * (self.cols - 1) + self.tile
-
-    @property
-    def canvas_lr_rows(self) -> int:
-        """The canvas is one step taller than the band's tiles, so the carry slice always fits."""
-        return self.step * self.rows + self.tile
-
-    @property
-    def carry_lr_rows(self) -> int:
-        """Rows a band can share with the next: at most one tile (the flush last row overlaps most)."""
-        return self.tile
-
-
-def band_shape(cols: int, rows: int, *, tile: int, step: int, scale: int, band_tiles: int, max_rows: int,
-               devices: int) -> BandShape:
-    """The band shape for an image of `rows` × `cols` tiles, aiming at `band_tiles` tiles per band.
-
-    Images of a few tile rows get a band a quarter as tall (a second program per canvas width), so that a
-    small image does not pay for a canvas many times its size.
-    """
-    bucket = column_bucket(cols)
-    band_rows = int(np.clip(band_tiles // bucket, 1, max_rows))
-    short = -(-band_rows // 4)
-    if rows <= short:
-        band_rows = short
-    slots = -(-band_rows * bucket // devices) * devices
-    return BandShape(tile, step, scale, band_rows, bucket, slots)
-
-
-@dataclasses.dataclass(frozen=True)
-class Band:
-    """Tile rows [first_row, stop_row) of a grid; `base`: their first LR row; `next_base`: the next band's
-    (0 for the last band); `finished`: LR rows, from `base`, that this band completes."""
-
-    first_row: int
-    stop_row: int
-    base: int
-    next_base: int
-    finished: int
-
-
-def plan_bands(grid: tiling.TileGrid, rows_per_band: int) -> list[Band]:
-    """Bands of `rows_per_band` tile rows covering the grid, top to bottom."""
-    ys = np.unique(grid.positions[:, 0])
-    total = grid.padded_hw[0] if grid.protocol == "full" else grid.covered_hw[0]
-    bands = []
-    for first in range(0, ys.size, rows_per_band):
-        stop = min(first + rows_per_band, ys.size)
-        base = int(ys[first])
-        if stop < ys.size:
-            next_base = int(ys[stop])
-            finished = next_base - base
-        else:
-            next_base, finished = 0, total - base
-        bands.append(Band(first, stop, base, next_base, finished))
-    return bands
-
-
-@dataclasses.dataclass
-class BandInputs:
-    """Host arrays for one band call; `slot_of_tile[i]` is where the band's i-th tile (grid order) sits."""
-
-    lr: np.ndarray
-    positions: np.ndarray
-    valid: np.ndarray
-    slot_of_tile: np.ndarray
-
-
-def band_inputs(image: np.ndarray, grid: tiling.TileGrid, band: Band, shape: BandShape, devices: int) -> BandInputs:
-    """The band's LR pixels (zero-padded to the static shape) and its tiles dealt out over the devices.
-
-    `image` is the (already padded, for images smaller than a tile) LR image. Each device's share of the
-    slots starts with its valid tiles, in grid order, so every device gets nearly the same number.
-    """
-    lr_h, lr_w = shape.lr_hw
-    lr = np.zeros((lr_h, lr_w, image.shape[2]), image.dtype)
-    rows = image[band.base : band.base + lr_h]
-    lr[: rows.shape[0], : rows.shape[1]] = rows
-    cols = grid.grid_shape[1]
-    tiles = grid.positions[band.first_row * cols : band.stop_row * cols]
-    count = tiles.shape[0]
-    per_device = shape.slots // devices
-    share, extra = divmod(count, devices)
-    sizes = np.full(devices, share) + (np.arange(devices) < extra)
-    starts = np.arange(devices) * per_device
-    slot_of_tile = np.concatenate([s + np.arange(n) for s, n in zip(starts, sizes)]).astype(np.int64)
-    positions = np.zeros((shape.slots, 2), np.int32)
-    positions[slot_of_tile] = tiles - np.array([band.base, 0])
-    valid = np.zeros(shape.slots, bool)
-    valid[slot_of_tile] = True
-    return BandInputs(lr, positions, valid, slot_of_tile)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,42 +115,62 @@ def axis_weights(grid: tiling.TileGrid, fmt: OutputFormat, scale: int, axis: int
     return weight_sums(starts, profile, length).astype(np.float32)
 
 
+def _block_rows(canvas, received_or_carry, base, finished, row_weights, col_weights, shape: BandShape,
+                fmt: OutputFormat, devices: int):
+    """One device's block after its merge: the strip below it handed on, the strip from above added, its rows
+    finished. Returns (quantised, merged, carry): `carry` is, on the first device, the strip of the band's last
+    block (the next band's carry)."""
+    s = shape.scale
+    carry_rows = shape.carry_lr_rows * s
+    first = jax.lax.axis_index(DATA_AXIS) == 0
+    # The first device's block continues the previous band: its carry is in place before its strip is cut.
+    canvas = canvas.at[:carry_rows].add(jnp.where(first, received_or_carry, 0.0))
+    strip = jax.lax.dynamic_slice(canvas, (finished * s, 0, 0), (carry_rows, canvas.shape[1], 3))
+    if devices > 1:  # the other blocks' strips never need what they receive (band_plan's module doc)
+        received = jax.lax.ppermute(strip, DATA_AXIS, [(d, (d + 1) % devices) for d in range(devices)])
+        canvas = canvas.at[:carry_rows].add(jnp.where(first, 0.0, received))
+        strip = received
+    out_rows = shape.block_lr_rows * s
+    weights = jax.lax.dynamic_slice(row_weights, (base * s,), (out_rows,))
+    quantised, merged = finish_rows(canvas[:out_rows], weights, col_weights, fmt)
+    return quantised, merged, strip
+
+
 def _band_program(routed: RoutedModel, shape: BandShape, fmt: OutputFormat):
-    """jit(shard_map(...)) of one band: (variables, lr, positions, valid, carry, next_base, row_weights,
-    col_weights, offsets, force) → (rows, float rows or None, carry, classes, per-device class counts)."""
+    """jit(shard_map(...)) of one band: (variables, lr, positions, valid, block_base, block_finished, carry,
+    row_weights, col_weights, offsets, force) → (rows, float rows or None, carry, classes, per-device class
+    counts); rows, carry and the block scalars are per device (stacked along the first axis)."""
     s = shape.scale
     profile = merge_profile(fmt, shape.tile * s, s)
     canvas_shape = (shape.canvas_lr_rows * s, shape.lr_hw[1] * s, 3)
-    out_rows = shape.lr_hw[0] * s
-    carry_rows = shape.carry_lr_rows * s
     model = routed.model
     route = functools.partial(route_classes, model, num_branches=routed.num_branches, buckets=routed.buckets,
                               has_classifier=routed.has_classifier)
 
-    def per_device(variables, lr, positions, valid, carry, next_base, row_weights, col_weights, offsets, force):
+    def per_device(variables, lr, positions, valid, base, finished, carry, row_weights, col_weights, offsets,
+                   force):
+        base, finished = base[0], finished[0]
         tiles = cut_tiles(lr, positions, shape.tile)
         _, classes = classify(model, variables, tiles, valid, offsets, force, has_classifier=routed.has_classifier)
-        corners = positions * s
+        corners = (positions - jnp.stack([base, 0])) * s
 
         def merge(canvas, sel, count, sr):  # each bucket's SR tiles go straight into the canvas
             return merge_tiles(canvas, sr, corners[jnp.minimum(sel, corners.shape[0] - 1)], count, profile)
 
         canvas, counts = route(variables, tiles, classes, jnp.zeros(canvas_shape, jnp.float32), merge)
-        if routed.num_devices > 1:
-            canvas = jax.lax.psum(canvas, DATA_AXIS)
-        canvas = canvas.at[:carry_rows].add(carry)
-        carry = jax.lax.dynamic_slice(canvas, (next_base * s, 0, 0), (carry_rows, canvas_shape[1], 3))
-        quantised, merged = finish_rows(canvas[:out_rows], row_weights, col_weights, fmt)
+        quantised, merged, carry = _block_rows(canvas, carry, base, finished, row_weights, col_weights, shape, fmt,
+                                               routed.num_devices)
         return quantised, merged, carry, classes, counts[None]
 
+    block = P(DATA_AXIS)
     sharded = jax.shard_map(
         per_device,
         mesh=routed.mesh,
-        in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P(), P(), P(), P(), P(), P()),
-        out_specs=(P(), P(), P(), P(DATA_AXIS), P(DATA_AXIS)),
+        in_specs=(P(), P(), block, block, block, block, block, P(), P(), P(), P()),
+        out_specs=(block, block, block, block, block),
         check_vma=False,
     )
-    return jax.jit(sharded, donate_argnums=(4,))
+    return jax.jit(sharded, donate_argnums=(6,))
 
 
 def _classify_program(routed: RoutedModel, shape: BandShape):
@@ -349,12 +226,13 @@ class BandPrograms:
 
     def _abstract(self, shape: BandShape, dtype, channels: int):
         lr_h, lr_w = shape.lr_hw
-        carry = (shape.carry_lr_rows * shape.scale, lr_w * shape.scale, 3)
+        carry = (shape.devices * shape.carry_lr_rows * shape.scale, lr_w * shape.scale, 3)
         return dict(
             lr=jax.ShapeDtypeStruct((lr_h, lr_w, channels), dtype, sharding=self._replicated),
             positions=jax.ShapeDtypeStruct((shape.slots, 2), jnp.int32, sharding=self._sharded),
             valid=jax.ShapeDtypeStruct((shape.slots,), jnp.bool_, sharding=self._sharded),
-            carry=jax.ShapeDtypeStruct(carry, jnp.float32, sharding=self._replicated),
+            carry=jax.ShapeDtypeStruct(carry, jnp.float32, sharding=self._sharded),
+            blocks=jax.ShapeDtypeStruct((shape.devices,), jnp.int32, sharding=self._sharded),
             scalar=jax.ShapeDtypeStruct((), jnp.int32, sharding=self._replicated),
             offsets=jax.ShapeDtypeStruct((self.routed.num_branches,), jnp.float32, sharding=self._replicated),
             row_weights=jax.ShapeDtypeStruct((lr_h * shape.scale,), jnp.float32, sharding=self._replicated),
@@ -366,7 +244,7 @@ class BandPrograms:
         self.route_programs.add(key)
         a = self._abstract(shape, dtype, 3)
         return self._cached(key, lambda: _band_program(self.routed, shape, fmt).lower(
-            variables, a["lr"], a["positions"], a["valid"], a["carry"], a["scalar"], a["row_weights"],
+            variables, a["lr"], a["positions"], a["valid"], a["blocks"], a["blocks"], a["carry"], a["row_weights"],
             a["col_weights"], a["offsets"], a["scalar"]))
 
     def classify(self, variables, shape: BandShape, dtype):
@@ -380,27 +258,20 @@ class BandPrograms:
         return self._cached(key, lower)
 
     def empty_carry(self, shape: BandShape) -> jax.Array:
-        rows = shape.carry_lr_rows * shape.scale
-        return jax.device_put(np.zeros((rows, shape.lr_hw[1] * shape.scale, 3), np.float32), self._replicated)
+        """No carry into the first band: a zero strip per device (only the first device's is read)."""
+        rows = shape.devices * shape.carry_lr_rows * shape.scale
+        return jax.device_put(np.zeros((rows, shape.lr_hw[1] * shape.scale, 3), np.float32), self._sharded)
 
     def put(self, inputs: BandInputs):
-        """Uploads one band's host arrays (asynchronously)."""
+        """Uploads one band's host arrays (asynchronously): LR pixels, positions, valid, block bases and block
+        rows finished."""
         return (
             jax.device_put(inputs.lr, self._replicated),
             jax.device_put(inputs.positions, self._sharded),
             jax.device_put(inputs.valid, self._sharded),
+            jax.device_put(inputs.block_base, self._sharded),
+            jax.device_put(inputs.block_finished, self._sharded),
         )
 
     def put_replicated(self, value, dtype=np.int32):
         return jax.device_put(np.asarray(value, dtype), self._replicated)
-
-
-def padded_image(image: np.ndarray, grid: tiling.TileGrid) -> np.ndarray:
-    """Images smaller than a tile, padded at the bottom/right (symmetric: mirrored, the edge pixel repeated, which
-    is defined for a 1-pixel axis and continues the image with plausible content)."""
-    if tuple(grid.padded_hw) == tuple(grid.image_hw):
-        return image
-    pad = ((0, grid.padded_hw[0] - image.shape[0]), (0, grid.padded_hw[1] - image.shape[1]), (0, 0))
-    return np.pad(image, pad, mode="symmetric")
-
-

@@ -2,7 +2,7 @@
 plain way.
 
 - `extract_tiles` cuts tiles on the host (symmetric padding for images smaller than a tile, as
-  `bands.padded_image`), `TileMerger` merges SR tiles on the host (the paper's mean of uint8-rounded tiles, or
+  `band_plan.padded_image`), `TileMerger` merges SR tiles on the host (the paper's mean of uint8-rounded tiles, or
   the raised-cosine blend);
 - `route_tiles` routes a batch of tiles and returns every SR tile instead of merging them; `ReferenceRouter`
   runs it on all local devices.

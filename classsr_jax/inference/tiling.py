@@ -127,7 +127,7 @@ def full_grid(h: int, w: int, tile: int = 32, overlap: int = 8) -> TileGrid:
 
     Tiles step by `tile - overlap`; the last tile of each row/column is flush
     with the bottom/right edge. An axis shorter than `tile` is padded up to
-    `tile` (`bands.padded_image`), so even a 1x1 image gives one tile.
+    `tile` (`band_plan.padded_image`), so even a 1x1 image gives one tile.
     """
     h, w = _check_size("h", h), _check_size("w", w)
     tile = _check_size("tile", tile)

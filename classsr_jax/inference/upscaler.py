@@ -2,10 +2,10 @@
 
 `Upscaler` is the library entry point that `upscale`, `evaluate`, training validation and the notebooks share.
 The device does all the pixel work (bands.py): for each band of tile rows one compiled program cuts the
-tiles, classifies and routes them, merges them and returns finished uint8 rows. The host cuts the image into
-bands, uploads them, and copies the finished rows into the output; it dispatches the next band before it
-waits for the previous one, so the device never waits for the host. Band shapes come from a short list, so
-images of any size reuse a few compiled programs.
+tiles, classifies and routes them, merges them and returns finished uint8 rows, each device a block of rows
+(band_plan.py). The host cuts the image into bands, uploads them, and copies the finished rows into the output;
+it dispatches the next band before it waits for the previous one, so the device never waits for the host. Band
+shapes come from a short list, so images of any size reuse a few compiled programs.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from classsr_jax.inference import bands, tiling
+from classsr_jax.inference import band_plan, bands, tiling
 from classsr_jax.inference.routing import Buckets, RoutedModel
 from classsr_jax.models import flops as flops_lib
 from classsr_jax.models.spec import ModelSpec
+from classsr_jax.parallel import create_mesh
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -39,7 +40,7 @@ class UpscaleResult:
     logit_offsets: list[float]
     budget: float | None  # the FLOPs cap asked for (fraction of the -O network's), or None
     budget_met: bool | None  # False when even the cheapest branch for every tile costs more than the cap
-    devices: int  # the local devices each band's tiles were spread over
+    devices: int  # the local devices each band's tile rows were dealt over
     compile_s: float
     inference_s: float  # the device path: upload, programs, download, without compilation
     host_s: float  # the part of inference_s the host spent preparing bands and storing rows
@@ -109,6 +110,14 @@ def check_routing(spec: ModelSpec, budget: float | None, force_class: int | None
         raise ValueError("a FLOPs budget needs a ClassSR model; this one is a single network")
 
 
+def single_device_mesh(mesh: jax.sharding.Mesh | None, overlap: int, tile: int) -> jax.sharding.Mesh:
+    """The mesh for an overlap over half a tile, whose band rows cannot be split over devices (band_plan):
+    the first local device, or `mesh` itself when it has one device."""
+    if mesh is not None and mesh.devices.size > 1:
+        raise ValueError(f"an overlap of {overlap} px, over half the {tile}-px tile, needs a one-device mesh")
+    return mesh or create_mesh(jax.local_devices()[:1])
+
+
 class Upscaler:
     """Routed ClassSR (or single-network) inference for whole images of any size.
 
@@ -119,9 +128,10 @@ class Upscaler:
     protocol: 'full' (default; output exactly scale·H × scale·W, overlaps blended) or 'paper' (the original's
     test: 32/28 grid, no border tiles, uint8-rounded tiles averaged, output cropped to the covered area).
     buckets: tiles per branch call (default: measured best for the backend, `routing.default_buckets`).
-    band_tiles: tiles per band program (default `bands.default_band_tiles`). dtype: 'float32' or
-    'bfloat16' (parameters and activations; the merge and the quantisation stay float32). mesh: the local
-    devices to spread each band's tiles over (default: all of them).
+    band_tiles: tiles per device in a band program (default `band_plan.default_band_tiles`). dtype: 'float32'
+    or 'bfloat16' (parameters and activations; the merge and the quantisation stay float32). mesh: the local
+    devices each band's tile rows are dealt over (default: all of them; the first one alone for an overlap over
+    half a tile).
     """
 
     def __init__(
@@ -146,10 +156,12 @@ class Upscaler:
         self.protocol, self.tile, self.overlap = protocol, tile, overlap
         self.step = step if protocol == "paper" else tile - overlap
         self.dtype = dtype
+        if not band_plan.multi_device_ok(tile, self.step):
+            mesh = single_device_mesh(mesh, tile - self.step, tile)
         # RoutedModel resolves the default buckets for the backend.
         self.routed = RoutedModel(spec, buckets, mesh=mesh, dtype=DTYPES[dtype])
         self.buckets = self.routed.buckets
-        self.band_tiles = band_tiles or bands.default_band_tiles()
+        self.band_tiles = band_tiles or band_plan.default_band_tiles()
         self.programs = bands.BandPrograms(self.routed)
         self.flops = flops_lib.model_flops(spec, tile)
         # What the device computes: branches widened for speed (`RoutedModel.compute_spec`) cost their wide FLOPs.
@@ -161,11 +173,11 @@ class Upscaler:
         """Routing programs compiled so far (the budget's classify programs are not counted)."""
         return len(self.programs.route_programs)
 
-    def band_shape(self, grid: tiling.TileGrid) -> bands.BandShape:
+    def band_shape(self, grid: tiling.TileGrid) -> band_plan.BandShape:
         rows, cols = grid.grid_shape
-        return bands.band_shape(
+        return band_plan.band_shape(
             cols, rows, tile=self.tile, step=self.step, scale=self.spec.scale, band_tiles=self.band_tiles,
-            max_rows=bands.MAX_BAND_ROWS, devices=self.routed.num_devices,
+            max_rows=band_plan.MAX_BAND_ROWS, devices=self.routed.num_devices,
         )
 
     def _output_format(self, bit_depth: int, float_merge: bool) -> bands.OutputFormat:
@@ -176,7 +188,7 @@ class Upscaler:
         """The budget's first pass: every tile's logits, then the offsets that hold this image to the cap."""
         pending = []
         for band in plan:
-            inputs = bands.band_inputs(image, grid, band, shape, self.routed.num_devices)
+            inputs = band_plan.band_inputs(image, grid, band, shape)
             pending.append((inputs.slot_of_tile, program(self._placed, *self.programs.put(inputs)[:2])))
         logits = np.concatenate([np.asarray(out)[slots] for slots, out in pending])
         return budget_offsets(logits, self.flops.branches, budget, self.flops.classifier)
@@ -208,8 +220,8 @@ class Upscaler:
         with_budget = budget is not None and force_class is None
         classify = self.programs.classify(self._placed, shape, image.dtype) if with_budget else None
         t0 = time.perf_counter()
-        image = bands.padded_image(image, grid)
-        plan = bands.plan_bands(grid, shape.rows)
+        image = band_plan.padded_image(image, grid)
+        plan = band_plan.plan_bands(grid, shape.rows)
         offsets, met = np.zeros(self.spec.num_branches, np.float32), None
         if with_budget:
             offsets, met = self._budget_offsets(classify, image, grid, shape, plan, budget)
@@ -249,13 +261,11 @@ class Upscaler:
         host_s, pending = 0.0, None
         for band in plan:
             t = time.perf_counter()
-            inputs = bands.band_inputs(image, grid, band, shape, self.routed.num_devices)
-            lr_band, positions, valid = self.programs.put(inputs)
-            next_base = put(band.next_base - band.base if band.next_base else 0)
+            inputs = band_plan.band_inputs(image, grid, band, shape)
             top = band.base * scale
             band_weights = put(row_weights[top : top + band_rows], np.float32)
             host_s += time.perf_counter() - t
-            outputs = program(self._placed, lr_band, positions, valid, carry, next_base, band_weights, col_weights,
+            outputs = program(self._placed, *self.programs.put(inputs), carry, band_weights, col_weights,
                               put_offsets, put_force)
             carry = outputs[2]
             if pending is not None:
@@ -278,16 +288,21 @@ class _Outputs:
         self.counts = np.zeros(num_branches, np.int64)
         self.padded = np.zeros(num_branches, np.int64)
 
-    def store(self, band: bands.Band, inputs: bands.BandInputs, outputs) -> float:
+    def store(self, band: band_plan.Band, inputs: band_plan.BandInputs, outputs) -> float:
         """Copies one band's results into place (waiting for the device first); returns the host's seconds."""
         rows, merged, _, band_classes, device_counts = outputs
         rows = np.asarray(rows)  # waits for the device
         t = time.perf_counter()
-        top = band.base * self.scale
-        n = min(band.finished * self.scale, self.hw[0] - top)
-        self.sr[top : top + n] = rows[:n, : self.hw[1]]
-        if merged is not None:
-            self.sr_255[top : top + n] = np.asarray(merged)[:n, : self.hw[1]]
+        merged = None if merged is None else np.asarray(merged)
+        block = rows.shape[0] // inputs.block_base.size  # each device's rows, one block after another
+        for d, (base, finished) in enumerate(zip(inputs.block_base, inputs.block_finished)):
+            top = (band.base + int(base)) * self.scale
+            n = min(int(finished) * self.scale, self.hw[0] - top)
+            if n <= 0:
+                continue
+            self.sr[top : top + n] = rows[d * block : d * block + n, : self.hw[1]]
+            if merged is not None:
+                self.sr_255[top : top + n] = merged[d * block : d * block + n, : self.hw[1]]
         cols = self.grid.grid_shape[1]
         self.classes[band.first_row * cols : band.stop_row * cols] = np.asarray(band_classes)[inputs.slot_of_tile]
         per_device = np.asarray(device_counts)
