@@ -1,11 +1,10 @@
 """`python -m classsr_jax.evaluate`, kept for scripts and docs: the command lives in `classsr_jax.cli.evaluate`.
 
-It starts through the launcher, which names a missing optional dependency in one line.
+It starts through the launcher, which names a missing optional dependency in one line, and its process ends
+without the interpreter's teardown (`launcher.end_process`).
 """
 
-import sys
-
-from classsr_jax.cli.launcher import launch
+from classsr_jax.cli.launcher import end_process, launch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,4 +12,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())

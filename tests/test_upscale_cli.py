@@ -97,6 +97,21 @@ def run_cli(module, *args):
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, env=env)
 
 
+def test_the_command_process_ends_with_its_outputs_and_lines_complete(checkpoint, tmp_path):
+    # `python -m classsr_jax.upscale` leaves without the interpreter's teardown (launcher.end_process): its
+    # buffered stdout (a pipe here), its report and its image must all be there, and the exit code its own.
+    src, out, report = tmp_path / "in.png", tmp_path / "out.png", tmp_path / "r.json"
+    write_image(str(src), photo(40, 50))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as usual
+    r = subprocess.run([sys.executable, "-m", "classsr_jax.upscale", "--checkpoint", checkpoint, "--input", str(src),
+                        "--output", str(out), "--report", str(report)], capture_output=True, text=True, cwd=REPO,
+                       env={**env, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{src} → {out}: 200x160, 4 tiles [") and r.stdout.endswith("s)\n")
+    assert read_image(str(out)).rgb.shape == (160, 200, 3)
+    assert json.loads(report.read_text())["output_hw"] == [160, 200]
+
+
 def test_bad_checkpoint_and_empty_folder_are_one_line_errors(checkpoint, tmp_path):
     (tmp_path / "empty").mkdir()
     r = run_cli("classsr_jax.upscale", "--checkpoint", str(tmp_path / "empty"), "--input", str(tmp_path / "empty"),
