@@ -41,9 +41,9 @@ def as_uint8(image01):
 @pytest.mark.parametrize("protocol,sizes", [("full", [(1, 1), (20, 33), (130, 200), (300, 41)]),
                                             ("paper", [(70, 90), (130, 200)])])
 def test_bands_equal_the_host_merge(variables, protocol, sizes, devices):
-    # 32 tiles per device: blocks of 2 tile rows. On 3 devices (bands of 6 rows) the 300-row image crosses bands
-    # and carries, and its flush last row joins the row above it in a band of its own; on 8 every image is one
-    # band, some with empty blocks.
+    # 32 tiles per device of 16-column blocks: bands of 2 tile rows, so every image of more than 2 tile rows crosses
+    # bands and carries. On 3 devices the 200-px-wide images' 8 columns go 3, 3, 2 and the 41-px-wide image's two
+    # (the second one flush) stay in one block; on 8 the images have empty blocks.
     mesh = create_mesh(jax.local_devices()[:devices])
     up = Upscaler(SPEC, variables, protocol=protocol, band_tiles=32, mesh=mesh)
     for h, w in sizes:
@@ -61,8 +61,8 @@ def test_bands_equal_the_host_merge(variables, protocol, sizes, devices):
 
 
 def test_an_overlap_over_half_a_tile_runs_on_one_device(variables):
-    # Tiles 12 px apart overlap by 20: a block's strip could need what the block above hands it, so the band
-    # rows are not split (band_plan.multi_device_ok) and the carry is a whole tile.
+    # Tiles 12 px apart overlap by 20: a block's strip could need what the block to its left hands it, so the
+    # band's columns are not split (band_plan.multi_device_ok).
     up = Upscaler(SPEC, variables, overlap=20, band_tiles=32)
     assert up.routed.num_devices == 1
     lr = as_uint8(textured_image(100, 50, seed=3))  # 7 tile rows, the last one flush: 4 bands of 1 or 2 rows
@@ -110,70 +110,71 @@ def test_sixteen_bit_in_and_out(variables):
 def test_column_buckets_grow_by_root_two():
     columns = (1, 16, 17, 23, 24, 80, 91, 92, 667)
     assert [band_plan.column_bucket(c) for c in columns] == [16, 16, 23, 23, 32, 91, 91, 128, 724]
+    # A device's share: the same widths over the device count.
+    assert [band_plan.column_bucket(c, 2) for c in (1, 9, 12, 34)] == [8, 11, 16, 45]
+    assert [band_plan.column_bucket(c, 8) for c in (1, 2, 3, 5)] == [2, 2, 3, 6]
 
 
-def test_band_plan_covers_every_tile_row_once_and_never_starts_a_band_with_the_flush_row():
+def test_band_plan_covers_every_tile_row_once():
     grid = tiling.full_grid(300, 50)  # tile rows at 0, 24, …, 264 and the flush one at 268
     rows = np.unique(grid.positions[:, 0])
     assert rows.size == 13 and rows[-1] == 268
     plan = band_plan.plan_bands(grid, 4)
-    # Bands of 4 rows would leave the flush row alone in a fifth band: the row above it joins it there.
-    assert [(b.first_row, b.stop_row) for b in plan] == [(0, 4), (4, 8), (8, 11), (11, 13)]
-    assert [b.base for b in plan] == [0, 96, 192, 264]
+    assert [(b.first_row, b.stop_row) for b in plan] == [(0, 4), (4, 8), (8, 12), (12, 13)]
+    assert [b.base for b in plan] == [0, 96, 192, 268]
     # Each band finishes the rows up to the next band's first tile row; the last one finishes the image.
-    assert [b.finished for b in plan] == [96, 96, 72, 36]
+    assert [b.finished for b in plan] == [96, 96, 76, 32]
     assert sum(b.finished for b in plan) == 300
-    paper = band_plan.plan_bands(tiling.paper_grid(300, 50), 4)  # rows 0, 28, …, 252: no flush row
-    assert [(b.first_row, b.stop_row) for b in paper] == [(0, 4), (4, 8), (8, 10)]
 
 
 @pytest.mark.parametrize("count,devices,flush,expected", [
-    (9, 2, False, [5, 4]),
+    (20, 2, False, [10, 10]),
     (13, 8, False, [2, 2, 2, 2, 2, 1, 1, 1]),
     (3, 8, False, [1, 1, 1, 0, 0, 0, 0, 0]),
-    (3, 2, True, [1, 2]),  # the block above gives up its last row
-    (5, 4, True, [2, 1, 2, 0]),  # the block above has one row: the flush row joins it
+    (3, 2, True, [1, 2]),  # the block to the left gives up its last column
+    (5, 4, True, [2, 1, 2, 0]),  # the block to the left has one column: the flush column joins it
     (2, 2, True, [2, 0]),
     (13, 8, True, [2, 2, 2, 2, 2, 1, 2, 0]),
+    (21, 2, True, [11, 10]),  # the flush column already has the column left of it in its block
 ])
-def test_deal_rows_keeps_the_flush_row_with_the_row_above(count, devices, flush, expected):
-    assert band_plan.deal_rows(count, devices, flush).tolist() == expected
+def test_deal_keeps_the_flush_column_with_the_one_left_of_it(count, devices, flush, expected):
+    assert band_plan.deal(count, devices, flush).tolist() == expected
 
 
 def test_band_shape_blocks_per_device():
-    shape = band_plan.band_shape(9, 3, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
-    # 64 tiles per device of a 16-column canvas: 4 rows per block, but a 3-row image gets the short block (2).
-    assert (shape.device_rows, shape.rows, shape.cols, shape.slots) == (2, 16, 16, 256)
-    tall = band_plan.band_shape(9, 40, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
-    assert (tall.device_rows, tall.rows, tall.slots) == (4, 32, 512)
-    one = band_plan.band_shape(9, 40, tile=32, step=24, scale=4, band_tiles=16, max_rows=32, devices=1)
-    assert (one.device_rows, one.rows) == (2, 2)  # never fewer than 2 rows a block
-    assert (one.carry_lr_rows, one.block_lr_rows, one.canvas_lr_rows) == (8, 56, 80)
-    wide_overlap = band_plan.band_shape(9, 40, tile=32, step=12, scale=4, band_tiles=16, max_rows=32, devices=1)
-    assert wide_overlap.carry_lr_rows == 32  # an overlap over half a tile carries a whole tile
+    shape = band_plan.band_shape(9, 40, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
+    # 9 columns over 8 devices: blocks of 2 (a 16-column band); 64 tiles per device: 32 rows (the most).
+    assert (shape.rows, shape.device_cols, shape.cols, shape.slots) == (32, 2, 16, 512)
+    short = band_plan.band_shape(9, 3, tile=32, step=24, scale=4, band_tiles=64, max_rows=32, devices=8)
+    assert short.rows == 8  # an image of a few tile rows gets a band a quarter as tall
+    wide = band_plan.band_shape(68, 40, tile=32, step=28, scale=4, band_tiles=256, max_rows=32, devices=2)
+    assert (wide.rows, wide.device_cols, wide.cols) == (5, 45, 90)  # 34 columns a device: 45 (90 over 2)
+    assert (wide.carry_lr_rows, wide.strip_lr_cols, wide.block_lr_cols, wide.canvas_lr_hw) == (32, 4, 1264, (172, 1292))
+    one = band_plan.band_shape(68, 40, tile=32, step=28, scale=4, band_tiles=256, max_rows=32, devices=1)
+    assert (one.rows, one.device_cols, one.cols) == (2, 91, 91)  # one device: the whole width in one block
 
 
-def test_band_inputs_deal_tile_rows_in_blocks():
-    grid = tiling.full_grid(300, 210)  # 13 tile rows (the last one flush, at 268) x 9 columns
-    shape = band_plan.band_shape(9, 13, tile=32, step=24, scale=4, band_tiles=32, max_rows=32, devices=4)
-    assert (shape.device_rows, shape.rows, shape.cols) == (2, 8, 16)
-    first, last = band_plan.plan_bands(grid, shape.rows)
-    assert (first.first_row, first.stop_row, last.first_row, last.stop_row) == (0, 8, 8, 13)
-    image = np.arange(300 * 210 * 3, dtype=np.uint16).reshape(300, 210, 3)
-    inputs = band_plan.band_inputs(image, grid, last, shape)
+def test_blocks_and_band_inputs_deal_tile_columns():
+    grid = tiling.full_grid(80, 300)  # 3 tile rows x 13 tile columns (the last one flush, at 268)
+    blocks = band_plan.deal_blocks(grid, 4)
+    # 13 columns over 4 devices: 4, 3, 3, 3.
+    assert blocks.per_device.tolist() == [4, 3, 3, 3] and blocks.first.tolist() == [0, 4, 7, 10]
+    assert blocks.x.tolist() == [0, 96, 168, 240]
+    assert blocks.finished.tolist() == [96, 72, 72, 60]  # up to the next block; the last to the right edge
+    shape = band_plan.band_shape(13, 3, tile=32, step=24, scale=4, band_tiles=8, max_rows=32, devices=4)
+    assert (shape.rows, shape.device_cols) == (2, 4)
+    band = band_plan.plan_bands(grid, shape.rows)[1]  # the third tile row, at 48
+    image = np.arange(80 * 300 * 3, dtype=np.uint16).reshape(80, 300, 3)
+    inputs = band_plan.band_inputs(image, grid, band, shape, blocks)
     assert inputs.lr.shape == (*shape.lr_hw, 3)
-    assert (inputs.lr[: 300 - 192, :210] == image[192:]).all() and (inputs.lr[300 - 192 :] == 0).all()
-    # 5 rows over 4 devices: 2, 1, 1, 1 would start the last block with the flush row, and the block above has
-    # one row, so the flush row joins it: 2, 1, 2, 0.
-    per_device = inputs.valid.reshape(4, 2 * 16).sum(1)
-    assert per_device.tolist() == [18, 9, 18, 0]
-    for block, n in zip(inputs.valid.reshape(4, 32), per_device):  # each block's tiles come first
+    assert (inputs.lr[: 80 - 48, :300] == image[48:]).all() and (inputs.lr[80 - 48 :] == 0).all()
+    per_device = inputs.valid.reshape(4, 2 * 4)
+    assert per_device.sum(1).tolist() == [4, 3, 3, 3]
+    for block, n in zip(per_device, per_device.sum(1)):  # each block's tiles come first
         assert block[:n].all() and not block[n:].any()
-    np.testing.assert_array_equal(inputs.positions[inputs.slot_of_tile] + [192, 0], grid.positions[8 * 9 :])
-    # Blocks start at rows 192, 240, 264 (LR, from the band's 192); each finishes up to the next block, the last
-    # one the image.
-    assert inputs.block_base.tolist() == [0, 48, 72, 0]
-    assert inputs.block_finished.tolist() == [48, 24, 36, 0]
+    np.testing.assert_array_equal(inputs.positions[inputs.slot_of_tile] + [48, 0], grid.positions[26:])
+    flush = band_plan.deal_blocks(tiling.full_grid(80, 100), 4)  # columns 0, 24, 48 and 68 (flush): 1, 1, 2, 0
+    assert flush.per_device.tolist() == [1, 1, 2, 0] and flush.finished.tolist() == [24, 24, 52, 0]
 
 
 ONE_DEVICE = None  # set lazily: a mesh over the first device only

@@ -67,14 +67,15 @@ def test_executed_flops_count_bucket_padding_and_classifier(variables):
     result = up.upscale(textured_image(80, 80))  # full grid: positions 0, 24, 48 per axis
     assert result.grid.num_tiles == 9
     shape = up.band_shape(result.grid)
-    # One band of 8 blocks of 2 rows × 16 columns: 256 slots, every one of them classified.
-    assert (shape.device_rows, shape.rows, shape.cols, shape.slots) == (2, 16, 16, 256)
-    # The 3 tile rows go to the first 3 devices, a row each; the bucket padding is per device.
-    per_device = [result.classes[i : i + 3] for i in (0, 3, 6)]
+    # One band of 8 rows (a quarter of 64 // 2: the image has 3) and 8 blocks of 2 columns: 128 slots, every one
+    # of them classified.
+    assert (shape.rows, shape.device_cols, shape.cols, shape.slots) == (8, 2, 16, 128)
+    # The 3 tile columns go to the first 3 devices, a column each; the bucket padding is per device.
+    per_device = [result.classes[i::3] for i in range(3)]
     padded = sum(
         buckets.padded(int((tiles == k).sum())) * up.flops.branches[k] for tiles in per_device for k in range(3)
     )
-    assert result.executed_flops == pytest.approx(padded + 256 * up.flops.classifier)
+    assert result.executed_flops == pytest.approx(padded + 128 * up.flops.classifier)
     counts = np.bincount(result.classes, minlength=3)
     assert result.class_counts == counts.tolist()
     expected_figure = (counts @ np.array(up.flops.branches)) / 9 + up.flops.classifier  # FSRCNN adds the classifier

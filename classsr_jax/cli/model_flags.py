@@ -32,7 +32,7 @@ def define_model_flags(fv: flags.FlagValues, default_protocol: str) -> None:
         f"Refuse images with more pixels than this (default {pixel_limit():,}, Pillow's; 0: no limit).",
         flag_values=fv,
     )
-    flags.DEFINE_integer("cpu-devices", None, "On a CPU, run JAX as N devices so that each band's tile rows are "
+    flags.DEFINE_integer("cpu-devices", None, "On a CPU, run JAX as N devices so that each band's tile columns are "
                          "dealt over the cores (default: one per core).", lower_bound=1, flag_values=fv)
     flags.DEFINE_string("report", None, "Write the report as JSON here.", flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace existing outputs (by default they are kept).", flag_values=fv)

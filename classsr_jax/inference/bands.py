@@ -1,13 +1,15 @@
 """Whole-image inference as device programs, one band of tile rows at a time.
 
-For each band (band_plan.py: which tile rows, and which device takes which block of them) one jitted program
+For each band (band_plan.py: which tile rows, and which device takes which block of tile columns) one jitted
+program
 - takes the band's LR pixels as they were decoded (uint8, uint16 or float) and cuts each device's tiles with
   gathers;
 - classifies and routes them (routing.route_classes: bucketed gather loops, static shapes);
 - merges each device's SR tiles into its own canvas with a loop of dynamic-update-slices: overlap-add with the
   window weights (full protocol) or the mean of the tiles rounded to uint8 (paper protocol);
-- hands the overlap strip below each block to the next device (one cyclic `ppermute`; the last device's strip
-  is the carry into the next band) and adds the strip it receives, or, on the first device, the carry;
+- adds each device's carry, the partial sums of the rows its block shares with the previous band, and hands on
+  the rows it shares with the next one;
+- hands the overlap strip right of each block to the next device (one `ppermute`) and adds the strip it receives;
 - normalises and quantises each block's rows, and returns them as uint8 (or uint16, or the paper protocol's
   float merge for evaluation), one block per device.
 The host only decodes, uploads a band, downloads finished rows and encodes; no float HR canvas ever lives on
@@ -28,7 +30,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from classsr_jax.inference import program_cache, tiling
-from classsr_jax.inference.band_plan import BandInputs, BandShape
+from classsr_jax.inference.band_plan import BandInputs, BandShape, Blocks
 from classsr_jax.inference.routing import RoutedModel, class_logits, classify, route_classes
 from classsr_jax.inference.tiling import weight_sums
 from classsr_jax.parallel import DATA_AXIS
@@ -115,58 +117,55 @@ def axis_weights(grid: tiling.TileGrid, fmt: OutputFormat, scale: int, axis: int
     return weight_sums(starts, profile, length).astype(np.float32)
 
 
-def _block_rows(canvas, received_or_carry, base, finished, row_weights, col_weights, shape: BandShape,
-                fmt: OutputFormat, devices: int):
-    """One device's block after its merge: the strip below it handed on, the strip from above added, its rows
-    finished. Returns (quantised, merged, carry): `carry` is, on the first device, the strip of the band's last
-    block (the next band's carry)."""
+def _exchange_strips(canvas, finished, shape: BandShape, devices: int):
+    """Hands the overlap strip right of this device's block (all rows, its carry's included) to the next device
+    and adds the one it receives at its left edge. The strip sent is cleared here, so that neither this block's
+    carry nor its rows count it twice (band_plan's module doc: a strip never needs what its block receives)."""
     s = shape.scale
-    carry_rows = shape.carry_lr_rows * s
-    first = jax.lax.axis_index(DATA_AXIS) == 0
-    # The first device's block continues the previous band: its carry is in place before its strip is cut.
-    canvas = canvas.at[:carry_rows].add(jnp.where(first, received_or_carry, 0.0))
-    strip = jax.lax.dynamic_slice(canvas, (finished * s, 0, 0), (carry_rows, canvas.shape[1], 3))
-    if devices > 1:  # the other blocks' strips never need what they receive (band_plan's module doc)
-        received = jax.lax.ppermute(strip, DATA_AXIS, [(d, (d + 1) % devices) for d in range(devices)])
-        canvas = canvas.at[:carry_rows].add(jnp.where(first, 0.0, received))
-        strip = received
-    out_rows = shape.block_lr_rows * s
-    weights = jax.lax.dynamic_slice(row_weights, (base * s,), (out_rows,))
-    quantised, merged = finish_rows(canvas[:out_rows], weights, col_weights, fmt)
-    return quantised, merged, strip
+    strip_cols = shape.strip_lr_cols * s
+    strip = jax.lax.dynamic_slice(canvas, (0, finished * s, 0), (canvas.shape[0], strip_cols, 3))
+    received = jax.lax.ppermute(strip, DATA_AXIS, [(d, d + 1) for d in range(devices - 1)])  # the first gets 0
+    canvas = jax.lax.dynamic_update_slice(canvas, jnp.zeros_like(strip), (0, finished * s, 0))
+    return canvas.at[:, :strip_cols].add(received)
 
 
 def _band_program(routed: RoutedModel, shape: BandShape, fmt: OutputFormat):
-    """jit(shard_map(...)) of one band: (variables, lr, positions, valid, block_base, block_finished, carry,
-    row_weights, col_weights, offsets, force) → (rows, float rows or None, carry, classes, per-device class
-    counts); rows, carry and the block scalars are per device (stacked along the first axis)."""
+    """jit(shard_map(...)) of one band: (variables, lr, positions, valid, block_x, block_finished, carry,
+    next_base, row_weights, col_weights, offsets, force) → (rows, float rows or None, carry, classes, per-device
+    class counts); rows, carry and the block scalars are per device (stacked along the first axis)."""
     s = shape.scale
     profile = merge_profile(fmt, shape.tile * s, s)
-    canvas_shape = (shape.canvas_lr_rows * s, shape.lr_hw[1] * s, 3)
+    canvas_shape = (shape.canvas_lr_hw[0] * s, shape.canvas_lr_hw[1] * s, 3)
+    out_rows, out_cols = shape.lr_hw[0] * s, shape.block_lr_cols * s
+    carry_rows = shape.carry_lr_rows * s
     model = routed.model
     route = functools.partial(route_classes, model, num_branches=routed.num_branches, buckets=routed.buckets,
                               has_classifier=routed.has_classifier)
 
-    def per_device(variables, lr, positions, valid, base, finished, carry, row_weights, col_weights, offsets,
-                   force):
-        base, finished = base[0], finished[0]
+    def per_device(variables, lr, positions, valid, block_x, block_finished, carry, next_base, row_weights,
+                   col_weights, offsets, force):
+        x0, finished = block_x[0], block_finished[0]
         tiles = cut_tiles(lr, positions, shape.tile)
         _, classes = classify(model, variables, tiles, valid, offsets, force, has_classifier=routed.has_classifier)
-        corners = (positions - jnp.stack([base, 0])) * s
+        corners = (positions - jnp.stack([0, x0])) * s
 
         def merge(canvas, sel, count, sr):  # each bucket's SR tiles go straight into the canvas
             return merge_tiles(canvas, sr, corners[jnp.minimum(sel, corners.shape[0] - 1)], count, profile)
 
         canvas, counts = route(variables, tiles, classes, jnp.zeros(canvas_shape, jnp.float32), merge)
-        quantised, merged, carry = _block_rows(canvas, carry, base, finished, row_weights, col_weights, shape, fmt,
-                                               routed.num_devices)
+        canvas = canvas.at[:carry_rows].add(carry)
+        if routed.num_devices > 1:
+            canvas = _exchange_strips(canvas, finished, shape, routed.num_devices)
+        carry = jax.lax.dynamic_slice(canvas, (next_base * s, 0, 0), (carry_rows, canvas_shape[1], 3))
+        block_weights = jax.lax.dynamic_slice(col_weights, (x0 * s,), (out_cols,))
+        quantised, merged = finish_rows(canvas[:out_rows, :out_cols], row_weights, block_weights, fmt)
         return quantised, merged, carry, classes, counts[None]
 
     block = P(DATA_AXIS)
     sharded = jax.shard_map(
         per_device,
         mesh=routed.mesh,
-        in_specs=(P(), P(), block, block, block, block, block, P(), P(), P(), P()),
+        in_specs=(P(), P(), block, block, block, block, block, P(), P(), P(), P(), P()),
         out_specs=(block, block, block, block, block),
         check_vma=False,
     )
@@ -226,13 +225,13 @@ class BandPrograms:
 
     def _abstract(self, shape: BandShape, dtype, channels: int):
         lr_h, lr_w = shape.lr_hw
-        carry = (shape.devices * shape.carry_lr_rows * shape.scale, lr_w * shape.scale, 3)
+        carry = (shape.devices * shape.carry_lr_rows * shape.scale, shape.canvas_lr_hw[1] * shape.scale, 3)
         return dict(
             lr=jax.ShapeDtypeStruct((lr_h, lr_w, channels), dtype, sharding=self._replicated),
             positions=jax.ShapeDtypeStruct((shape.slots, 2), jnp.int32, sharding=self._sharded),
             valid=jax.ShapeDtypeStruct((shape.slots,), jnp.bool_, sharding=self._sharded),
-            carry=jax.ShapeDtypeStruct(carry, jnp.float32, sharding=self._sharded),
             blocks=jax.ShapeDtypeStruct((shape.devices,), jnp.int32, sharding=self._sharded),
+            carry=jax.ShapeDtypeStruct(carry, jnp.float32, sharding=self._sharded),
             scalar=jax.ShapeDtypeStruct((), jnp.int32, sharding=self._replicated),
             offsets=jax.ShapeDtypeStruct((self.routed.num_branches,), jnp.float32, sharding=self._replicated),
             row_weights=jax.ShapeDtypeStruct((lr_h * shape.scale,), jnp.float32, sharding=self._replicated),
@@ -244,8 +243,8 @@ class BandPrograms:
         self.route_programs.add(key)
         a = self._abstract(shape, dtype, 3)
         return self._cached(key, lambda: _band_program(self.routed, shape, fmt).lower(
-            variables, a["lr"], a["positions"], a["valid"], a["blocks"], a["blocks"], a["carry"], a["row_weights"],
-            a["col_weights"], a["offsets"], a["scalar"]))
+            variables, a["lr"], a["positions"], a["valid"], a["blocks"], a["blocks"], a["carry"], a["scalar"],
+            a["row_weights"], a["col_weights"], a["offsets"], a["scalar"]))
 
     def classify(self, variables, shape: BandShape, dtype):
         key = ("classify", shape, np.dtype(dtype).name)
@@ -258,20 +257,22 @@ class BandPrograms:
         return self._cached(key, lower)
 
     def empty_carry(self, shape: BandShape) -> jax.Array:
-        """No carry into the first band: a zero strip per device (only the first device's is read)."""
+        """No carry into the first band: zero rows for every device's block."""
         rows = shape.devices * shape.carry_lr_rows * shape.scale
-        return jax.device_put(np.zeros((rows, shape.lr_hw[1] * shape.scale, 3), np.float32), self._sharded)
+        zeros = np.zeros((rows, shape.canvas_lr_hw[1] * shape.scale, 3), np.float32)
+        return jax.device_put(zeros, self._sharded)
 
     def put(self, inputs: BandInputs):
-        """Uploads one band's host arrays (asynchronously): LR pixels, positions, valid, block bases and block
-        rows finished."""
+        """Uploads one band's host arrays (asynchronously): LR pixels, positions, valid."""
         return (
             jax.device_put(inputs.lr, self._replicated),
             jax.device_put(inputs.positions, self._sharded),
             jax.device_put(inputs.valid, self._sharded),
-            jax.device_put(inputs.block_base, self._sharded),
-            jax.device_put(inputs.block_finished, self._sharded),
         )
+
+    def put_blocks(self, blocks: Blocks):
+        """Uploads each device's block origin and columns finished (LR)."""
+        return jax.device_put(blocks.x, self._sharded), jax.device_put(blocks.finished, self._sharded)
 
     def put_replicated(self, value, dtype=np.int32):
         return jax.device_put(np.asarray(value, dtype), self._replicated)

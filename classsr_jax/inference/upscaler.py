@@ -2,10 +2,10 @@
 
 `Upscaler` is the library entry point that `upscale`, `evaluate`, training validation and the notebooks share.
 The device does all the pixel work (bands.py): for each band of tile rows one compiled program cuts the
-tiles, classifies and routes them, merges them and returns finished uint8 rows, each device a block of rows
-(band_plan.py). The host cuts the image into bands, uploads them, and copies the finished rows into the output;
-it dispatches the next band before it waits for the previous one, so the device never waits for the host. Band
-shapes come from a short list, so images of any size reuse a few compiled programs.
+tiles, classifies and routes them, merges them and returns finished uint8 rows, each device those of its block
+of tile columns (band_plan.py). The host cuts the image into bands, uploads them, and copies the finished rows
+into the output; it dispatches the next band before it waits for the previous one, so the device never waits
+for the host. Band shapes come from a short list, so images of any size reuse a few compiled programs.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class UpscaleResult:
     logit_offsets: list[float]
     budget: float | None  # the FLOPs cap asked for (fraction of the -O network's), or None
     budget_met: bool | None  # False when even the cheapest branch for every tile costs more than the cap
-    devices: int  # the local devices each band's tile rows were dealt over
+    devices: int  # the local devices each band's tile columns were dealt over
     compile_s: float
     inference_s: float  # the device path: upload, programs, download, without compilation
     host_s: float  # the part of inference_s the host spent preparing bands and storing rows
@@ -130,7 +130,7 @@ class Upscaler:
     buckets: tiles per branch call (default: measured best for the backend, `routing.default_buckets`).
     band_tiles: tiles per device in a band program (default `band_plan.default_band_tiles`). dtype: 'float32'
     or 'bfloat16' (parameters and activations; the merge and the quantisation stay float32). mesh: the local
-    devices each band's tile rows are dealt over (default: all of them; the first one alone for an overlap over
+    devices each band's tile columns are dealt over (default: all of them; the first one alone for an overlap over
     half a tile).
     """
 
@@ -184,11 +184,11 @@ class Upscaler:
         merge = "paper" if self.protocol == "paper" else "blend"
         return bands.OutputFormat(merge, self.overlap, bit_depth, float_merge)
 
-    def _budget_offsets(self, program, image, grid, shape, plan, budget) -> tuple[np.ndarray, bool]:
+    def _budget_offsets(self, program, image, grid, shape, plan, blocks, budget) -> tuple[np.ndarray, bool]:
         """The budget's first pass: every tile's logits, then the offsets that hold this image to the cap."""
         pending = []
         for band in plan:
-            inputs = band_plan.band_inputs(image, grid, band, shape)
+            inputs = band_plan.band_inputs(image, grid, band, shape, blocks)
             pending.append((inputs.slot_of_tile, program(self._placed, *self.programs.put(inputs)[:2])))
         logits = np.concatenate([np.asarray(out)[slots] for slots, out in pending])
         return budget_offsets(logits, self.flops.branches, budget, self.flops.classifier)
@@ -222,11 +222,12 @@ class Upscaler:
         t0 = time.perf_counter()
         image = band_plan.padded_image(image, grid)
         plan = band_plan.plan_bands(grid, shape.rows)
+        blocks = band_plan.deal_blocks(grid, shape.devices)
         offsets, met = np.zeros(self.spec.num_branches, np.float32), None
         if with_budget:
-            offsets, met = self._budget_offsets(classify, image, grid, shape, plan, budget)
+            offsets, met = self._budget_offsets(classify, image, grid, shape, plan, blocks, budget)
         out = _Outputs(grid, self.spec.scale, self.spec.num_branches, bit_depth, float_merge, self.buckets)
-        host_s = self._run_bands(program, image, grid, shape, fmt, plan, offsets, force_class, out)
+        host_s = self._run_bands(program, image, grid, shape, fmt, (plan, blocks), offsets, force_class, out)
         elapsed = time.perf_counter() - t0
         classified = shape.slots * len(plan) if self.spec.kind == "classsr" else 0
         figure = flops_lib.paper_flops_figure(out.counts, self.flops, self.spec.network)
@@ -248,12 +249,15 @@ class Upscaler:
             host_s=host_s,
         )
 
-    def _run_bands(self, program, image, grid, shape, fmt, plan, offsets, force_class, out: "_Outputs") -> float:
-        """Dispatches every band, collecting each one's rows after the next one is queued, so the device
-        never waits for the host; returns the seconds the host spent preparing bands and storing rows."""
+    def _run_bands(self, program, image, grid, shape, fmt, work, offsets, force_class, out: "_Outputs") -> float:
+        """Dispatches every band of `work` (the bands and the column blocks), collecting each one's rows after the
+        next one is queued, so the device never waits for the host; returns the seconds the host spent preparing
+        bands and storing rows."""
+        plan, blocks = work
         scale, put = self.spec.scale, self.programs.put_replicated
         put_offsets = put(offsets, np.float32)
         put_force = put(-1 if force_class is None else force_class)
+        block_x, block_finished = self.programs.put_blocks(blocks)
         carry = self.programs.empty_carry(shape)
         band_rows = shape.lr_hw[0] * scale
         row_weights = bands.axis_weights(grid, fmt, scale, 0, grid.padded_hw[0] * scale + band_rows)
@@ -261,17 +265,19 @@ class Upscaler:
         host_s, pending = 0.0, None
         for band in plan:
             t = time.perf_counter()
-            inputs = band_plan.band_inputs(image, grid, band, shape)
+            inputs = band_plan.band_inputs(image, grid, band, shape, blocks)
+            lr_band, positions, valid = self.programs.put(inputs)
+            next_base = put(band.next_base - band.base if band.next_base else 0)
             top = band.base * scale
             band_weights = put(row_weights[top : top + band_rows], np.float32)
             host_s += time.perf_counter() - t
-            outputs = program(self._placed, *self.programs.put(inputs), carry, band_weights, col_weights,
-                              put_offsets, put_force)
+            outputs = program(self._placed, lr_band, positions, valid, block_x, block_finished, carry, next_base,
+                              band_weights, col_weights, put_offsets, put_force)
             carry = outputs[2]
             if pending is not None:
-                host_s += out.store(*pending)
+                host_s += out.store(*pending, blocks)
             pending = (band, inputs, outputs)
-        return host_s + out.store(*pending)
+        return host_s + out.store(*pending, blocks)
 
 
 class _Outputs:
@@ -288,21 +294,23 @@ class _Outputs:
         self.counts = np.zeros(num_branches, np.int64)
         self.padded = np.zeros(num_branches, np.int64)
 
-    def store(self, band: band_plan.Band, inputs: band_plan.BandInputs, outputs) -> float:
+    def store(self, band: band_plan.Band, inputs: band_plan.BandInputs, outputs, blocks: band_plan.Blocks) -> float:
         """Copies one band's results into place (waiting for the device first); returns the host's seconds."""
         rows, merged, _, band_classes, device_counts = outputs
         rows = np.asarray(rows)  # waits for the device
         t = time.perf_counter()
         merged = None if merged is None else np.asarray(merged)
-        block = rows.shape[0] // inputs.block_base.size  # each device's rows, one block after another
-        for d, (base, finished) in enumerate(zip(inputs.block_base, inputs.block_finished)):
-            top = (band.base + int(base)) * self.scale
-            n = min(int(finished) * self.scale, self.hw[0] - top)
-            if n <= 0:
+        top = band.base * self.scale
+        n = min(band.finished * self.scale, self.hw[0] - top)
+        block = rows.shape[0] // blocks.x.size  # each device's rows, one block after another
+        for d, (x, finished) in enumerate(zip(blocks.x, blocks.finished)):
+            left = int(x) * self.scale
+            width = min(int(finished) * self.scale, self.hw[1] - left)
+            if width <= 0:
                 continue
-            self.sr[top : top + n] = rows[d * block : d * block + n, : self.hw[1]]
+            self.sr[top : top + n, left : left + width] = rows[d * block : d * block + n, :width]
             if merged is not None:
-                self.sr_255[top : top + n] = merged[d * block : d * block + n, : self.hw[1]]
+                self.sr_255[top : top + n, left : left + width] = merged[d * block : d * block + n, :width]
         cols = self.grid.grid_shape[1]
         self.classes[band.first_row * cols : band.stop_row * cols] = np.asarray(band_classes)[inputs.slot_of_tile]
         per_device = np.asarray(device_counts)
