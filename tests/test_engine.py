@@ -38,12 +38,12 @@ def as_uint8(image01):
 
 
 @pytest.mark.parametrize("devices", [3, 8])
-@pytest.mark.parametrize("protocol,sizes", [("full", [(1, 1), (20, 33), (130, 200), (300, 41)]),
+@pytest.mark.parametrize("protocol,sizes", [("full", [(1, 1), (20, 33), (130, 200), (300, 105)]),
                                             ("paper", [(70, 90), (130, 200)])])
 def test_bands_equal_the_host_merge(variables, protocol, sizes, devices):
-    # 32 tiles per device of 16-column blocks: bands of 2 tile rows, so every image of more than 2 tile rows crosses
-    # bands and carries. On 3 devices the 200-px-wide images' 8 columns go 3, 3, 2 and the 41-px-wide image's two
-    # (the second one flush) stay in one block; on 8 the images have empty blocks.
+    # 32 tiles per device. On 3 devices the 300-px-tall image's 13 tile rows come in bands of 6 (carries), its 5
+    # columns in blocks of 2, 1 and 2 (the last one flush, with the one left of it), so strips cross both block
+    # and band edges; the 200-px-wide images' 8 columns go 3, 3, 2. On 8 devices blocks are a column or empty.
     mesh = create_mesh(jax.local_devices()[:devices])
     up = Upscaler(SPEC, variables, protocol=protocol, band_tiles=32, mesh=mesh)
     for h, w in sizes:
