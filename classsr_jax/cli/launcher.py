@@ -48,9 +48,10 @@ def keep_freed_memory() -> bool:
     """Makes glibc's malloc serve big buffers from its heap and keep what is freed, instead of mapping each big
     buffer afresh and unmapping it when freed. XLA:CPU allocates a band's canvas and rows anew for every call:
     mapped anew, every page faults on first touch, and the page faults of two CPU devices contend for the
-    process's memory map (an 8K FSRCNN upscale on two devices: 3.2 s against 2.6 s; benchmarks/JOURNAL.md, "Every
-    core without a canvas sum"). The peak memory is the same; freed memory stays with the process until it
-    exits, so only the short-lived inference commands ask for it; a no-op (False) without glibc."""
+    process's memory map (the band programs of an 8K image with a stand-in network on two devices: 1.22 s
+    against 0.65 s; benchmarks/JOURNAL.md, "Every core without a canvas sum"). Freed memory stays with the
+    process until it exits, so only the short-lived inference commands ask for it; their peak memory rose a little
+    with the change that brought this in (docs/performance.md). A no-op (False) without glibc."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)

@@ -131,10 +131,10 @@ def band_shape(cols: int, rows: int, *, tile: int, step: int, scale: int, band_t
     return BandShape(tile, step, scale, band_rows, devices, device_cols)
 
 
-def grid_lines(grid: tiling.TileGrid, axis: int) -> tuple[np.ndarray, bool]:
-    """The grid's tile row (axis 0) or column (axis 1) positions and whether the last one is a flush line (closer
-    than a step to the one before it)."""
-    starts = np.unique(grid.positions[:, axis])
+def grid_columns(grid: tiling.TileGrid) -> tuple[np.ndarray, bool]:
+    """The grid's tile column positions and whether the last one is a flush column (closer than a step to the one
+    left of it)."""
+    starts = np.unique(grid.positions[:, 1])
     step = grid.tile - grid.overlap
     return starts, starts.size >= 2 and int(starts[-1] - starts[-2]) < step
 
@@ -199,7 +199,7 @@ class Blocks:
 
 def deal_blocks(grid: tiling.TileGrid, devices: int) -> Blocks:
     """The column blocks of `grid` over `devices`."""
-    xs, flush = grid_lines(grid, 1)
+    xs, flush = grid_columns(grid)
     per_device = deal(xs.size, devices, flush)
     first = np.concatenate([[0], np.cumsum(per_device)[:-1]]).astype(np.int64)
     occupied = np.flatnonzero(per_device)  # a prefix of the devices

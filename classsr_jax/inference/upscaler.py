@@ -226,8 +226,8 @@ class Upscaler:
         offsets, met = np.zeros(self.spec.num_branches, np.float32), None
         if with_budget:
             offsets, met = self._budget_offsets(classify, image, grid, shape, plan, blocks, budget)
-        out = _Outputs(grid, self.spec.scale, self.spec.num_branches, bit_depth, float_merge, self.buckets)
-        host_s = self._run_bands(program, image, grid, shape, fmt, (plan, blocks), offsets, force_class, out)
+        out = _Outputs(grid, blocks, self.spec.scale, self.spec.num_branches, bit_depth, float_merge, self.buckets)
+        host_s = self._run_bands(program, image, grid, shape, fmt, plan, blocks, offsets, force_class, out)
         elapsed = time.perf_counter() - t0
         classified = shape.slots * len(plan) if self.spec.kind == "classsr" else 0
         figure = flops_lib.paper_flops_figure(out.counts, self.flops, self.spec.network)
@@ -249,11 +249,10 @@ class Upscaler:
             host_s=host_s,
         )
 
-    def _run_bands(self, program, image, grid, shape, fmt, work, offsets, force_class, out: "_Outputs") -> float:
-        """Dispatches every band of `work` (the bands and the column blocks), collecting each one's rows after the
-        next one is queued, so the device never waits for the host; returns the seconds the host spent preparing
-        bands and storing rows."""
-        plan, blocks = work
+    def _run_bands(self, program, image, grid, shape, fmt, plan, blocks, offsets, force_class,
+                   out: "_Outputs") -> float:
+        """Dispatches every band, collecting each one's rows after the next one is queued, so the device never
+        waits for the host; returns the seconds the host spent preparing bands and storing rows."""
         scale, put = self.spec.scale, self.programs.put_replicated
         put_offsets = put(offsets, np.float32)
         put_force = put(-1 if force_class is None else force_class)
@@ -275,18 +274,18 @@ class Upscaler:
                               band_weights, col_weights, put_offsets, put_force)
             carry = outputs[2]
             if pending is not None:
-                host_s += out.store(*pending, blocks)
+                host_s += out.store(*pending)
             pending = (band, inputs, outputs)
-        return host_s + out.store(*pending, blocks)
+        return host_s + out.store(*pending)
 
 
 class _Outputs:
     """What the bands of one image return, gathered on the host: the finished rows, each tile's branch, and
     the class counts (real and with each device's bucket padding)."""
 
-    def __init__(self, grid: tiling.TileGrid, scale: int, num_branches: int, bit_depth: int, float_merge: bool,
-                 buckets: Buckets):
-        self.grid, self.scale, self.buckets = grid, scale, buckets
+    def __init__(self, grid: tiling.TileGrid, blocks: band_plan.Blocks, scale: int, num_branches: int,
+                 bit_depth: int, float_merge: bool, buckets: Buckets):
+        self.grid, self.blocks, self.scale, self.buckets = grid, blocks, scale, buckets
         self.hw = (grid.covered_hw[0] * scale, grid.covered_hw[1] * scale)
         self.sr = np.empty(self.hw + (3,), np.uint8 if bit_depth == 8 else np.uint16)
         self.sr_255 = np.empty(self.hw + (3,), np.float32) if float_merge else None
@@ -294,7 +293,7 @@ class _Outputs:
         self.counts = np.zeros(num_branches, np.int64)
         self.padded = np.zeros(num_branches, np.int64)
 
-    def store(self, band: band_plan.Band, inputs: band_plan.BandInputs, outputs, blocks: band_plan.Blocks) -> float:
+    def store(self, band: band_plan.Band, inputs: band_plan.BandInputs, outputs) -> float:
         """Copies one band's results into place (waiting for the device first); returns the host's seconds."""
         rows, merged, _, band_classes, device_counts = outputs
         rows = np.asarray(rows)  # waits for the device
@@ -302,8 +301,8 @@ class _Outputs:
         merged = None if merged is None else np.asarray(merged)
         top = band.base * self.scale
         n = min(band.finished * self.scale, self.hw[0] - top)
-        block = rows.shape[0] // blocks.x.size  # each device's rows, one block after another
-        for d, (x, finished) in enumerate(zip(blocks.x, blocks.finished)):
+        block = rows.shape[0] // self.blocks.x.size  # each device's rows, one block after another
+        for d, (x, finished) in enumerate(zip(self.blocks.x, self.blocks.finished)):
             left = int(x) * self.scale
             width = min(int(finished) * self.scale, self.hw[1] - left)
             if width <= 0:
